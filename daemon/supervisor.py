@@ -1,0 +1,250 @@
+"""The supervisor: builds sinks and pipelines from the config, keeps them running, drains on SIGTERM.
+
+* Each source's pipeline runs in its own task; a crash (anything but a stream expiry) is logged and the
+  pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`.
+* An expired stream stops that source for good (state `expired`, `graph_replicator_stream_expired` = 1,
+  readiness false) while the process keeps serving metrics so the alert can fire.
+* SIGTERM / SIGINT: readiness turns false, pollers stop, the window in flight finishes and is checkpointed,
+  all within `drain_grace_seconds`; then the process exits 0.
+* `--exit-when-idle`: exit 0 once every source is caught up with everything applied and checkpointed
+  (exit 3 if a source stopped on an error instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from contextlib import suppress
+from typing import Any
+
+import structlog
+
+from daemon.checkpoint import SQLiteCheckpointStore
+from daemon.config import (
+    Config,
+    FalkorDBSinkConfig,
+    NeptuneAnalyticsSinkConfig,
+    NeptuneSinkConfig,
+    NeptuneSourceConfig,
+)
+from daemon.deadletter import DeadLetterFile
+from daemon.observability import METRICS, HttpServer
+from daemon.pipeline import Pipeline
+from daemon.scheduler import Planner
+from daemon.sinks.analytics import NeptuneAnalyticsSink
+from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
+from daemon.sinks.falkordb import FalkorDBSink
+from daemon.sinks.neptune import NeptuneSink
+from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
+
+log = structlog.get_logger("daemon.supervisor")
+
+EXIT_OK, EXIT_SOURCE_FAILED = 0, 3
+
+
+def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
+    """The sink object for one `[sinks.NAME]` table."""
+    common = {"timeout_seconds": cfg.request_timeout_seconds, "concurrency": cfg.concurrency}
+    if isinstance(cfg, FalkorDBSinkConfig):
+        return FalkorDBSink(
+            name,
+            url=cfg.url,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            graph=cfg.graph,
+            id_property=cfg.id_property,
+            base_label=cfg.base_label,
+            engine_dir=config.daemon.resolved_data_dir / "falkordb" / name,
+            engine_fsync=cfg.engine_fsync,
+            **common,
+        )
+    if isinstance(cfg, NeptuneSinkConfig):
+        return NeptuneSink(name, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile, **common)
+    if isinstance(cfg, NeptuneAnalyticsSinkConfig):
+        return NeptuneAnalyticsSink(
+            name,
+            graph_id=cfg.graph_id,
+            region=cfg.region,
+            endpoint=cfg.endpoint,
+            profile=cfg.profile,
+            **common,
+        )
+    raise TypeError(f"unknown sink config {type(cfg).__name__}")
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, exit_when_idle: bool = False) -> None:
+        self.config = config
+        self.exit_when_idle = exit_when_idle
+        self.draining = False
+        self.started = time.time()
+        self.dead_letters = DeadLetterFile(config.dead_letter_path)
+        checkpoint_path = config.checkpoint_path
+        if checkpoint_path is None:
+            raise ValueError("only SQLite checkpoints are available in this version")
+        self.checkpoints = SQLiteCheckpointStore(checkpoint_path)
+        self.sinks: dict[str, GraphSink] = {}
+        self.pipelines: list[Pipeline] = []
+        self.failed: dict[str, str] = {}  # source -> why it stopped for good
+        self._drain = asyncio.Event()
+        self._sink_slots: dict[str, asyncio.Semaphore] = {}
+        for source_cfg in config.sources:
+            self.pipelines.append(self._build_pipeline(source_cfg))
+        address = config.daemon.http_address
+        self.http = HttpServer(address, self.readiness, self.status, METRICS.registry) if address else None
+
+    def _build_pipeline(self, cfg: NeptuneSourceConfig) -> Pipeline:
+        sink_cfg = self.config.sinks[cfg.sink]
+        sink = self.sinks.get(cfg.sink)
+        if sink is None:
+            sink = self.sinks[cfg.sink] = build_sink(cfg.sink, sink_cfg, self.config)
+            self._sink_slots[cfg.sink] = asyncio.Semaphore(sink_cfg.concurrency)
+        start = (
+            cfg.start
+            if isinstance(cfg.start, str)
+            else {"commit_num": cfg.start.commit_num, "op_num": cfg.start.op_num}
+        )
+        source = NeptuneStreamSource(
+            cfg.name,
+            endpoint=cfg.endpoint,
+            region=cfg.region,
+            profile=cfg.profile,
+            start=start,
+            limit=cfg.limit,
+            poll_interval_min_seconds=cfg.poll_interval_min_seconds,
+            poll_interval_max_seconds=cfg.poll_interval_max_seconds,
+            request_timeout_seconds=cfg.request_timeout_seconds,
+            dead_letters=self.dead_letters,
+        )
+        applier = PlanApplier(
+            sink,
+            source=cfg.name,
+            batch_size=sink_cfg.batch_size,
+            concurrency=self._sink_slots[cfg.sink],
+            retry=RetryPolicy(
+                sink_cfg.retry_initial_seconds, sink_cfg.retry_max_seconds, sink_cfg.attempts_before_split
+            ),
+            dead_letters=self.dead_letters,
+        )
+        planner = Planner(sink.dialect, sink.edge_types, cfg.edge_type_cache_size)
+        return Pipeline(
+            source,
+            planner,
+            applier,
+            self.checkpoints,
+            queue_size=cfg.queue_size,
+            window_max_changes=cfg.window_max_changes,
+        )
+
+    def request_drain(self) -> None:
+        if not self.draining:
+            log.info(
+                "drain requested: finishing in-flight batches",
+                grace_seconds=self.config.daemon.drain_grace_seconds,
+            )
+            self.draining = True
+            self._drain.set()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if self.draining:
+            reasons.append("draining")
+        for p in self.pipelines:
+            if p.name in self.failed:
+                reasons.append(f"source {p.name}: {p.source.state}")
+            elif not p.source.polling:
+                reasons.append(f"source {p.name}: not polling yet")
+            if not p.applier.healthy:
+                reasons.append(f"sink {p.applier.sink.name}: failing")
+        return (not reasons, reasons)
+
+    def status(self) -> dict[str, Any]:
+        ready, reasons = self.readiness()
+        return {
+            "ready": ready,
+            "reasons": reasons,
+            "draining": self.draining,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "sources": [dict(p.status(), error=self.failed.get(p.name)) for p in self.pipelines],
+            "dead_letters": self.dead_letters.count,
+        }
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_drain)
+        if self.http is not None:
+            await self.http.start()
+            log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
+        tasks = {asyncio.create_task(self._keep_running(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
+        try:
+            await self._wait_until_done(tasks)
+            return await self._shutdown(tasks)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            for sink in self.sinks.values():
+                with suppress(Exception):
+                    await sink.close()
+            if self.http is not None:
+                await self.http.stop()
+            self.checkpoints.close()
+
+    async def _wait_until_done(self, tasks: dict[asyncio.Task[None], Pipeline]) -> None:
+        while not self._drain.is_set():
+            if all(t.done() for t in tasks):
+                return
+            if self.exit_when_idle and all(p.caught_up or p.name in self.failed for p in self.pipelines):
+                log.info("every source is caught up and checkpointed; exiting", sources=len(self.pipelines))
+                return
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._drain.wait(), timeout=0.1)
+
+    async def _shutdown(self, tasks: dict[asyncio.Task[None], Pipeline]) -> int:
+        self.draining = True
+        for p in self.pipelines:
+            p.request_stop()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.config.daemon.drain_grace_seconds)
+            for t in still:
+                log.warning(
+                    "drain grace period over; abandoning the window in flight (it is replayed on restart)",
+                    pipeline=tasks[t].name,
+                )
+                t.cancel()
+            for t in still:
+                with suppress(asyncio.CancelledError):
+                    await t
+        log.info("stopped", checkpoints={p.name: p.position for p in self.pipelines})
+        return EXIT_SOURCE_FAILED if self.failed else EXIT_OK
+
+    async def _keep_running(self, pipeline: Pipeline) -> None:
+        sink = pipeline.applier.sink
+        backoff = 1.0
+        ceiling = self.config.daemon.restart_backoff_max_seconds
+        while not pipeline.stopping:
+            try:
+                await sink.start()
+                METRICS.sink_up.labels(sink=sink.name).set(1)
+                await pipeline.run()
+                return
+            except StreamExpired as exc:
+                self.failed[pipeline.name] = str(exc)
+                log.error("source stopped: stream expired", source=pipeline.name, error=str(exc))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                METRICS.task_restarts.labels(source=pipeline.name).inc()
+                log.exception(
+                    "pipeline crashed; restarting from its checkpoint",
+                    source=pipeline.name,
+                    error=str(exc)[:500],
+                    restart_in_seconds=backoff,
+                )
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._drain.wait(), timeout=backoff)
+                backoff = min(backoff * 2, ceiling)
