@@ -126,7 +126,7 @@ class Supervisor:
             ),
             dead_letters=self.dead_letters,
         )
-        planner = Planner(sink.dialect, sink.edge_types, cfg.edge_type_cache_size)
+        planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
         return Pipeline(
             source,
             planner,

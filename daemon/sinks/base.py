@@ -20,9 +20,9 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +32,7 @@ from daemon.observability import METRICS
 from daemon.scheduler import Batch, Mutation, Plan
 
 log = structlog.get_logger("daemon.sink")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,28 +125,31 @@ class PlanApplier:
             types = {b.shape[1] for b in layer if b.shape[0] != "v"}
             for edge_type in types:
                 await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
-            chunks = [(batch, start) for batch in layer for start in range(0, len(batch.rows), self.batch_size)]
+            size = self.batch_size
+            chunks = [
+                (batch, batch.rows[i : i + size], batch.mutations[i : i + size])
+                for batch in layer
+                for i in range(0, len(batch.rows), size)
+            ]
             if len(chunks) == 1:
-                batch, start = chunks[0]
-                await self._run_chunk(
-                    batch,
-                    batch.rows[start : start + self.batch_size],
-                    batch.mutations[start : start + self.batch_size],
-                )
+                await self._run_chunk(*chunks[0])
             else:
                 async with asyncio.TaskGroup() as group:
-                    for batch, start in chunks:
-                        end = start + self.batch_size
-                        group.create_task(self._run_chunk(batch, batch.rows[start:end], batch.mutations[start:end]))
+                    for chunk in chunks:
+                        group.create_task(self._run_chunk(*chunk))
         self._m_applied.inc(plan.n_changes)
 
-    async def _with_retry(self, action: Any, what: str) -> None:
+    async def lookup_edge_types(self, edge_ids: list[str]) -> dict[str, str]:
+        """`GraphSink.edge_types`, retried like any other sink call (the planner's lookup for unseen edges)."""
+        return await self._with_retry(lambda: self.sink.edge_types(edge_ids), "edge_types")
+
+    async def _with_retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
         attempt = 0
         while True:
             try:
-                await action()
+                result = await action()
                 self.healthy = True
-                return
+                return result
             except Exception as exc:
                 cls = self.sink.classify(exc)
                 if not cls.retryable:
