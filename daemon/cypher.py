@@ -18,6 +18,9 @@ iterating). One key per statement is correct on every engine, and removals commu
 Removing a vertex's last label deletes the vertex (DETACH). That takes two statements, delete-if-nothing-else
 -remains then remove-labels: FalkorDB leaves wrong labels behind when both are done in one query, and Neptune
 refuses to strip a vertex of all its labels.
+
+Labels and property removals are one statement per name, so that the number of statements in a window grows
+with the number of distinct names, not with the number of label combinations.
 """
 
 from __future__ import annotations
@@ -59,25 +62,28 @@ def falkordb_dialect(id_property: str = "~id", base_label: str = "Replicated") -
     return Dialect("falkordb", id_property, base_label, quote_falkordb, encode_falkordb_name)
 
 
-def vertex_statements(
-    dialect: Dialect, add_labels: tuple[str, ...], remove_labels: tuple[str, ...], has_props: bool
-) -> tuple[str, ...]:
-    """Statements for a vertex mutation shape; rows carry `id`, `props` (values to set) and `gone`."""
-    out = []
-    props = "n += r.props"
-    if add_labels:
-        sets = f"n{dialect.labels(add_labels)}" + (f", {props}" if has_props else "")
-        out.append(f"UNWIND $rows AS r MERGE {dialect.node('n', 'r.id')} SET {sets}")
-    elif has_props:
-        out.append(f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET {props}")
-    if remove_labels:
-        # r.gone lists the removed labels (and the base label): a vertex left with none of its own is deleted.
-        out.append(
-            f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} "
-            "WHERE all(l IN labels(n) WHERE l IN r.gone) DETACH DELETE n"
-        )
-        out.append(f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} REMOVE n{dialect.labels(remove_labels)}")
-    return tuple(out)
+def vertex_upsert_statement(dialect: Dialect, create: bool, has_props: bool) -> str:
+    """Create (MERGE) or find (MATCH) vertices and set properties; rows carry `id` and `props`."""
+    out = f"UNWIND $rows AS r {'MERGE' if create else 'MATCH'} {dialect.node('n', 'r.id')}"
+    return out + (" SET n += r.props" if has_props else "")
+
+
+def vertex_add_label_statement(dialect: Dialect, label: str) -> str:
+    """Add one label to vertices; rows carry `id`."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n:{dialect.quote(label)}"
+
+
+def vertex_delete_unlabelled_statement(dialect: Dialect) -> str:
+    """Delete (DETACH) each vertex whose labels are all among `r.gone` (its removed labels plus the base label)."""
+    return (
+        f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} "
+        "WHERE all(l IN labels(n) WHERE l IN r.gone) DETACH DELETE n"
+    )
+
+
+def vertex_remove_label_statement(dialect: Dialect, label: str) -> str:
+    """Remove one label from vertices that keep another; rows carry `id`."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} REMOVE n:{dialect.quote(label)}"
 
 
 def vertex_property_removal_statement(dialect: Dialect, key: str) -> str:

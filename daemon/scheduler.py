@@ -3,15 +3,18 @@
 Two steps, both in one pass over the window in source order:
 
 1. **Coalesce** consecutive changes to one element into one mutation: a vertex's labels and properties
-   written by one commit become one `MERGE ... SET n:L, n += $props` row, an edge and its properties one
+   written by one commit become one row of each statement they need, an edge and its properties one
    `MERGE` row. A run ends as soon as any other change touches the element (an edge touches its endpoints),
    so no change moves past another change it could depend on.
 2. **Layer** the mutations with read/write sets. A vertex mutation writes its vertex; an edge mutation writes
    its edge and reads its two endpoints. A mutation goes one layer after the last writer of anything it
    touches, and a writer also after the last reader. So an edge never reaches the sink before its endpoints,
    a vertex drop never races the edges it detaches, and per-element order is source order; edges that only
-   share an endpoint may run side by side. Inside a layer mutations are independent: they are grouped by
-   statement shape into `UNWIND $rows` batches that run concurrently.
+   share an endpoint may run side by side. Inside a layer mutations are independent.
+3. **Group** each layer into `UNWIND $rows` batches, one per statement shape, in fixed phases: a mutation's
+   parts that must follow each other (set a property removed for a type change; create the vertex; add its
+   labels; delete it if no label is left; remove labels; remove properties) are in successive phases, and
+   the batches of one phase run concurrently.
 
 Edge-property records carry only the edge id, but a relationship is found by type (FalkorDB indexes only
 under a type), so the planner remembers each edge's type from `e` records (a bounded LRU) and asks the sink
@@ -21,7 +24,7 @@ for the ones it has not seen, e.g. after a restart.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +34,11 @@ from daemon.cypher import (
     edge_property_removal_statement,
     edge_props_statement,
     edge_upsert_statement,
+    vertex_add_label_statement,
+    vertex_delete_unlabelled_statement,
     vertex_property_removal_statement,
-    vertex_statements,
+    vertex_remove_label_statement,
+    vertex_upsert_statement,
 )
 from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, GraphChange
 
@@ -118,32 +124,37 @@ def _split_props(props: dict[str, Any], encode: Callable[[str], str] | None) -> 
     return sets, removed
 
 
-def _retyped(m: VertexMutation | EdgeMutation) -> tuple[str, ...]:
-    """Keys to remove before they are set again (see `_merge_property`)."""
-    if not m.retyped:
-        return ()
-    return tuple(sorted(k for k in m.retyped if m.props.get(k) is not None))
-
-
 @dataclass(slots=True)
 class Batch:
-    """One statement shape's rows in one layer; `statements` run in order for every chunk of rows."""
+    """One statement shape's rows in one phase of one layer."""
 
     shape: tuple[Any, ...]
-    statements: tuple[str, ...]
+    statement: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     mutations: list[Mutation] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Plan:
-    layers: list[list[Batch]]
+    """Layers in order; each layer's phases in order; each phase's batches may run concurrently."""
+
+    layers: list[list[list[Batch]]]
     skipped: list[GraphChange]
     n_changes: int
 
+    def batches(self) -> Iterator[Batch]:
+        for layer in self.layers:
+            for phase in layer:
+                yield from phase
+
     @property
     def n_mutations(self) -> int:
-        return sum(len(b.mutations) for layer in self.layers for b in layer)
+        return len({id(m) for b in self.batches() for m in b.mutations})
+
+
+# Phases of a layer, in execution order.
+RETYPE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(6)
+_PHASES = 6
 
 
 EdgeTypeLookup = Callable[[list[str]], Awaitable[dict[str, str]]]
@@ -181,7 +192,7 @@ class Planner:
         self.dialect = dialect
         self._lookup_edge_types = lookup_edge_types
         self.edge_types = EdgeTypeCache(edge_type_cache_size)
-        self._statement_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._statement_cache: dict[tuple[Any, ...], str] = {}
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
         mutations, n_changes = self._coalesce_and_layer(changes)
@@ -285,84 +296,82 @@ class Planner:
                 self.edge_types.put(m.id, edge_type)
         return skipped
 
-    def _statements(self, shape: tuple[Any, ...]) -> tuple[str, ...]:
+    def _statement(self, shape: tuple[Any, ...]) -> str:
         found = self._statement_cache.get(shape)
         if found is None:
             d = self.dialect
-            kind = shape[0]
-            if kind == "v":
-                _, add, remove, has_props, retyped = shape
-                found = tuple(vertex_property_removal_statement(d, k) for k in retyped)
-                found += vertex_statements(d, add, remove, has_props)
-            elif kind == EDGE_UPSERT:
-                _, edge_type, has_props, retyped = shape
-                found = tuple(edge_property_removal_statement(d, edge_type, k) for k in retyped)
-                found += (edge_upsert_statement(d, edge_type, has_props),)
-            elif kind == EDGE_PROPS:
-                _, edge_type, retyped = shape
-                found = tuple(edge_property_removal_statement(d, edge_type, k) for k in retyped)
-                found += (edge_props_statement(d, edge_type),)
+            kind, *args = shape
+            if kind == "vupsert":
+                statement = vertex_upsert_statement(d, *args)
+            elif kind == "vlabel":
+                statement = vertex_add_label_statement(d, *args)
+            elif kind == "vdrop":
+                statement = vertex_delete_unlabelled_statement(d)
+            elif kind == "vunlabel":
+                statement = vertex_remove_label_statement(d, *args)
             elif kind == "vnull":
-                found = (vertex_property_removal_statement(d, shape[1]),)
-            elif kind == "enull":
-                found = (edge_property_removal_statement(d, shape[1], shape[2]),)
+                statement = vertex_property_removal_statement(d, *args)
+            elif kind == EDGE_UPSERT:
+                statement = edge_upsert_statement(d, *args)
+            elif kind == EDGE_PROPS:
+                statement = edge_props_statement(d, *args)
+            elif kind == EDGE_DELETE:
+                statement = edge_delete_statement(d, *args)
             else:
-                found = (edge_delete_statement(d, shape[1]),)
-            self._statement_cache[shape] = found
+                assert kind == "enull"
+                statement = edge_property_removal_statement(d, *args)
+            found = self._statement_cache[shape] = statement
         return found
 
-    def _group(self, mutations: list[Mutation]) -> list[list[Batch]]:
+    def _group(self, mutations: list[Mutation]) -> list[list[list[Batch]]]:
         encode = self.dialect.encode_name
-        base = self.dialect.base_label
+        gone_extra = [encode(self.dialect.base_label)] if self.dialect.base_label else []
         identity = self.dialect.name == "neptune"
-        by_layer: list[dict[tuple[Any, ...], Batch]] = []
+        layers: list[list[dict[tuple[Any, ...], Batch]]] = []
 
-        def put(layer: int, shape: tuple[Any, ...], row: dict[str, Any], m: Mutation) -> None:
-            while len(by_layer) <= layer:
-                by_layer.append({})
-            batch = by_layer[layer].get(shape)
+        def put(m: Mutation, phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
+            while len(layers) <= m.layer:
+                layers.append([{} for _ in range(_PHASES)])
+            batches = layers[m.layer][phase]
+            batch = batches.get(shape)
             if batch is None:
-                batch = by_layer[layer][shape] = Batch(shape, self._statements(shape))
+                batch = batches[shape] = Batch(shape, self._statement(shape))
             batch.rows.append(row)
             batch.mutations.append(m)
 
         for m in mutations:
+            if isinstance(m, EdgeMutation) and m.action == EDGE_NOOP:
+                continue
+            props, removed = _split_props(m.props, None if identity else encode)
+            null_kind: tuple[Any, ...] = ("vnull",) if isinstance(m, VertexMutation) else ("enull", m.type)
+            for key in m.retyped:
+                if m.props.get(key) is not None:
+                    put(m, RETYPE, (*null_kind, key), {"id": m.id})
             if isinstance(m, VertexMutation):
-                props, removed = _split_props(m.props, None if identity else encode)
-                for key in removed:
-                    put(m.layer, ("vnull", key), {"id": m.id}, m)
-                add, remove = tuple(m.add_labels), tuple(m.remove_labels)
-                if not add and not remove and not props:
-                    continue
-                shape: tuple[Any, ...] = ("v", add, remove, bool(props), _retyped(m))
-                row: dict[str, Any] = {"id": m.id}
-                if props:
-                    row["props"] = props
-                if remove:
-                    gone = [encode(label) for label in remove]
-                    if base:
-                        gone.append(encode(base))
-                    row["gone"] = gone
-            else:
-                if m.action == EDGE_NOOP:
-                    continue
-                assert m.type is not None
-                props, removed = _split_props(m.props, None if identity else encode)
-                if m.action != EDGE_DELETE:
-                    for key in removed:
-                        put(m.layer, ("enull", m.type, key), {"id": m.id}, m)
-                if m.action == EDGE_UPSERT:
-                    shape = (EDGE_UPSERT, m.type, bool(props), _retyped(m))
-                    row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+                create = bool(m.add_labels)
+                if create or props:
+                    row: dict[str, Any] = {"id": m.id}
                     if props:
                         row["props"] = props
-                elif m.action == EDGE_PROPS:
-                    if not props:
-                        continue
-                    shape = (EDGE_PROPS, m.type, _retyped(m))
-                    row = {"id": m.id, "props": props}
-                else:
-                    shape = (EDGE_DELETE, m.type)
-                    row = {"id": m.id}
-            put(m.layer, shape, row, m)
-        return [list(layer.values()) for layer in by_layer if layer]
+                    put(m, UPSERT, ("vupsert", create, bool(props)), row)
+                for label in m.add_labels:
+                    put(m, ADD_LABEL, ("vlabel", label), {"id": m.id})
+                if m.remove_labels:
+                    gone = [encode(label) for label in m.remove_labels] + gone_extra
+                    put(m, DROP, ("vdrop",), {"id": m.id, "gone": gone})
+                    for label in m.remove_labels:
+                        put(m, REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
+            elif m.action == EDGE_DELETE:
+                put(m, UPSERT, (EDGE_DELETE, m.type), {"id": m.id})
+                continue
+            elif m.action == EDGE_UPSERT:
+                row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+                if props:
+                    row["props"] = props
+                put(m, UPSERT, (EDGE_UPSERT, m.type, bool(props)), row)
+            elif props:
+                put(m, UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props})
+            for key in removed:
+                put(m, REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
+        out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
+        return [layer for layer in out if layer]

@@ -3,8 +3,8 @@
 A `GraphSink` only knows how to run one statement over a list of rows on its engine and how to classify the
 errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
 
-* layers run one after another; the batches of one layer run concurrently, at most `concurrency` at a time,
-  each cut into chunks of `batch_size` rows;
+* layers run one after another, and the phases of a layer one after another; the batches of one phase run
+  concurrently, at most `concurrency` at a time, each cut into chunks of `batch_size` rows;
 * a retryable failure (conflict, throttling, 5xx, timeout, dropped connection, read-only during failover) is
   retried with exponential backoff and full jitter, forever: a sink that is down stops progress, it does not
   lose changes. After `attempts_before_split` failures a chunk is split in halves, because smaller batches
@@ -29,10 +29,11 @@ import structlog
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
 from daemon.observability import METRICS
-from daemon.scheduler import Batch, Mutation, Plan
+from daemon.scheduler import EDGE_DELETE, EDGE_PROPS, EDGE_UPSERT, Batch, Mutation, Plan
 
 log = structlog.get_logger("daemon.sink")
 T = TypeVar("T")
+EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,22 +123,26 @@ class PlanApplier:
     async def apply(self, plan: Plan) -> None:
         """Apply every layer in order; returns when every change is applied or dead-lettered."""
         for layer in plan.layers:
-            types = {b.shape[1] for b in layer if b.shape[0] != "v"}
-            for edge_type in types:
+            edge_types = {b.shape[1] for phase in layer for b in phase if b.shape[0] in EDGE_SHAPES}
+            for edge_type in edge_types:
                 await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
-            size = self.batch_size
-            chunks = [
-                (batch, batch.rows[i : i + size], batch.mutations[i : i + size])
-                for batch in layer
-                for i in range(0, len(batch.rows), size)
-            ]
-            if len(chunks) == 1:
-                await self._run_chunk(*chunks[0])
-            else:
-                async with asyncio.TaskGroup() as group:
-                    for chunk in chunks:
-                        group.create_task(self._run_chunk(*chunk))
+            for phase in layer:
+                await self._run_phase(phase)
         self._m_applied.inc(plan.n_changes)
+
+    async def _run_phase(self, phase: list[Batch]) -> None:
+        size = self.batch_size
+        chunks = [
+            (batch, batch.rows[i : i + size], batch.mutations[i : i + size])
+            for batch in phase
+            for i in range(0, len(batch.rows), size)
+        ]
+        if len(chunks) == 1:
+            await self._run_chunk(*chunks[0])
+            return
+        async with asyncio.TaskGroup() as group:
+            for chunk in chunks:
+                group.create_task(self._run_chunk(*chunk))
 
     async def lookup_edge_types(self, edge_ids: list[str]) -> dict[str, str]:
         """`GraphSink.edge_types`, retried like any other sink call (the planner's lookup for unseen edges)."""
@@ -182,8 +187,7 @@ class PlanApplier:
                     self._m_inflight.inc()
                     started = time.perf_counter()
                     try:
-                        for statement in batch.statements:
-                            await self.sink.execute(statement, rows)
+                        await self.sink.execute(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
                 self._m_batch_seconds.observe(time.perf_counter() - started)
