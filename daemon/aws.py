@@ -24,7 +24,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from daemon.sinks.base import ErrorClass
+from daemon.sinks.base import REJECTED, RETRY, ErrorClass
 
 # Error codes worth retrying, by the bounded reason label they are counted under.
 _RETRYABLE_CODES = {
@@ -40,7 +40,25 @@ _RETRYABLE_CODES = {
     "TimeLimitExceededException": "timeout",
     "ClientTimeoutException": "timeout",
     "QueryLimitExceededException": "throttling",
+    "ExpiredTokenException": "access_expired",  # credentials rotate; the chain refreshes them
 }
+# Error codes that mean "these rows are refused": bisect to the poison change and dead-letter it.
+_DATA_REJECTED_CODES = frozenset(
+    {
+        "BadRequestException",
+        "MalformedQueryException",
+        "ParsingException",
+        "InvalidParameterException",
+        "InvalidArgumentException",
+        "IllegalArgumentException",
+        "InvalidNumericDataException",
+        "ConstraintViolationException",
+        "QueryTooLargeException",
+        "ValidationException",
+        "UnprocessableException",
+        "MissingParameterException",
+    }
+)
 
 
 async def open_client(
@@ -79,18 +97,20 @@ def classify_aws_error(exc: BaseException) -> ErrorClass:
     if isinstance(exc, ClientError):
         code = error_code(exc)
         if code in _RETRYABLE_CODES:
-            return ErrorClass(True, _RETRYABLE_CODES[code])
+            return RETRY[_RETRYABLE_CODES[code]]
+        if code in _DATA_REJECTED_CODES:
+            return REJECTED
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if status == 429:
-            return ErrorClass(True, "throttling")
+            return RETRY["throttling"]
         if status >= 500:
-            return ErrorClass(True, "server_error")
-        return ErrorClass(False, "rejected")
+            return RETRY["server_error"]
+        return ErrorClass(False, "access_denied" if status in (401, 403) else "client_error")
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return ErrorClass(True, "timeout")
+        return RETRY["timeout"]
     if isinstance(
         exc,
         EndpointConnectionError | ConnectionClosedError | HTTPClientError | aiohttp.ClientError | ConnectionError,
     ):
-        return ErrorClass(True, "connection")
+        return RETRY["connection"]
     return ErrorClass(False, "internal")

@@ -122,8 +122,7 @@ class Pipeline:
                 plan = await self.planner.plan(changes)
                 if plan.skipped:
                     METRICS.records_skipped.labels(source=self.name, reason="edge_not_in_target").inc(len(plan.skipped))
-                await self.applier.apply(plan)
-                self.changes_applied += len(changes)
+                self.changes_applied += await self.applier.apply(plan)
             if last.position > (self.position or (0, 0)):
                 await self.checkpoints.save(self.name, last.partition, last.position)
                 self.position = last.position

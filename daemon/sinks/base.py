@@ -9,8 +9,10 @@ errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
   retried with exponential backoff and full jitter, forever: a sink that is down stops progress, it does not
   lose changes. After `attempts_before_split` failures a chunk is split in halves, because smaller batches
   conflict less;
-* a permanent failure splits the chunk in halves until the single mutation that fails is found; that one goes
-  to the dead-letter file with every source change it came from, and the rest is applied.
+* a failure that rejects the data splits the chunk in halves until the single mutation that fails is found;
+  that one goes to the dead-letter file with every source change it came from, and the rest is applied;
+* any other failure (access denied, an unexpected exception) is raised: the supervisor restarts the pipeline
+  from its checkpoint with backoff, and nothing is dead-lettered for it.
 Rows in one layer are independent, so splitting never reorders dependent changes.
 """
 
@@ -38,8 +40,29 @@ EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull"})
 
 @dataclass(frozen=True, slots=True)
 class ErrorClass:
+    """What a failure means. Retryable: try again later. Data rejected: the target refuses these rows for good,
+    so bisect to the poison change and dead-letter it. Neither (access denied, a bug): raise, and the supervisor
+    restarts the pipeline with backoff; dead-lettering everything would be the wrong answer to those."""
+
     retryable: bool
     reason: str  # a bounded label value: conflict, throttling, server_error, timeout, connection, ...
+    data_rejected: bool = False
+
+
+RETRY = {
+    reason: ErrorClass(True, reason)
+    for reason in (
+        "conflict",
+        "throttling",
+        "server_error",
+        "server_busy",
+        "timeout",
+        "connection",
+        "read_only",
+        "access_expired",
+    )
+}
+REJECTED = ErrorClass(False, "rejected", data_rejected=True)
 
 
 class GraphSink(ABC):
@@ -113,6 +136,7 @@ class PlanApplier:
         self.retry = retry
         self.dead_letters = dead_letters
         self.healthy = True  # False while the sink keeps failing with retryable errors
+        self._dead_in_plan: dict[int, int] = {}  # mutation id -> changes dead-lettered, for the plan being applied
         labels = {"source": source, "sink": sink.name}
         self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
         self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
@@ -120,15 +144,21 @@ class PlanApplier:
         self._m_dead = METRICS.records_dead_lettered.labels(source=source, stage="apply")
         self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
 
-    async def apply(self, plan: Plan) -> None:
-        """Apply every layer in order; returns when every change is applied or dead-lettered."""
+    async def apply(self, plan: Plan) -> int:
+        """Apply every layer in order; return when every change is applied or dead-lettered.
+
+        Returns the number of changes applied (the plan's changes less the skipped and dead-lettered ones).
+        """
+        self._dead_in_plan.clear()
         for layer in plan.layers:
             edge_types = {b.shape[1] for phase in layer for b in phase if b.shape[0] in EDGE_SHAPES}
             for edge_type in edge_types:
                 await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
             for phase in layer:
                 await self._run_phase(phase)
-        self._m_applied.inc(plan.n_changes)
+        applied = plan.n_changes - len(plan.skipped) - sum(self._dead_in_plan.values())
+        self._m_applied.inc(applied)
+        return applied
 
     async def _run_phase(self, phase: list[Batch]) -> None:
         size = self.batch_size
@@ -204,6 +234,8 @@ class PlanApplier:
                     await self._backoff(cls, attempt, exc, "batch")
                     continue
                 METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="apply").inc()
+                if not cls.data_rejected:
+                    raise
                 if len(rows) > 1:
                     await self._split(batch, rows, mutations)
                     return
@@ -217,6 +249,9 @@ class PlanApplier:
 
     def _dead_letter(self, batch: Batch, mutation: Mutation, exc: BaseException, cls: ErrorClass) -> None:
         changes = mutation.changes
+        if id(mutation) in self._dead_in_plan:
+            return  # another of the mutation's statements already dead-lettered its changes
+        self._dead_in_plan[id(mutation)] = len(changes)
         self.dead_letters.write(
             stage="apply",
             source=self.source,

@@ -12,13 +12,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio
 import redis.exceptions
-from falkordb.asyncio import FalkorDB
+from falkordb.asyncio.graph import AsyncGraph
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from daemon.cypher import falkordb_dialect
 from daemon.engine import EmbeddedFalkorDB
 from daemon.names import decode_falkordb_name
-from daemon.sinks.base import ErrorClass, GraphSink
+from daemon.sinks.base import REJECTED, RETRY, ErrorClass, GraphSink
 
 _RETRYABLE_RESPONSES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 
@@ -48,6 +51,7 @@ class FalkorDBSink(GraphSink):
         self.engine: EmbeddedFalkorDB | None = None
         self._db: Any = None
         self._graph: Any = None
+        self._ready = False  # connected, base index in place, relationship indexes known
         self._indexed_types: set[str] = set()
         self._reconnect = asyncio.Lock()
 
@@ -56,7 +60,7 @@ class FalkorDBSink(GraphSink):
         return self.engine.url if self.engine is not None else self._url
 
     async def start(self) -> None:
-        if self._graph is not None:
+        if self._ready:
             return
         if self._url is None:
             if self.engine is None:
@@ -65,22 +69,31 @@ class FalkorDBSink(GraphSink):
                 self.engine = EmbeddedFalkorDB(self._engine_dir, fsync=self._engine_fsync)
             if not self.engine.running:
                 await self.engine.start()
-        kwargs: dict[str, Any] = {"socket_timeout": self._timeout, "max_connections": self._connections}
+        # redis-py's own retries are off: the daemon's classified retry, metrics and bisection see every failure.
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self._timeout,
+            "max_connections": self._connections,
+            "retry": Retry(NoBackoff(), 0),
+        }
         if self._password:
             kwargs["password"] = self._password
-        self._db = FalkorDB.from_url(self.url, **kwargs)
-        self._graph = self._db.select_graph(self._graph_name)
+        # Not falkordb's own FalkorDB.from_url: it makes a blocking INFO call (cluster detection) in the event loop.
+        if self._db is None:
+            self._db = redis.asyncio.Redis.from_url(self.url, decode_responses=True, **kwargs)
+            self._graph = AsyncGraph(self._db, self._graph_name)
         await self._create_index(
             f"CREATE INDEX FOR (n:{self.dialect.quote(self.dialect.base_label or '')}) ON (n.{self.dialect.id_key})"
         )
         for row in await self.query("CALL db.indexes() YIELD label, entitytype RETURN label, entitytype"):
             if row["entitytype"] == "RELATIONSHIP":
                 self._indexed_types.add(decode_falkordb_name(row["label"]))
+        self._ready = True
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.aclose() if hasattr(self._db, "aclose") else self._db.connection.aclose()
+            await self._db.aclose()
         self._db = self._graph = None
+        self._ready = False
         if self.engine is not None:
             await self.engine.stop()
 
@@ -123,11 +136,15 @@ class FalkorDBSink(GraphSink):
 
     def classify(self, exc: BaseException) -> ErrorClass:
         if isinstance(exc, redis.exceptions.TimeoutError | asyncio.TimeoutError | TimeoutError):
-            return ErrorClass(True, "timeout")
+            return RETRY["timeout"]
         if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
-            return ErrorClass(True, "connection")
+            return RETRY["connection"]
         if isinstance(exc, redis.exceptions.ResponseError):
             if str(exc).startswith(_RETRYABLE_RESPONSES):
-                return ErrorClass(True, "server_busy")
-            return ErrorClass(False, "rejected")
-        return ErrorClass(False, "rejected" if isinstance(exc, ValueError | TypeError) else "internal")
+                return RETRY["server_busy"]
+            if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                return ErrorClass(False, "access_denied")
+            return REJECTED  # a query error: these rows
+        if isinstance(exc, ValueError):
+            return REJECTED  # the client refused a parameter value or key
+        return ErrorClass(False, "internal")

@@ -106,9 +106,10 @@ class NeptuneStreamSource:
                         self.state = "expired"
                         METRICS.stream_expired.labels(source=self.name).set(1)
                         raise StreamExpired(
-                            f"source {self.name!r}: the stream no longer holds position {_params_position(params)} "
+                            f"source {self.name!r}: the stream no longer holds the changes after "
+                            f"commitNum {params.get('commitNum')}, opNum {params.get('opNum')} "
                             "(older than the stream retention window); changes after it were lost to this "
-                            "replica. Bootstrap the target again (graph-replicator bootstrap) and restart."
+                            "replica. Bootstrap the target again from a full copy of the source, then restart."
                         ) from exc
                     failures = await self._backoff(exc, failures)
                     continue

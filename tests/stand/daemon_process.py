@@ -45,13 +45,8 @@ def write_config(
     daemon: dict[str, Any] | None = None,
 ) -> Path:
     """A one-source, one-sink config file (sink called "target")."""
-    lines = [
-        "[daemon]",
-        f"data_dir = {toml_value(str(data_dir))}",
-        'http_address = "127.0.0.1:0"',
-        'log_format = "json"',
-    ]
-    lines += [f"{k} = {toml_value(v)}" for k, v in (daemon or {}).items()]
+    settings = {"data_dir": str(data_dir), "http_address": "127.0.0.1:0", "log_format": "json", **(daemon or {})}
+    lines = ["[daemon]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
     lines += ["", "[[sources]]", 'name = "main"', 'sink = "target"']
     lines += [f"{k} = {toml_value(v)}" for k, v in source.items()]
     lines += ["", "[sinks.target]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()]
