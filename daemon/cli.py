@@ -1,20 +1,26 @@
-"""The `graph-replicator` command: run, check-config, status, query."""
+"""The `graph-replicator` command: run, check-config, status, query, capture."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, format_resolved, load_config
+from daemon.config import Config, ConfigError, NeptuneSourceConfig, format_resolved, load_config
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Summary
 
 EXIT_CONFIG = 2
+LOOK_STATEMENT = "MATCH (n) RETURN n LIMIT 5"  # the query the run summary suggests
 
 
 def _load(path: str) -> Config | None:
@@ -44,9 +50,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.daemon.log_level, config.daemon.log_format)
 
     async def main() -> int:
-        return await Supervisor(config, exit_when_idle=args.exit_when_idle).run()
+        supervisor = Supervisor(config, exit_when_idle=args.exit_when_idle)
+        code = await supervisor.run()
+        if supervisor.summary is not None:
+            print(_format_summary(supervisor.summary, args.config))
+        return code
 
     return _run_loop(main())
+
+
+def _format_summary(summary: Summary, config_path: str) -> str:
+    """The few lines `run --exit-when-idle` ends with: what was applied, what the targets hold, how to look."""
+    applied = f"applied {summary.changes_applied:,} changes in {summary.seconds:.1f} s"
+    if summary.changes_applied:
+        applied += f" ({summary.changes_applied / max(summary.seconds, 1e-6):,.0f} changes/s)"
+    else:
+        applied += " (nothing new since the last checkpoint)"
+    lines = [applied] + [f"source {name!r} stopped: {why}" for name, why in summary.failed.items()]
+    for name, counts in summary.graphs.items():
+        held = "could not be counted" if counts is None else f"holds {counts[0]:,} vertices and {counts[1]:,} edges"
+        lines.append(f"target {name!r} {held}")
+    sink = "" if len(summary.graphs) < 2 else f" --sink {shlex.quote(next(iter(summary.graphs)))}"
+    lines.append(
+        f"look at it:  graph-replicator query --config {shlex.quote(config_path)}{sink} {shlex.quote(LOOK_STATEMENT)}"
+    )
+    return "\n".join(lines)
 
 
 def _run_loop(coro: Any) -> int:
@@ -117,6 +145,34 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.capture import Capture
+
+    source = next((s for s in config.sources if s.name == args.source), None)
+    if not isinstance(source, NeptuneSourceConfig):
+        neptune = ", ".join(s.name for s in config.sources if isinstance(s, NeptuneSourceConfig)) or "none"
+        print(f"no neptune source named {args.source!r} in {args.config} (neptune sources: {neptune})", file=sys.stderr)
+        return EXIT_CONFIG
+    capture = Capture(
+        source,
+        Path(args.output),
+        max_records=args.max_records,
+        until_caught_up=args.until_caught_up,
+        progress=sys.stderr,
+    )
+    return _run_loop(capture.main())
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graph-replicator", description=__doc__)
     parser.add_argument("--version", action="version", version=f"graph-replicator {__version__}")
@@ -145,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--sink", help="sink name (default: the first)")
     query.add_argument("statement")
     query.set_defaults(func=cmd_query)
+
+    capture = sub.add_parser(
+        "capture",
+        help="copy a Neptune stream into a JSON-lines file (gzip if it ends in .gz) that a file source replays",
+    )
+    capture.add_argument("--config", required=True)
+    capture.add_argument("--source", required=True, help="name of a neptune [[sources]] entry to read")
+    capture.add_argument("--output", required=True, help="file to write; .gz = gzip")
+    capture.add_argument("--max-records", type=_positive, help="stop after this many records")
+    capture.add_argument(
+        "--until-caught-up", action="store_true", help="stop at the head of the stream instead of waiting for more"
+    )
+    capture.set_defaults(func=cmd_capture)
     return parser
 
 

@@ -6,7 +6,8 @@ cross-checks, and fails with a `ConfigError` listing every problem as (dotted ke
 `format_resolved` prints the resolved config as TOML with secrets masked; `reference_markdown` renders the
 key reference kept in docs/configuration.md (`python -m daemon.config docs/configuration.md` rewrites it).
 
-Relative paths (`data_dir`, checkpoint `path`, `dead_letter_path`) are relative to the current directory.
+Relative paths (`data_dir`, checkpoint `path`, `dead_letter_path`, a file source's `path`) are relative to the
+current directory.
 """
 
 from __future__ import annotations
@@ -227,6 +228,9 @@ class _SourceBase(_Model):
     window_max_changes: int = Field(
         20000, ge=1, description="Most changes the scheduler splits into parallel lanes at once."
     )
+    edge_type_cache_size: int = Field(
+        200000, ge=0, description="Edge id -> type entries kept to route edge-property records; 0 disables."
+    )
 
 
 class NeptuneSourceConfig(_SourceBase):
@@ -249,9 +253,6 @@ class NeptuneSourceConfig(_SourceBase):
     )
     poll_interval_max_seconds: float = Field(5.0, gt=0, description="Idle backoff ceiling; >= the minimum.")
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one stream request.")
-    edge_type_cache_size: int = Field(
-        200000, ge=0, description="Edge id -> type entries kept to route edge-property records; 0 disables."
-    )
 
     @field_validator("start", mode="before")
     @classmethod
@@ -278,6 +279,29 @@ class NeptuneSourceConfig(_SourceBase):
         if low is not None and value < low:
             raise ValueError(f"should be >= poll_interval_min_seconds ({low})")
         return value
+
+
+class FileSourceConfig(_SourceBase):
+    """`[[sources]] kind = "file"`: Neptune stream records read from a capture file or a directory of them."""
+
+    kind: Literal["file"] = Field(description="Source kind.")
+    path: str = Field(
+        min_length=1,
+        description="A capture file, or a directory whose files are read in name order: JSON lines of "
+        "GetPropertygraphStream records or whole response pages, optionally gzipped.",
+    )
+    limit: int = Field(5000, ge=1, le=100000, description="Records per batch handed to the apply loop.")
+    on_malformed: Literal["stop", "dead_letter"] = Field(
+        "stop",
+        description="A line that cannot be read (bad JSON, truncated gzip, a bad record, a position not after "
+        'the previous one): "stop" stops the source with an error naming file and line; "dead_letter" writes '
+        "it to the dead-letter file and reads on.",
+    )
+    follow: bool = Field(
+        False,
+        description="After the end of the input, keep watching for appended lines and new files (like tail -f).",
+    )
+    poll_interval_seconds: float = Field(1.0, gt=0, description="With `follow`, pause between looks for new input.")
 
 
 class _SinkBase(_Model):
@@ -350,7 +374,7 @@ CHECKPOINT_KINDS: dict[str, type[_Model]] = {
     "sqlite": SqliteCheckpointConfig,
     "dynamodb": DynamoDBCheckpointConfig,
 }
-SOURCE_KINDS: dict[str, type[_Model]] = {"neptune": NeptuneSourceConfig}
+SOURCE_KINDS: dict[str, type[_Model]] = {"neptune": NeptuneSourceConfig, "file": FileSourceConfig}
 SINK_KINDS: dict[str, type[_Model]] = {
     "falkordb": FalkorDBSinkConfig,
     "neptune": NeptuneSinkConfig,
@@ -371,7 +395,10 @@ CheckpointConfig = Annotated[
     Annotated[SqliteCheckpointConfig, Tag("sqlite")] | Annotated[DynamoDBCheckpointConfig, Tag("dynamodb")],
     Discriminator(_kind_of("sqlite")),
 ]
-SourceConfig = Annotated[Union[Annotated[NeptuneSourceConfig, Tag("neptune")]], Discriminator(_kind_of(None))]  # noqa: UP007
+SourceConfig = Annotated[
+    Annotated[NeptuneSourceConfig, Tag("neptune")] | Annotated[FileSourceConfig, Tag("file")],
+    Discriminator(_kind_of(None)),
+]
 SinkConfig = Annotated[
     Annotated[FalkorDBSinkConfig, Tag("falkordb")]
     | Annotated[NeptuneSinkConfig, Tag("neptune")]
@@ -404,14 +431,14 @@ class Config(_Model):
             return self.daemon.resolved_data_dir / "dead-letter.jsonl"
         return Path(self.daemon.dead_letter_path).expanduser().absolute()
 
-    def source(self, name: str) -> NeptuneSourceConfig:
+    def source(self, name: str) -> NeptuneSourceConfig | FileSourceConfig:
         """The source called `name` (KeyError if none)."""
         for source in self.sources:
             if source.name == name:
                 return source
         raise KeyError(f"no source named {name!r}")
 
-    def sink_for(self, source: NeptuneSourceConfig | str) -> SinkConfig:
+    def sink_for(self, source: NeptuneSourceConfig | FileSourceConfig | str) -> SinkConfig:
         """The sink config a source (or source name) replicates into."""
         src = self.source(source) if isinstance(source, str) else source
         return self.sinks[src.sink]
@@ -761,6 +788,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[[sources]]`, every kind", _SourceBase, None),
     ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
     ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
+    ('`[[sources]]` kind = "file"', FileSourceConfig, _SourceBase),
     ("`[sinks.NAME]`, every kind", _SinkBase, None),
     ('`[sinks.NAME]` kind = "falkordb"', FalkorDBSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune"', NeptuneSinkConfig, _SinkBase),

@@ -3,11 +3,13 @@
 * Each source's pipeline runs in its own task; a crash (anything but a stream expiry) is logged and the
   pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`.
 * An expired stream stops that source for good (state `expired`, `graph_replicator_stream_expired` = 1,
-  readiness false) while the process keeps serving metrics so the alert can fire.
+  readiness false) while the process keeps serving metrics so the alert can fire; so does an unreadable line
+  in a file source's input (`CaptureError`, state `failed`).
 * SIGTERM / SIGINT: readiness turns false, pollers stop, the window in flight finishes and is checkpointed,
   all within `drain_grace_seconds`; then the process exits 0.
 * `--exit-when-idle`: exit 0 once every source is caught up with everything applied and checkpointed
-  (exit 3 if a source stopped on an error instead).
+  (exit 3 if a source stopped on an error instead); before the sinks close, `summary` records what was applied
+  and how many vertices and edges each target holds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import signal
 import time
 from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,18 +28,20 @@ from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.config import (
     Config,
     FalkorDBSinkConfig,
+    FileSourceConfig,
     NeptuneAnalyticsSinkConfig,
     NeptuneSinkConfig,
-    NeptuneSourceConfig,
+    SourceConfig,
 )
 from daemon.deadletter import DeadLetterFile
 from daemon.observability import METRICS, HttpServer
-from daemon.pipeline import Pipeline
+from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
 from daemon.sinks.analytics import NeptuneAnalyticsSink
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 from daemon.sinks.falkordb import FalkorDBSink
 from daemon.sinks.neptune import NeptuneSink
+from daemon.sources.file import CaptureError, FileSource
 from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
 
 log = structlog.get_logger("daemon.supervisor")
@@ -72,6 +78,46 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
     raise TypeError(f"unknown sink config {type(cfg).__name__}")
 
 
+def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
+    """The source object for one `[[sources]]` entry."""
+    if isinstance(cfg, FileSourceConfig):
+        return FileSource(
+            cfg.name,
+            path=Path(cfg.path).expanduser().absolute(),
+            limit=cfg.limit,
+            on_malformed=cfg.on_malformed,
+            follow=cfg.follow,
+            poll_interval_seconds=cfg.poll_interval_seconds,
+            dead_letters=dead_letters,
+        )
+    start = (
+        cfg.start if isinstance(cfg.start, str) else {"commit_num": cfg.start.commit_num, "op_num": cfg.start.op_num}
+    )
+    return NeptuneStreamSource(
+        cfg.name,
+        endpoint=cfg.endpoint,
+        region=cfg.region,
+        profile=cfg.profile,
+        start=start,
+        limit=cfg.limit,
+        poll_interval_min_seconds=cfg.poll_interval_min_seconds,
+        poll_interval_max_seconds=cfg.poll_interval_max_seconds,
+        request_timeout_seconds=cfg.request_timeout_seconds,
+        dead_letters=dead_letters,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a `--exit-when-idle` run did: changes applied, wall time, (vertices, edges) per sink (None when the
+    count query failed), and why sources that stopped for good did."""
+
+    changes_applied: int
+    seconds: float
+    graphs: dict[str, tuple[int, int] | None]
+    failed: dict[str, str]
+
+
 class Supervisor:
     def __init__(self, config: Config, *, exit_when_idle: bool = False) -> None:
         self.config = config
@@ -86,6 +132,7 @@ class Supervisor:
         self.sinks: dict[str, GraphSink] = {}
         self.pipelines: list[Pipeline] = []
         self.failed: dict[str, str] = {}  # source -> why it stopped for good
+        self.summary: Summary | None = None  # set by `run` with exit_when_idle
         self._drain = asyncio.Event()
         self._sink_slots: dict[str, asyncio.Semaphore] = {}
         for source_cfg in config.sources:
@@ -93,29 +140,13 @@ class Supervisor:
         address = config.daemon.http_address
         self.http = HttpServer(address, self.readiness, self.status, METRICS.registry) if address else None
 
-    def _build_pipeline(self, cfg: NeptuneSourceConfig) -> Pipeline:
+    def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
         sink_cfg = self.config.sinks[cfg.sink]
         sink = self.sinks.get(cfg.sink)
         if sink is None:
             sink = self.sinks[cfg.sink] = build_sink(cfg.sink, sink_cfg, self.config)
             self._sink_slots[cfg.sink] = asyncio.Semaphore(sink_cfg.concurrency)
-        start = (
-            cfg.start
-            if isinstance(cfg.start, str)
-            else {"commit_num": cfg.start.commit_num, "op_num": cfg.start.op_num}
-        )
-        source = NeptuneStreamSource(
-            cfg.name,
-            endpoint=cfg.endpoint,
-            region=cfg.region,
-            profile=cfg.profile,
-            start=start,
-            limit=cfg.limit,
-            poll_interval_min_seconds=cfg.poll_interval_min_seconds,
-            poll_interval_max_seconds=cfg.poll_interval_max_seconds,
-            request_timeout_seconds=cfg.request_timeout_seconds,
-            dead_letters=self.dead_letters,
-        )
+        source = build_source(cfg, self.dead_letters)
         applier = PlanApplier(
             sink,
             source=cfg.name,
@@ -180,7 +211,10 @@ class Supervisor:
         tasks = {asyncio.create_task(self._keep_running(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
         try:
             await self._wait_until_done(tasks)
-            return await self._shutdown(tasks)
+            code = await self._shutdown(tasks)
+            if self.exit_when_idle:
+                self.summary = await self._summarise()
+            return code
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with suppress(NotImplementedError, RuntimeError):
@@ -221,10 +255,23 @@ class Supervisor:
         log.info("stopped", checkpoints={p.name: p.position for p in self.pipelines})
         return EXIT_SOURCE_FAILED if self.failed else EXIT_OK
 
+    async def _summarise(self) -> Summary:
+        seconds = time.time() - self.started
+        graphs: dict[str, tuple[int, int] | None] = {}
+        for name, sink in self.sinks.items():
+            try:
+                vertices = await sink.query("MATCH (n) RETURN count(n) AS n")
+                edges = await sink.query("MATCH ()-[r]->() RETURN count(r) AS n")
+                graphs[name] = (int(vertices[0]["n"]), int(edges[0]["n"]))
+            except Exception as exc:
+                log.warning("cannot count the target graph", sink=name, error=str(exc)[:300])
+                graphs[name] = None
+        return Summary(sum(p.changes_applied for p in self.pipelines), seconds, graphs, dict(self.failed))
+
     async def _keep_running(self, pipeline: Pipeline) -> None:
         sink = pipeline.applier.sink
-        backoff = 1.0
         ceiling = self.config.daemon.restart_backoff_max_seconds
+        backoff = min(1.0, ceiling)
         while not pipeline.stopping:
             try:
                 await sink.start()
@@ -234,6 +281,10 @@ class Supervisor:
             except StreamExpired as exc:
                 self.failed[pipeline.name] = str(exc)
                 log.error("source stopped: stream expired", source=pipeline.name, error=str(exc))
+                return
+            except CaptureError as exc:
+                self.failed[pipeline.name] = str(exc)
+                log.error("source stopped: unreadable input", source=pipeline.name, error=str(exc))
                 return
             except asyncio.CancelledError:
                 raise

@@ -13,6 +13,7 @@ from daemon.config import (
     Config,
     ConfigError,
     FalkorDBSinkConfig,
+    FileSourceConfig,
     NeptuneSourceConfig,
     StartPosition,
     format_resolved,
@@ -71,6 +72,16 @@ def test_example_loads(path: Path) -> None:
     assert parse_config(format_resolved(config), {}) == config
 
 
+def test_quickstart_replays_the_sample_into_the_embedded_engine() -> None:
+    config = load_config(ROOT / "config" / "quickstart.toml", {})
+    source = config.sources[0]
+    assert isinstance(source, FileSourceConfig)
+    assert (ROOT / source.path).is_file() and source.on_malformed == "stop" and not source.follow
+    sink = config.sink_for(source)
+    assert isinstance(sink, FalkorDBSinkConfig) and sink.embedded
+    assert config.checkpoint.kind == "sqlite" and config.daemon.data_dir == "./data/quickstart"
+
+
 def test_falkordb_example_uses_the_embedded_engine() -> None:
     config = load_config(ROOT / "config" / "neptune-to-falkordb.toml", {})
     sink = config.sink_for("main")
@@ -117,6 +128,66 @@ path = "{tmp_path}/cp.sqlite3"
     assert config.dead_letter_path == tmp_path / "dl.jsonl"
     assert config.sources[0].start == StartPosition(commit_num=7, op_num=2)
     assert config.sources[0].start.position == (7, 2)
+
+
+FILE_SOURCE = (
+    """
+[[sources]]
+name = "cap"
+kind = "file"
+sink = "replica"
+path = "captures/"
+"""
+    + SINK
+)
+
+
+def test_file_source_keys_and_defaults(tmp_path: Path) -> None:
+    source = _load(tmp_path, FILE_SOURCE).source("cap")
+    assert isinstance(source, FileSourceConfig)
+    assert (source.path, source.limit, source.on_malformed, source.follow, source.poll_interval_seconds) == (
+        "captures/",
+        5000,
+        "stop",
+        False,
+        1.0,
+    )
+    assert (source.queue_size, source.window_max_changes, source.edge_type_cache_size) == (8, 20000, 200000)
+    text = FILE_SOURCE.replace(
+        'path = "captures/"',
+        'path = "c.jsonl.gz"\nlimit = 100\non_malformed = "dead_letter"\nfollow = true\npoll_interval_seconds = 0.2',
+    )
+    config = _load(tmp_path, text, {"GRAPH_REPLICATOR__SOURCES__CAP__LIMIT": "7"})
+    source = config.source("cap")
+    assert isinstance(source, FileSourceConfig)
+    assert (source.path, source.limit, source.on_malformed, source.follow, source.poll_interval_seconds) == (
+        "c.jsonl.gz",
+        7,
+        "dead_letter",
+        True,
+        0.2,
+    )
+    assert parse_config(format_resolved(config), {}) == config
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        (('path = "captures/"', ""), "path", "required"),
+        (('path = "captures/"', 'path = ""'), "path", "at least 1 character"),
+        (('path = "captures/"', 'path = "c"\non_malformed = "skip"'), "on_malformed",
+         "should be 'stop' or 'dead_letter' (got \"skip\")"),
+        (('path = "captures/"', 'path = "c"\nfollow = "yes"'), "follow", "valid boolean"),
+        (('path = "captures/"', 'path = "c"\npoll_interval_seconds = 0'), "poll_interval_seconds", "greater than 0"),
+        (('path = "captures/"', 'path = "c"\nlimit = 0'), "limit", "greater than or equal to 1"),
+        (('path = "captures/"', 'path = "c"\nendpoint = "https://h:8182"'), "endpoint", "unknown key"),
+        (('path = "captures/"', 'path = "c"\nfolow = true'), "folow", 'did you mean "follow"'),
+    ],
+)  # fmt: skip
+def test_broken_file_source(tmp_path: Path, change: tuple[str, str], key: str, reason: str) -> None:
+    problems = _problems(tmp_path, FILE_SOURCE.replace(*change))
+    matching = [r for k, r in problems if k == f'sources[0] (name "cap").{key}']
+    assert matching and any(reason in r for r in matching), problems
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:0", "[::1]:9464", "localhost:65535"])
