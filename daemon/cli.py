@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import urllib.error
@@ -140,8 +141,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         finally:
             await sink.close()
 
-    for row in asyncio.run(main()):
-        print(orjson.dumps(row, default=str).decode())
+    try:
+        for row in asyncio.run(main()):
+            print(orjson.dumps(row, default=str).decode())
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
     return 0
 
 

@@ -77,3 +77,10 @@ class ChangeBatch:
     position: Position
     caught_up: bool = False
     head_position: Position | None = None
+
+
+class SourceStopped(RuntimeError):
+    """A source cannot go on without losing changes (expired stream, unreadable input): it stops for good.
+
+    The supervisor does not restart it; the message tells the operator what happened and what to do.
+    """

@@ -34,6 +34,7 @@ from daemon.config import (
     SourceConfig,
 )
 from daemon.deadletter import DeadLetterFile
+from daemon.model import SourceStopped
 from daemon.observability import METRICS, HttpServer
 from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
@@ -41,7 +42,7 @@ from daemon.sinks.analytics import NeptuneAnalyticsSink
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 from daemon.sinks.falkordb import FalkorDBSink
 from daemon.sinks.neptune import NeptuneSink
-from daemon.sources.file import CaptureError, FileSource
+from daemon.sources.file import FileSource
 from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
 
 log = structlog.get_logger("daemon.supervisor")
@@ -228,8 +229,8 @@ class Supervisor:
 
     async def _wait_until_done(self, tasks: dict[asyncio.Task[None], Pipeline]) -> None:
         while not self._drain.is_set():
-            if all(t.done() for t in tasks):
-                return
+            if all(t.done() for t in tasks) and (self.exit_when_idle or not self.failed):
+                return  # (sources that stopped for good keep the process up, serving their alerting metrics)
             if self.exit_when_idle and all(p.caught_up or p.name in self.failed for p in self.pipelines):
                 log.info("every source is caught up and checkpointed; exiting", sources=len(self.pipelines))
                 return
@@ -278,13 +279,10 @@ class Supervisor:
                 METRICS.sink_up.labels(sink=sink.name).set(1)
                 await pipeline.run()
                 return
-            except StreamExpired as exc:
+            except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
-                log.error("source stopped: stream expired", source=pipeline.name, error=str(exc))
-                return
-            except CaptureError as exc:
-                self.failed[pipeline.name] = str(exc)
-                log.error("source stopped: unreadable input", source=pipeline.name, error=str(exc))
+                reason = "stream expired" if isinstance(exc, StreamExpired) else "unreadable input"
+                log.error(f"source stopped: {reason}", source=pipeline.name, error=str(exc))
                 return
             except asyncio.CancelledError:
                 raise

@@ -192,9 +192,12 @@ class PlanApplier:
                 attempt += 1
                 await self._backoff(cls, attempt, exc, what)
 
-    async def _backoff(self, cls: ErrorClass, attempt: int, exc: BaseException, what: str) -> None:
+    def _count_retry(self, cls: ErrorClass) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
         METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="apply").inc()
+
+    async def _backoff(self, cls: ErrorClass, attempt: int, exc: BaseException, what: str) -> None:
+        self._count_retry(cls)
         if attempt >= self.retry.attempts_before_split:
             self.healthy = False
         delay = self.retry.delay(attempt)
@@ -229,6 +232,7 @@ class PlanApplier:
                 if cls.retryable:
                     attempt += 1
                     if attempt >= self.retry.attempts_before_split and len(rows) > 1:
+                        self._count_retry(cls)
                         await self._split(batch, rows, mutations)
                         return
                     await self._backoff(cls, attempt, exc, "batch")

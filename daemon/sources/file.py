@@ -39,7 +39,7 @@ import orjson
 import structlog
 
 from daemon.deadletter import DeadLetterFile
-from daemon.model import ChangeBatch, GraphChange, Position
+from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS
 from daemon.sources.pgjson import MalformedRecord, translate_record
 
@@ -51,7 +51,7 @@ _CHUNK = 1 << 20  # raw bytes read at once
 _FINE_STEP = 256  # compressed bytes fed at once to find where a corrupt gzip stream breaks
 
 
-class CaptureError(RuntimeError):
+class CaptureError(SourceStopped):
     """The input cannot be read on: the message names the file, the line and the reason."""
 
 

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.deadletter import DeadLetterFile
-from daemon.model import ChangeBatch, GraphChange, Position
+from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS
 from daemon.sources.pgjson import MalformedRecord, translate_record
 
@@ -34,7 +34,7 @@ log = structlog.get_logger("daemon.source.neptune")
 PARTITION = ""  # a Neptune stream is one totally ordered partition
 
 
-class StreamExpired(RuntimeError):
+class StreamExpired(SourceStopped):
     """The requested position is older than the stream's retention window."""
 
 
@@ -156,7 +156,12 @@ class NeptuneStreamSource:
             changes.append(change)
             position = change.position
         if position is None:
-            raise RuntimeError(f"source {self.name!r}: a stream page had no record with an eventId")
+            # Without a position the stream cannot be followed past this page; re-reading it would loop.
+            self.state = "failed"
+            raise SourceStopped(
+                f"source {self.name!r}: a stream page had no record with a readable eventId (records written to "
+                "the dead-letter file); the stream cannot be followed past it"
+            )
         return changes, position
 
     def _dead_letter(self, record: dict[str, Any], exc: MalformedRecord) -> None:
