@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import random
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -26,9 +25,11 @@ from typing import IO, Any, TextIO
 import orjson
 from botocore.exceptions import ClientError
 
-from daemon.aws import classify_aws_error, error_code, open_client
+from daemon.aws import open_client
 from daemon.config import NeptuneSourceConfig
-from daemon.model import Position
+from daemon.model import Position, SourceStopped
+from daemon.sinks.base import ErrorClass
+from daemon.sources.stream_reader import StreamReader
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -146,6 +147,7 @@ class Capture:
     async def run(self) -> str:
         """Write records until a stop condition; return which one ("reached --max-records", "caught up")."""
         cfg = self.source
+        start = cfg.start if isinstance(cfg.start, str) else cfg.start.model_dump()
         async with AsyncExitStack() as stack:
             out = stack.enter_context(_open_output(self.output))
             client = await open_client(
@@ -157,77 +159,40 @@ class Capture:
                 timeout_seconds=cfg.request_timeout_seconds,
                 max_connections=2,
             )
-            params = await self._start_params(client)
-            idle = cfg.poll_interval_min_seconds
-            failures = 0
-            while self.max_records is None or self.records < self.max_records:
-                limit = cfg.limit if self.max_records is None else min(cfg.limit, self.max_records - self.records)
-                try:
-                    response = await client.get_propertygraph_stream(limit=limit, **params)
-                except Exception as exc:
-                    if error_code(exc) == "StreamRecordsNotFoundException":
+            reader = StreamReader(
+                client,
+                start=start,
+                limit=self._page_limit(),
+                idle_min=cfg.poll_interval_min_seconds,
+                idle_max=cfg.poll_interval_max_seconds,
+                on_retry=self._on_retry,
+            )
+            try:
+                async for page in reader.pages():
+                    if page.caught_up:
                         if self.until_caught_up:
                             return "caught up"
-                        failures = 0
                         self._progress.update(self.records, self.last_event)
-                        await asyncio.sleep(idle)
-                        idle = min(idle * 2, cfg.poll_interval_max_seconds)
                         continue
-                    failures = await self._backoff(exc, failures)
-                    continue
-                failures = 0
-                records = response.get("records", [])
-                if not records:
-                    await asyncio.sleep(idle)
-                    idle = min(idle * 2, cfg.poll_interval_max_seconds)
-                    continue
-                idle = cfg.poll_interval_min_seconds
-                out.write(b"".join(orjson.dumps(wire_record(r)) + b"\n" for r in records))
-                out.flush()
-                event = records[-1]["eventId"]
-                self.records += len(records)
-                self.last_event = (int(event["commitNum"]), int(event["opNum"]))
-                params = {
-                    "iteratorType": "AFTER_SEQUENCE_NUMBER",
-                    "commitNum": event["commitNum"],
-                    "opNum": event["opNum"],
-                }
-                self._progress.update(self.records, self.last_event)
+                    out.write(b"".join(orjson.dumps(wire_record(r)) + b"\n" for r in page.records))
+                    out.flush()
+                    self.records += len(page.records)
+                    self.last_event = page.after
+                    self._progress.update(self.records, self.last_event)
+                    if self.max_records is not None and self.records >= self.max_records:
+                        break
+                    reader.limit = self._page_limit()
+            except (SourceStopped, ClientError) as exc:
+                raise CaptureFailed(f"stream read failed: {_describe(exc)}") from exc
             return "reached --max-records"
 
-    async def _start_params(self, client: Any) -> dict[str, Any]:
-        """Where to start, as the `neptune` source does without a checkpoint."""
-        start = self.source.start
-        if not isinstance(start, str):
-            return {"iteratorType": "AT_SEQUENCE_NUMBER", "commitNum": start.commit_num, "opNum": start.op_num}
-        if start == "trim_horizon":
-            return {"iteratorType": "TRIM_HORIZON"}
-        failures = 0
-        while True:
-            try:
-                event = (await client.get_propertygraph_stream(iteratorType="LATEST", limit=1))["lastEventId"]
-            except Exception as exc:
-                if error_code(exc) == "StreamRecordsNotFoundException":
-                    return {"iteratorType": "TRIM_HORIZON"}  # an empty stream: everything to come is new
-                failures = await self._backoff(exc, failures)
-                continue
-            return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": event["commitNum"], "opNum": event["opNum"]}
+    def _page_limit(self) -> int:
+        if self.max_records is None:
+            return self.source.limit
+        return min(self.source.limit, self.max_records - self.records)
 
-    async def _backoff(self, exc: Exception, failures: int) -> int:
-        """Sleep before retrying a retryable failure (full jitter, doubling); raise `CaptureFailed` otherwise."""
-        code = error_code(exc)
-        if code == "ExpiredStreamException":
-            raise CaptureFailed(
-                f"the stream no longer holds the requested position (older than its retention window): {_describe(exc)}"
-            ) from exc
-        cls = classify_aws_error(exc)
-        if not cls.retryable:
-            raise CaptureFailed(f"stream read failed: {_describe(exc)}") from exc
-        failures += 1
-        delay = random.uniform(0, min(self.source.poll_interval_max_seconds * 4, 0.1 * 2 ** min(failures, 10)))
-        self._progress.note(f"stream read failed ({cls.reason}), retry {failures} in {delay:.1f} s: {_describe(exc)}")
-        await asyncio.sleep(delay)
-        return failures
+    def _on_retry(self, cls: ErrorClass, attempt: int, delay: float, exc: BaseException) -> None:
+        self._progress.note(f"stream read failed ({cls.reason}), retry {attempt} in {delay:.1f} s: {_describe(exc)}")
 
 
 def _describe(exc: BaseException) -> str:

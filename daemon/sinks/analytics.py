@@ -6,55 +6,20 @@ The data-plane host carries the graph id as a prefix (`{graphIdentifier}.`); wit
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
 
-from daemon.aws import classify_aws_error, open_client
-from daemon.cypher import neptune_dialect
-from daemon.sinks.base import ErrorClass, GraphSink
+from daemon.sinks.aws_base import AwsClientSink
 
 
-class NeptuneAnalyticsSink(GraphSink):
+class NeptuneAnalyticsSink(AwsClientSink):
     kind = "neptune-analytics"
+    service = "neptune-graph"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        graph_id: str,
-        region: str,
-        endpoint: str | None = None,
-        profile: str | None = None,
-        timeout_seconds: float = 60.0,
-        concurrency: int = 4,
-    ) -> None:
-        self.name = name
-        self.dialect = neptune_dialect()
-        self._graph_id, self._endpoint, self._region, self._profile = graph_id, endpoint, region, profile
-        self._timeout, self._connections = timeout_seconds, concurrency * 2
-        self._stack: AsyncExitStack | None = None
-        self._client: Any = None
-
-    async def start(self) -> None:
-        if self._client is None:
-            self._stack = AsyncExitStack()
-            self._client = await open_client(
-                self._stack,
-                "neptune-graph",
-                endpoint=self._endpoint,
-                region=self._region,
-                profile=self._profile,
-                timeout_seconds=self._timeout,
-                max_connections=self._connections,
-                inject_host_prefix=self._endpoint is None,
-            )
-
-    async def close(self) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-        self._stack = self._client = None
+    def __init__(self, name: str, *, graph_id: str, endpoint: str | None = None, **options: Any) -> None:
+        super().__init__(name, endpoint=endpoint, inject_host_prefix=endpoint is None, **options)
+        self._graph_id = graph_id
 
     async def _run(self, statement: str, params: dict[str, Any] | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -74,6 +39,3 @@ class NeptuneAnalyticsSink(GraphSink):
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return list((await self._run(statement, params)).get("results", []))
-
-    def classify(self, exc: BaseException) -> ErrorClass:
-        return classify_aws_error(exc)

@@ -1,0 +1,150 @@
+"""Reading a Neptune property-graph stream page by page; the `neptune` source and `graph-replicator capture`
+both read through it.
+
+* Start: a resume position (`AFTER_SEQUENCE_NUMBER`), else `start`: `trim_horizon`, `latest` (after the most
+  recent change at start-up) or `{commit_num, op_num}` (`AT_SEQUENCE_NUMBER`, inclusive).
+* A page of records is followed at once while pages are full; after a short page it waits
+  `idle_min`. "Caught up" (HTTP 404 `StreamRecordsNotFoundException`, "startEventId is from the future", or an
+  empty page) is yielded as an empty page, then the reader waits, doubling from `idle_min` to `idle_max`.
+* Throttling, 5xx and connection failures back off with full jitter (the caller is told through `on_retry`);
+  other failures are raised. botocore's own retries are off (see `daemon.aws`).
+* `ExpiredStreamException`: the position is older than the stream's retention, changes are lost to whoever
+  reads from here, so it raises `StreamExpired` (DESIGN rule 4): a loud stop, never a restart from the horizon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.aws import classify_aws_error, error_code
+from daemon.model import Position, SourceStopped
+from daemon.sinks.base import ErrorClass
+
+RetryHook = Callable[[ErrorClass, int, float, BaseException], None]  # class, attempt, delay, error
+
+
+class StreamExpired(SourceStopped):
+    """The requested position is older than the stream's retention window."""
+
+
+@dataclass(slots=True)
+class Page:
+    """Records in stream order; `after` is the position everything up to which has been read ((0, 0) when the
+    reader started at the horizon and has read nothing); `caught_up` says the stream has nothing after it."""
+
+    records: list[dict[str, Any]]
+    after: Position
+    caught_up: bool = False
+
+
+class StreamReader:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        start: str | dict[str, int] = "trim_horizon",
+        resume: Position | None = None,
+        limit: int = 1000,
+        idle_min: float = 0.05,
+        idle_max: float = 5.0,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self.client = client
+        self.limit = limit  # may be lowered between pages (capture --max-records)
+        self._start, self._resume = start, resume
+        self._idle_min, self._idle_max = idle_min, idle_max
+        self._on_retry = on_retry
+        self._failures = 0
+
+    async def pages(self) -> AsyncIterator[Page]:
+        """Pages forever (the caller stops iterating when it has enough)."""
+        params = await self._start_params()
+        idle = self._idle_min
+        while True:
+            try:
+                response = await self.client.get_propertygraph_stream(limit=self.limit, **params)
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "StreamRecordsNotFoundException":
+                    self._failures = 0
+                    yield Page([], _after(params), caught_up=True)
+                    await asyncio.sleep(idle)
+                    idle = min(idle * 2, self._idle_max)
+                    continue
+                if code == "ExpiredStreamException":
+                    raise StreamExpired(
+                        f"the stream no longer holds the changes after commitNum {params.get('commitNum')}, "
+                        f"opNum {params.get('opNum')} (older than the stream retention window); changes after "
+                        "it were lost to this replica. Bootstrap the target again from a full copy of the source, "
+                        "then restart."
+                    ) from exc
+                await self._backoff(exc)
+                continue
+            self._failures = 0
+            records = response.get("records") or []
+            if not records:
+                yield Page([], _after(params), caught_up=True)
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, self._idle_max)
+                continue
+            idle = self._idle_min
+            after = _last_position(records)
+            params = {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": after[0], "opNum": after[1]}
+            short = len(records) < self.limit
+            yield Page(records, after)
+            if short:
+                await asyncio.sleep(self._idle_min)
+
+    async def _start_params(self) -> dict[str, Any]:
+        if self._resume is not None:
+            return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": self._resume[0], "opNum": self._resume[1]}
+        if isinstance(self._start, dict):
+            return {
+                "iteratorType": "AT_SEQUENCE_NUMBER",
+                "commitNum": self._start["commit_num"],
+                "opNum": self._start["op_num"],
+            }
+        if self._start != "latest":
+            return {"iteratorType": "TRIM_HORIZON"}
+        while True:
+            try:
+                event = (await self.client.get_propertygraph_stream(iteratorType="LATEST", limit=1))["lastEventId"]
+            except Exception as exc:
+                if error_code(exc) == "StreamRecordsNotFoundException":
+                    return {"iteratorType": "TRIM_HORIZON"}  # an empty stream: everything to come is new
+                await self._backoff(exc)
+                continue
+            return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": event["commitNum"], "opNum": event["opNum"]}
+
+    async def _backoff(self, exc: BaseException) -> None:
+        cls = classify_aws_error(exc)
+        if not cls.retryable:
+            raise exc
+        self._failures += 1
+        delay = random.uniform(0, min(self._idle_max * 4, 0.1 * 2 ** min(self._failures, 10)))
+        if self._on_retry is not None:
+            self._on_retry(cls, self._failures, delay, exc)
+        await asyncio.sleep(delay)
+
+
+def _after(params: dict[str, Any]) -> Position:
+    """The position everything before which has been read: only an AFTER_SEQUENCE_NUMBER request says so."""
+    if params.get("iteratorType") == "AFTER_SEQUENCE_NUMBER":
+        return (int(params["commitNum"]), int(params["opNum"]))
+    return (0, 0)
+
+
+def _last_position(records: list[dict[str, Any]]) -> Position:
+    """The eventId of the last record that has a readable one."""
+    for record in reversed(records):
+        event = record.get("eventId")
+        if isinstance(event, dict):
+            commit, op = event.get("commitNum"), event.get("opNum")
+            if isinstance(commit, int) and isinstance(op, int) and not isinstance(commit, bool):
+                return (commit, op)
+    # Without a position the stream cannot be followed past this page; re-reading it would loop.
+    raise SourceStopped("a stream page had no record with a readable eventId; the stream cannot be followed past it")
