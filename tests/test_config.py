@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon.cli import main as cli_main
 from daemon.config import (
     Config,
     ConfigError,
@@ -290,6 +292,34 @@ def test_broken_config(tmp_path: Path, text: str, env: dict[str, str], key: str,
     matching = [r for k, r in problems if k == key]
     assert matching, f"no problem for {key!r} in {problems}"
     assert any(reason in r for r in matching), f"{reason!r} not in {matching}"
+
+
+@pytest.mark.parametrize(("text", "env", "key", "reason"), BROKEN)
+def test_check_config_command_names_key_and_reason(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    env: dict[str, str],
+    key: str,
+    reason: str,
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    for name in [n for n in os.environ if n.upper().startswith("GRAPH_REPLICATOR__")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config error: {key.format(path=path)}: " in err and reason in err, err
+
+
+def test_check_config_command_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD)
+    assert cli_main(["check-config", "--config", str(path)]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["sinks"]["replica"]["batch_size"] > 0
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
