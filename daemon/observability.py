@@ -143,6 +143,17 @@ class Metrics:
 METRICS = Metrics()
 
 
+class SourceMetrics:
+    """One source's counters, bound to its label once."""
+
+    def __init__(self, source: str) -> None:
+        self.read = METRICS.records_read.labels(source=source)
+        self.polls = METRICS.source_polls.labels(source=source)
+        self.empty_polls = METRICS.source_empty_polls.labels(source=source)
+        self.dead_lettered = METRICS.records_dead_lettered.labels(source=source, stage="translate")
+        self.up = METRICS.source_up.labels(source=source)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """structlog JSON lines (console renderer on a TTY when fmt is auto)."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())

@@ -21,7 +21,7 @@ from tests.stand.harness import (
     status,
     wait_for,
 )
-from tests.stand.neptune_endpoint import NeptuneStand
+from tests.stand.neptune_endpoint import FAULT_KINDS, NeptuneStand
 from tests.stand.workload import ReferenceGraph, generate_history
 
 pytestmark = pytest.mark.slow
@@ -56,17 +56,8 @@ def test_faults_leave_the_replica_identical_and_retries_visible(
     if kind == "neptune-analytics":
         history = generate_history(seed=4, n_changes=5000)  # the same code path; a smaller run keeps CI quick
     load_history(stand, history)
-    sink_faults = [
-        "concurrent_modification",
-        "throttling",
-        "server_error",
-        "slow",
-        "drop_connection",
-        "drop_after_commit",
-        "read_only",
-    ]
-    if kind == "neptune-analytics":
-        sink_faults.append("conflict")
+    # Every fault kind; ConflictException is Neptune Analytics' own.
+    sink_faults = sorted(FAULT_KINDS if kind == "neptune-analytics" else FAULT_KINDS - {"conflict"})
     stand.faults.configure(rate=0.2, kinds=sink_faults, seed=7, paths=("opencypher", "queries"))
     config = config_for(tmp_path, stand, kind, source={"limit": 3000}, sink={"batch_size": 400})
     daemon = DaemonProcess(config, exit_when_idle=False)

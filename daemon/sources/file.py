@@ -40,7 +40,7 @@ import structlog
 
 from daemon.deadletter import DeadLetterFile
 from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
-from daemon.observability import METRICS
+from daemon.observability import SourceMetrics
 from daemon.sources.pgjson import MalformedRecord, translate_record
 
 log = structlog.get_logger("daemon.source.file")
@@ -376,10 +376,7 @@ class FileSource:
         self.state = "starting"
         self.head: Position | None = None  # the last position in the input, once its end was reached
         self.polling = False
-        self._m_read = METRICS.records_read.labels(source=name)
-        self._m_polls = METRICS.source_polls.labels(source=name)
-        self._m_empty = METRICS.source_empty_polls.labels(source=name)
-        self._m_dead = METRICS.records_dead_lettered.labels(source=name, stage="translate")
+        self._m = SourceMetrics(name)
 
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None:
         """Read the input from the start, putting batches on `out` (which blocks when the pipeline is behind)."""
@@ -389,24 +386,24 @@ class FileSource:
             self.state = "failed"
             raise
         self.polling = True
-        METRICS.source_up.labels(source=self.name).set(1)
+        self._m.up.set(1)
         self.state = "reading"
         signalled_caught_up = False
         try:
             while True:
-                self._m_polls.inc()
+                self._m.polls.inc()
                 batch = await asyncio.to_thread(reader.next_batch)
-                self._m_read.inc(batch.taken)
+                self._m.read.inc(batch.taken)
                 if batch.position is not None:  # read past the resume position (changes come with one)
                     signalled_caught_up, self.state = False, "reading"
                     await out.put(ChangeBatch(PARTITION, batch.changes, batch.position))
                 if batch.error is not None:
                     self.state, self.polling = "failed", False
-                    METRICS.source_up.labels(source=self.name).set(0)
+                    self._m.up.set(0)
                     raise batch.error
                 if not batch.at_end:
                     continue
-                self._m_empty.inc()
+                self._m.empty_polls.inc()
                 if not signalled_caught_up:
                     self.head = reader.position
                     await out.put(ChangeBatch(PARTITION, [], reader.position or (0, 0), caught_up=True))
@@ -421,7 +418,7 @@ class FileSource:
     def dead_letter(self, reason: str, entry: dict[str, Any]) -> None:
         """Write one unreadable line to the dead-letter file (called from the reading thread)."""
         self._dead_letters.write(stage="translate", source=self.name, reason=reason, entries=[entry])
-        self._m_dead.inc()
+        self._m.dead_lettered.inc()
         log.error(
             "malformed input line written to the dead-letter file",
             source=self.name,

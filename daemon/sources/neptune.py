@@ -20,7 +20,7 @@ import structlog
 from daemon.aws import open_client
 from daemon.deadletter import DeadLetterFile
 from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
-from daemon.observability import METRICS
+from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import ErrorClass
 from daemon.sources.pgjson import MalformedRecord, translate_record
 from daemon.sources.stream_reader import StreamExpired, StreamReader
@@ -56,10 +56,7 @@ class NeptuneStreamSource:
         self.state = "starting"
         self.head: Position | None = None  # the last event id the stream reported when caught up
         self.polling = False
-        self._m_read = METRICS.records_read.labels(source=name)
-        self._m_polls = METRICS.source_polls.labels(source=name)
-        self._m_empty = METRICS.source_empty_polls.labels(source=name)
-        self._m_dead = METRICS.records_dead_lettered.labels(source=name, stage="translate")
+        self._m = SourceMetrics(name)
 
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None:
         """Poll forever, putting batches on `out` (which blocks when the pipeline is behind)."""
@@ -86,11 +83,11 @@ class NeptuneStreamSource:
             self.state = "polling"
             try:
                 async for page in reader.pages():
-                    self._m_polls.inc()
+                    self._m.polls.inc()
                     self.polling = True
-                    METRICS.source_up.labels(source=self.name).set(1)
+                    self._m.up.set(1)
                     if page.caught_up:
-                        self._m_empty.inc()
+                        self._m.empty_polls.inc()
                         self.state = "caught_up"
                         if not signalled_caught_up:
                             await out.put(ChangeBatch(PARTITION, [], page.after, caught_up=True))
@@ -98,7 +95,7 @@ class NeptuneStreamSource:
                         continue
                     self.state = "polling"
                     signalled_caught_up = False
-                    self._m_read.inc(len(page.records))
+                    self._m.read.inc(len(page.records))
                     await out.put(ChangeBatch(PARTITION, self._translate(page.records), page.after))
             except StreamExpired as exc:
                 self.state = "expired"
@@ -121,7 +118,7 @@ class NeptuneStreamSource:
         METRICS.source_errors.labels(source=self.name, error_type=cls.reason).inc()
         if attempt >= 3:
             self.polling = False
-            METRICS.source_up.labels(source=self.name).set(0)
+            self._m.up.set(0)
         log.warning(
             "stream read failed, retrying",
             source=self.name,
@@ -138,7 +135,7 @@ class NeptuneStreamSource:
             reason=exc.reason,
             entries=[{"position": list(exc.position) if exc.position else None, "record": record}],
         )
-        self._m_dead.inc()
+        self._m.dead_lettered.inc()
         log.error(
             "malformed stream record written to the dead-letter file",
             source=self.name,
