@@ -25,11 +25,10 @@ from typing import IO, Any, TextIO
 import orjson
 from botocore.exceptions import ClientError
 
-from daemon.aws import open_client
 from daemon.config import NeptuneSourceConfig
 from daemon.model import Position, SourceStopped
 from daemon.sinks.base import ErrorClass
-from daemon.sources.stream_reader import StreamReader
+from daemon.sources.stream_reader import open_stream_reader
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -146,27 +145,9 @@ class Capture:
 
     async def run(self) -> str:
         """Write records until a stop condition; return which one ("reached --max-records", "caught up")."""
-        cfg = self.source
-        start = cfg.start if isinstance(cfg.start, str) else cfg.start.model_dump()
         async with AsyncExitStack() as stack:
             out = stack.enter_context(_open_output(self.output))
-            client = await open_client(
-                stack,
-                "neptunedata",
-                endpoint=cfg.endpoint,
-                region=cfg.region,
-                profile=cfg.profile,
-                timeout_seconds=cfg.request_timeout_seconds,
-                max_connections=2,
-            )
-            reader = StreamReader(
-                client,
-                start=start,
-                limit=self._page_limit(),
-                idle_min=cfg.poll_interval_min_seconds,
-                idle_max=cfg.poll_interval_max_seconds,
-                on_retry=self._on_retry,
-            )
+            reader = await open_stream_reader(stack, self.source, limit=self._page_limit(), on_retry=self._on_retry)
             try:
                 async for page in reader.pages():
                     if page.caught_up:

@@ -91,21 +91,7 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             poll_interval_seconds=cfg.poll_interval_seconds,
             dead_letters=dead_letters,
         )
-    start = (
-        cfg.start if isinstance(cfg.start, str) else {"commit_num": cfg.start.commit_num, "op_num": cfg.start.op_num}
-    )
-    return NeptuneStreamSource(
-        cfg.name,
-        endpoint=cfg.endpoint,
-        region=cfg.region,
-        profile=cfg.profile,
-        start=start,
-        limit=cfg.limit,
-        poll_interval_min_seconds=cfg.poll_interval_min_seconds,
-        poll_interval_max_seconds=cfg.poll_interval_max_seconds,
-        request_timeout_seconds=cfg.request_timeout_seconds,
-        dead_letters=dead_letters,
-    )
+    return NeptuneStreamSource(cfg, dead_letters=dead_letters)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,13 @@ from typing import Any
 
 import structlog
 
-from daemon.aws import open_client
+from daemon.config import NeptuneSourceConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import ErrorClass
 from daemon.sources.pgjson import MalformedRecord, translate_record
-from daemon.sources.stream_reader import StreamExpired, StreamReader
+from daemon.sources.stream_reader import StreamExpired, open_stream_reader
 
 __all__ = ["PARTITION", "NeptuneStreamSource", "StreamExpired"]
 
@@ -33,52 +33,19 @@ PARTITION = ""  # a Neptune stream is one totally ordered partition
 
 
 class NeptuneStreamSource:
-    def __init__(
-        self,
-        name: str,
-        *,
-        endpoint: str,
-        region: str,
-        profile: str | None = None,
-        start: str | dict[str, int] = "trim_horizon",
-        limit: int = 1000,
-        poll_interval_min_seconds: float = 0.05,
-        poll_interval_max_seconds: float = 5.0,
-        request_timeout_seconds: float = 30.0,
-        dead_letters: DeadLetterFile,
-    ) -> None:
-        self.name = name
-        self._endpoint, self._region, self._profile = endpoint, region, profile
-        self._start, self._limit = start, limit
-        self._idle_min, self._idle_max = poll_interval_min_seconds, poll_interval_max_seconds
-        self._timeout = request_timeout_seconds
+    def __init__(self, cfg: NeptuneSourceConfig, *, dead_letters: DeadLetterFile) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
         self._dead_letters = dead_letters
         self.state = "starting"
         self.head: Position | None = None  # the last event id the stream reported when caught up
         self.polling = False
-        self._m = SourceMetrics(name)
+        self._m = SourceMetrics(cfg.name)
 
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None:
         """Poll forever, putting batches on `out` (which blocks when the pipeline is behind)."""
         async with AsyncExitStack() as stack:
-            client = await open_client(
-                stack,
-                "neptunedata",
-                endpoint=self._endpoint,
-                region=self._region,
-                profile=self._profile,
-                timeout_seconds=self._timeout,
-                max_connections=2,
-            )
-            reader = StreamReader(
-                client,
-                start=self._start,
-                resume=resume,
-                limit=self._limit,
-                idle_min=self._idle_min,
-                idle_max=self._idle_max,
-                on_retry=self._on_retry,
-            )
+            reader = await open_stream_reader(stack, self._cfg, resume=resume, on_retry=self._on_retry)
             signalled_caught_up = False
             self.state = "polling"
             try:

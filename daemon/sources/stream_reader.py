@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.aws import classify_aws_error, error_code
+from daemon.aws import classify_aws_error, error_code, open_client
+from daemon.config import NeptuneSourceConfig
 from daemon.model import Position, SourceStopped
 from daemon.sinks.base import ErrorClass
 
@@ -129,6 +131,35 @@ class StreamReader:
         if self._on_retry is not None:
             self._on_retry(cls, self._failures, delay, exc)
         await asyncio.sleep(delay)
+
+
+async def open_stream_reader(
+    stack: AsyncExitStack,
+    cfg: NeptuneSourceConfig,
+    *,
+    resume: Position | None = None,
+    limit: int | None = None,
+    on_retry: RetryHook | None = None,
+) -> StreamReader:
+    """A reader of the stream a `neptune` source config names, its client bound to `stack`."""
+    client = await open_client(
+        stack,
+        "neptunedata",
+        endpoint=cfg.endpoint,
+        region=cfg.region,
+        profile=cfg.profile,
+        timeout_seconds=cfg.request_timeout_seconds,
+        max_connections=2,
+    )
+    return StreamReader(
+        client,
+        start=cfg.start if isinstance(cfg.start, str) else cfg.start.model_dump(),
+        resume=resume,
+        limit=cfg.limit if limit is None else limit,
+        idle_min=cfg.poll_interval_min_seconds,
+        idle_max=cfg.poll_interval_max_seconds,
+        on_retry=on_retry,
+    )
 
 
 def _after(params: dict[str, Any]) -> Position:
