@@ -42,6 +42,9 @@ _RETRYABLE_CODES = {
     "ClientTimeoutException": "timeout",
     "QueryLimitExceededException": "throttling",
     "ExpiredTokenException": "access_expired",  # credentials rotate; the chain refreshes them
+    "LimitExceededException": "throttling",  # DynamoDB Streams: too many GetRecords / readers on a shard
+    "ProvisionedThroughputExceededException": "throttling",
+    "RequestLimitExceeded": "throttling",
 }
 # Error codes that mean "these rows are refused": bisect to the poison change and dead-letter it.
 _DATA_REJECTED_CODES = frozenset(

@@ -43,16 +43,33 @@ class SQLiteCheckpointStore:
         return {partition: tuple(orjson.loads(position)) for partition, position in rows}
 
     async def save(self, source: str, partition: str, position: Position) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._save, source, partition, position)
+        await self.save_many(source, {partition: position})
 
-    def _save(self, source: str, partition: str, position: Position) -> None:
-        self._db.execute(
-            "INSERT INTO checkpoints (source, partition, position, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (source, partition) DO UPDATE SET position = excluded.position, "
-            "updated_at = excluded.updated_at",
-            (source, partition, orjson.dumps(list(position)).decode(), time.time()),
-        )
+    async def save_many(self, source: str, positions: dict[str, Position]) -> None:
+        """Write several partitions' positions in one transaction (a window spans several DynamoDB shards)."""
+        async with self._lock:
+            await asyncio.to_thread(self._save, source, positions)
+
+    async def forget(self, source: str, partitions: list[str]) -> None:
+        """Drop the rows of partitions that no longer exist (DynamoDB shards trimmed after they were finished)."""
+        async with self._lock:
+            await asyncio.to_thread(
+                self._db.executemany,
+                "DELETE FROM checkpoints WHERE source = ? AND partition = ?",
+                [(source, partition) for partition in partitions],
+            )
+
+    def _save(self, source: str, positions: dict[str, Position]) -> None:
+        now = time.time()
+        rows = [(source, part, orjson.dumps(list(pos)).decode(), now) for part, pos in positions.items()]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO checkpoints (source, partition, position, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source, partition) DO UPDATE SET position = excluded.position, "
+                "updated_at = excluded.updated_at",
+                rows,
+            )
 
     def close(self) -> None:
         self._db.close()

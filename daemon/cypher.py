@@ -19,6 +19,12 @@ Removing a vertex's last label deletes the vertex (DETACH). That takes two state
 -remains then remove-labels: FalkorDB leaves wrong labels behind when both are done in one query, and Neptune
 refuses to strip a vertex of all its labels.
 
+Whole elements (`vr` / `er` changes from DynamoDB items) are written with `SET n = r.props`, which replaces
+every property at once (FalkorDB keeps its id property because the row's map carries it; on Neptune `~id` is
+not a property). Their endpoints are MERGEd, so an edge item may arrive before its endpoint items; such a
+placeholder vertex has no label and no property, and it is deleted again when its last edge goes and no item
+made it a vertex of its own (`vertex_delete_orphan_statement`).
+
 Labels and property removals are one statement per name, so that the number of statements in a window grows
 with the number of distinct names, not with the number of label combinations.
 """
@@ -68,6 +74,20 @@ def vertex_upsert_statement(dialect: Dialect, create: bool, has_props: bool) -> 
     return out + (" SET n += r.props" if has_props else "")
 
 
+def vertex_replace_statement(dialect: Dialect, create: bool) -> str:
+    """Create (MERGE) or find (MATCH) vertices and replace all their properties; rows carry `id` and `props`."""
+    return f"UNWIND $rows AS r {'MERGE' if create else 'MATCH'} {dialect.node('n', 'r.id')} SET n = r.props"
+
+
+def vertex_delete_orphan_statement(dialect: Dialect) -> str:
+    """Delete each vertex left with no label (all among `r.gone`), no property (all among `r.keep`) and no edge."""
+    return (
+        f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} "
+        "WHERE all(l IN labels(n) WHERE l IN r.gone) AND all(k IN keys(n) WHERE k IN r.keep) AND NOT (n)--() "
+        "DELETE n"
+    )
+
+
 def vertex_add_label_statement(dialect: Dialect, label: str) -> str:
     """Add one label to vertices; rows carry `id`."""
     return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n:{dialect.quote(label)}"
@@ -104,6 +124,16 @@ def edge_upsert_statement(dialect: Dialect, edge_type: str, has_props: bool) -> 
     rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
     out = f"UNWIND $rows AS r MATCH {dialect.node('a', 'r.from')}, {dialect.node('b', 'r.to')} MERGE (a)-{rel}->(b)"
     return out + (" SET e += r.props" if has_props else "")
+
+
+def edge_replace_statement(dialect: Dialect, edge_type: str) -> str:
+    """Create (or find) an edge, creating missing endpoints bare, and replace all its properties; rows carry
+    `id`, `from`, `to`, `props`."""
+    rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
+    return (
+        f"UNWIND $rows AS r MERGE {dialect.node('a', 'r.from')} MERGE {dialect.node('b', 'r.to')} "
+        f"MERGE (a)-{rel}->(b) SET e = r.props"
+    )
 
 
 def edge_props_statement(dialect: Dialect, edge_type: str) -> str:

@@ -2,11 +2,17 @@
 
 A `GraphChange` is one property-graph change-log operation, shaped after Neptune's PG_JSON records because that
 is the finest grain any source has: a vertex label (`vl`), a vertex property (`vp`), an edge with its type and
-endpoints (`e`) or an edge property (`ep`), each added or removed. Sources translate into it; the scheduler
-coalesces and orders it; the Cypher layer turns it into statements.
+endpoints (`e`) or an edge property (`ep`), each added or removed. Sources that see whole elements (DynamoDB
+items) use two more kinds: a whole vertex (`vr`: one label and every property) and a whole edge (`er`: type,
+endpoints and every property), whose ADD replaces what the element held and whose REMOVE deletes it (see
+`daemon.mapping`). Sources translate into it; the scheduler coalesces and orders it; the Cypher layer turns
+it into statements.
 
 A `Position` is where a change sits in its source partition. Positions of one partition are totally ordered;
 the checkpoint stores the greatest position at or before which everything is applied (DESIGN rule 2).
+Neptune positions are `(commitNum, opNum)`; a DynamoDB shard's are `(sequence number,)` as a zero-padded
+decimal string (sequence numbers have up to 40 digits, more than JSON integers carry), and `SHARD_END` marks a
+shard read to its end and applied, like the sentinel of the Kinesis Client Library.
 """
 
 from __future__ import annotations
@@ -18,19 +24,24 @@ VERTEX_LABEL = "vl"
 VERTEX_PROPERTY = "vp"
 EDGE = "e"
 EDGE_PROPERTY = "ep"
-KINDS = frozenset({VERTEX_LABEL, VERTEX_PROPERTY, EDGE, EDGE_PROPERTY})
+WHOLE_VERTEX = "vr"
+WHOLE_EDGE = "er"
+KINDS = frozenset({VERTEX_LABEL, VERTEX_PROPERTY, EDGE, EDGE_PROPERTY, WHOLE_VERTEX, WHOLE_EDGE})
 
-# A position within one partition of a source: Neptune's (commitNum, opNum); comparable as a tuple.
-Position = tuple[int, ...]
+# A position within one partition of a source; comparable as a tuple (all positions of a partition have one shape).
+Position = tuple[int | str, ...]
+
+SHARD_END: Position = ("SHARD_END",)  # sorts after every zero-padded sequence number
 
 
 @dataclass(slots=True)
 class GraphChange:
     """One change-log operation.
 
-    `key` is the label for `vl` and the relationship type for `e`; the property key for `vp` and `ep`.
-    `value` is the property value already converted to a Python value (None for `vl` / `e`).
-    `from_id` / `to_id` are set for `e` only (Neptune's `ep` records carry the edge id alone).
+    `key` is the label for `vl` / `vr` and the relationship type for `e` / `er`; the property key for `vp` / `ep`.
+    `value` is the property value already converted to a Python value (None for `vl` / `e`); for `vr` / `er`
+    ADDs, the dict of every property the element holds.
+    `from_id` / `to_id` are set for `e` and `er` (Neptune's `ep` records carry the edge id alone).
     `commit_ms` is the source commit time in epoch milliseconds (0 when the source does not say).
     """
 
@@ -56,9 +67,9 @@ class GraphChange:
         }
         if self.partition:
             out["partition"] = self.partition
-        if self.kind in (VERTEX_PROPERTY, EDGE_PROPERTY):
+        if self.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or (self.add and self.kind in (WHOLE_VERTEX, WHOLE_EDGE)):
             out["value"] = self.value
-        if self.kind == EDGE:
+        if self.kind in (EDGE, WHOLE_EDGE):
             out["from"] = self.from_id
             out["to"] = self.to_id
         return out
@@ -68,13 +79,14 @@ class GraphChange:
 class ChangeBatch:
     """What a source hands the pipeline: changes in source order and the position they reach.
 
-    `position` is the position of the last record read, which may be past the last change when records were
-    dead-lettered at translation; `caught_up` says the source saw the head of its stream with this batch.
+    `position` is the position of the last record read in `partition`, which may be past the last change when
+    records were dead-lettered or skipped at translation (None for a batch that only carries `caught_up`);
+    `caught_up` says the source saw the head of every partition with this batch.
     """
 
     partition: str
     changes: list[GraphChange]
-    position: Position
+    position: Position | None
     caught_up: bool = False
     head_position: Position | None = None
 

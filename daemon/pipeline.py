@@ -1,9 +1,10 @@
 """One source's pipeline: source task -> bounded queue -> apply loop -> checkpoint.
 
 The apply loop takes a window (everything queued, up to `window_max_changes`), plans it into layers of
-batches, applies the plan, and only then writes the window's last position as the checkpoint: a low watermark
-that never passes an unapplied change (DESIGN rule 2). A bounded queue makes a slow sink slow the poller down
-instead of growing memory (rule 7).
+batches, applies the plan, and only then writes each partition's last position in the window as its
+checkpoint: a low watermark that never passes an unapplied change (DESIGN rule 2). Then it tells the source
+what is applied (`acknowledge`), which is how a DynamoDB source learns that a parent shard is finished and its
+children may start. A bounded queue makes a slow sink slow the poller down instead of growing memory (rule 7).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.checkpoint import SQLiteCheckpointStore
-from daemon.model import ChangeBatch, Position
+from daemon.model import SHARD_END, ChangeBatch, Position
 from daemon.observability import METRICS
 from daemon.scheduler import Planner
 from daemon.sinks.base import PlanApplier
@@ -29,7 +30,11 @@ class Source(Protocol):
     state: str
     polling: bool
 
-    async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None: ...
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
+        """Read from the checkpointed position of each partition (`resume`) and put batches on `out`."""
+
+    def acknowledge(self, applied: dict[str, Position]) -> None:
+        """These partitions' positions are applied and checkpointed."""
 
 
 class Pipeline:
@@ -50,13 +55,13 @@ class Pipeline:
         self.checkpoints = checkpoints
         self.queue_size = queue_size
         self.window_max = window_max_changes
-        self.position: Position | None = None  # the checkpointed low watermark
+        self.positions: dict[str, Position] = {}  # the checkpointed low watermark of each partition
         self.caught_up = False  # the source saw the head and everything read is applied and checkpointed
         self.applying = False
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
         self._stopping = asyncio.Event()
-        self._partition = ""
+        self._latency_commit: dict[str, int] = {}  # partition -> commit time of its last applied change
         self._m_depth = METRICS.queue_depth.labels(source=self.name)
         METRICS.queue_capacity.labels(source=self.name).set(queue_size)
 
@@ -70,12 +75,11 @@ class Pipeline:
 
     async def run(self) -> None:
         """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
-        saved = self.checkpoints.load(self.name)
-        self.position = saved.get(self._partition)
-        if self.position is not None:
-            self._export_checkpoint(self.position)
+        self.positions = self.checkpoints.load(self.name)
+        for partition, position in self.positions.items():
+            self._export_checkpoint(partition, position)
         queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
-        source_task = asyncio.create_task(self.source.run(queue, self.position), name=f"source:{self.name}")
+        source_task = asyncio.create_task(self.source.run(queue, dict(self.positions)), name=f"source:{self.name}")
         try:
             while not self._stopping.is_set():
                 window = await self._next_window(queue, source_task)
@@ -123,10 +127,19 @@ class Pipeline:
                 if plan.skipped:
                     METRICS.records_skipped.labels(source=self.name, reason="edge_not_in_target").inc(len(plan.skipped))
                 self.changes_applied += await self.applier.apply(plan)
-            if last.position > (self.position or (0, 0)):
-                await self.checkpoints.save(self.name, last.partition, last.position)
-                self.position = last.position
-                self._export_checkpoint(last.position)
+            reached: dict[str, Position] = {}
+            for batch in window:
+                if batch.position is not None:
+                    reached[batch.partition] = batch.position
+            moved = {
+                part: pos for part, pos in reached.items() if part not in self.positions or pos > self.positions[part]
+            }
+            if moved:
+                await self.checkpoints.save_many(self.name, moved)
+                self.positions.update(moved)
+                for partition, position in moved.items():
+                    self._export_checkpoint(partition, position)
+                self.source.acknowledge(moved)
         finally:
             self.applying = False
         now = time.time()
@@ -136,17 +149,32 @@ class Pipeline:
                 METRICS.end_to_end_latency.labels(source=self.name).observe(max(0.0, now - commit_ms / 1000))
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
-        latency = (
-            0.0
-            if self.caught_up or not self.last_applied_commit_ms
-            else max(0.0, now - self.last_applied_commit_ms / 1000)
-        )
-        METRICS.stream_latency.labels(source=self.name, partition=last.partition).set(latency)
+        self._export_latency(window, now)
 
-    def _export_checkpoint(self, position: Position) -> None:
-        METRICS.checkpoint_commit.labels(source=self.name, partition=self._partition).set(position[0])
-        if len(position) > 1:
-            METRICS.checkpoint_op.labels(source=self.name, partition=self._partition).set(position[1])
+    def _export_latency(self, window: list[ChangeBatch], now: float) -> None:
+        """Per partition: now minus the commit time of its last applied change; 0 for all once caught up. A
+        partition that ended (a finished shard) loses its series, so label values stay bounded."""
+        for batch in window:
+            if batch.position == SHARD_END:
+                self._latency_commit.pop(batch.partition, None)
+                with suppress(KeyError):
+                    METRICS.stream_latency.remove(self.name, batch.partition)
+                continue
+            if batch.position is None and self._latency_commit:
+                continue  # a caught-up marker of a partitioned source: not a partition of its own
+            commit = max((c.commit_ms for c in batch.changes), default=0)
+            if commit or batch.partition not in self._latency_commit:
+                self._latency_commit[batch.partition] = commit
+        for partition, commit_ms in self._latency_commit.items():
+            lag = 0.0 if self.caught_up or not commit_ms else max(0.0, now - commit_ms / 1000)
+            METRICS.stream_latency.labels(source=self.name, partition=partition).set(lag)
+
+    def _export_checkpoint(self, partition: str, position: Position) -> None:
+        # Numeric gauges for Neptune's (commitNum, opNum); DynamoDB sequence numbers are too long for a float.
+        if isinstance(position[0], int):
+            METRICS.checkpoint_commit.labels(source=self.name, partition=partition).set(position[0])
+            if len(position) > 1:
+                METRICS.checkpoint_op.labels(source=self.name, partition=partition).set(position[1])
         METRICS.checkpoint_timestamp.labels(source=self.name).set(time.time())
 
     def status(self) -> dict[str, Any]:
@@ -156,10 +184,19 @@ class Pipeline:
         return {
             "source": self.name,
             "state": self.source.state,
-            "position": list(self.position) if self.position else None,
+            "position": _position_text(self.positions),
             "caught_up": self.caught_up,
             "lag_seconds": round(lag, 3),
             "changes_applied": self.changes_applied,
             "sink": self.applier.sink.name,
             "sink_healthy": self.applier.healthy,
         }
+
+
+def _position_text(positions: dict[str, Position]) -> list[int | str] | dict[str, list[int | str]] | None:
+    """One partition's position as a list (Neptune, files); several as a map of partition -> position."""
+    if not positions:
+        return None
+    if list(positions) == [""]:
+        return list(positions[""])
+    return {partition: list(position) for partition, position in sorted(positions.items())}

@@ -16,6 +16,11 @@ Two steps, both in one pass over the window in source order:
    labels; delete it if no label is left; remove labels; remove properties) are in successive phases, and
    the batches of one phase run concurrently.
 
+Whole-element changes (`vr` / `er`, from DynamoDB items) coalesce the same way: an ADD replaces the
+element's properties (later property changes in the run apply on top), a vertex REMOVE strips the vertex and
+deletes it unless edges still hold it, an edge REMOVE deletes the edge and then its endpoints if they are bare
+placeholders no edge holds any more (see `daemon.cypher`).
+
 Edge-property records carry only the edge id, but a relationship is found by type (FalkorDB indexes only
 under a type), so the planner remembers each edge's type from `e` records (a bounded LRU) and asks the sink
 for the ones it has not seen, e.g. after a restart.
@@ -33,14 +38,17 @@ from daemon.cypher import (
     edge_delete_statement,
     edge_property_removal_statement,
     edge_props_statement,
+    edge_replace_statement,
     edge_upsert_statement,
     vertex_add_label_statement,
+    vertex_delete_orphan_statement,
     vertex_delete_unlabelled_statement,
     vertex_property_removal_statement,
     vertex_remove_label_statement,
+    vertex_replace_statement,
     vertex_upsert_statement,
 )
-from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, GraphChange
+from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, WHOLE_EDGE, WHOLE_VERTEX, GraphChange
 
 EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, EDGE_NOOP = "upsert", "props", "delete", "noop"
 
@@ -54,11 +62,26 @@ class VertexMutation:
     props: dict[str, Any] = field(default_factory=dict)
     removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
     retyped: set[str] = field(default_factory=set)
+    replace: bool = False  # `props` is every property the vertex holds (SET n = props)
+    orphan_only: bool = False  # removed labels delete the vertex only if no edge holds it (no DETACH)
     changes: list[GraphChange] = field(default_factory=list)
 
     def merge(self, change: GraphChange) -> None:
         self.changes.append(change)
-        if change.kind == VERTEX_LABEL:
+        if change.kind == WHOLE_VERTEX:
+            self.replace = True
+            self.removed.clear()
+            self.retyped.clear()
+            if change.add:
+                self.remove_labels.pop(change.key, None)
+                self.add_labels[change.key] = None
+                self.props = dict(change.value)
+            else:
+                self.add_labels.pop(change.key, None)
+                self.remove_labels[change.key] = None
+                self.orphan_only = True
+                self.props = {}
+        elif change.kind == VERTEX_LABEL:
             if change.add:
                 self.remove_labels.pop(change.key, None)
                 self.add_labels[change.key] = None
@@ -80,6 +103,8 @@ class EdgeMutation:
     props: dict[str, Any] = field(default_factory=dict)
     removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
     retyped: set[str] = field(default_factory=set)
+    replace: bool = False  # a whole edge: endpoints MERGEd, `props` is every property (SET e = props)
+    collect_endpoints: bool = False  # after a delete, remove endpoints left as bare placeholders
     changes: list[GraphChange] = field(default_factory=list)
 
 
@@ -95,6 +120,12 @@ def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> No
     an update to a numerically equal value, so those keys are removed before they are set.
     """
     key, value, props = change.key, change.value, m.props
+    if m.replace:  # the run holds every property: a removal just drops the key
+        if change.add:
+            props[key] = value
+        else:
+            props.pop(key, None)
+        return
     current = props.get(key)
     if change.add:
         if key in m.removed and _same_number_other_type(m.removed[key], value):
@@ -210,7 +241,7 @@ class Planner:
         n = 0
         for c in changes:
             n += 1
-            if c.kind == VERTEX_LABEL or c.kind == "vp":
+            if c.kind == VERTEX_LABEL or c.kind == VERTEX_PROPERTY or c.kind == WHOLE_VERTEX:
                 vm = open_vertex.get(c.id)
                 if vm is None:
                     layer = max(vertex_write.get(c.id, -1), vertex_read.get(c.id, -1)) + 1
@@ -236,16 +267,32 @@ class Planner:
                 mutations.append(em)
                 continue
 
-            assert c.kind == EDGE
+            assert c.kind == EDGE or c.kind == WHOLE_EDGE
+            whole = c.kind == WHOLE_EDGE
             cache.put(edge_id, c.key)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
             open_vertex.pop(source, None)
             open_vertex.pop(target, None)
+            if (
+                whole
+                and c.add
+                and em is not None
+                and em.replace
+                and em.from_id == source
+                and em.to_id == target
+                and em.type == c.key
+                and vertex_write.get(source, -1) < em.layer
+                and vertex_write.get(target, -1) < em.layer
+            ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
+                em.props = dict(c.value)
+                em.changes.append(c)
+                continue
             if not c.add and em is not None and em.action == EDGE_UPSERT:
                 em.action = EDGE_DELETE
                 em.changes.append(c)
                 em.props.clear()
+                em.collect_endpoints = whole
                 open_edge.pop(edge_id)
                 continue
             carried: list[GraphChange] = []
@@ -265,7 +312,11 @@ class Planner:
                 source,
                 target,
                 changes=[*carried, c],
+                replace=whole and c.add,
+                collect_endpoints=whole and not c.add,
             )
+            if whole and c.add:
+                em.props = dict(c.value)
             edge_write[edge_id] = layer
             if vertex_read.get(source, -1) < layer:
                 vertex_read[source] = layer
@@ -307,6 +358,12 @@ class Planner:
                 statement = vertex_add_label_statement(d, *args)
             elif kind == "vdrop":
                 statement = vertex_delete_unlabelled_statement(d)
+            elif kind == "vreplace":
+                statement = vertex_replace_statement(d, *args)
+            elif kind == "vorphan":
+                statement = vertex_delete_orphan_statement(d)
+            elif kind == "ereplace":
+                statement = edge_replace_statement(d, *args)
             elif kind == "vunlabel":
                 statement = vertex_remove_label_statement(d, *args)
             elif kind == "vnull":
@@ -327,6 +384,14 @@ class Planner:
         encode = self.dialect.encode_name
         gone_extra = [encode(self.dialect.base_label)] if self.dialect.base_label else []
         identity = self.dialect.name == "neptune"
+        # What a bare placeholder vertex holds: FalkorDB its base label and id property; Neptune gives a vertex
+        # created without a label the label `vertex`, and `~id` is not a property.
+        bare_labels = gone_extra if not identity else ["vertex"]
+        bare_keys = [] if identity else [self.dialect.id_property]
+
+        def whole(m: Mutation, props: dict[str, Any]) -> dict[str, Any]:
+            return props if identity else {**props, self.dialect.id_property: m.id}
+
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
 
         def put(m: Mutation, phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
@@ -347,6 +412,17 @@ class Planner:
             for key in m.retyped:
                 if m.props.get(key) is not None:
                     put(m, RETYPE, (*null_kind, key), {"id": m.id})
+            if isinstance(m, VertexMutation) and m.replace:
+                put(m, UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole(m, props)})
+                for label in m.add_labels:
+                    put(m, ADD_LABEL, ("vlabel", label), {"id": m.id})
+                if m.remove_labels:
+                    gone = [encode(label) for label in m.remove_labels] + bare_labels
+                    drop = "vorphan" if m.orphan_only else "vdrop"
+                    put(m, DROP, (drop,), {"id": m.id, "gone": gone, "keep": bare_keys})
+                    for label in m.remove_labels:
+                        put(m, REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
+                continue
             if isinstance(m, VertexMutation):
                 create = bool(m.add_labels)
                 if create or props:
@@ -363,6 +439,13 @@ class Planner:
                         put(m, REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
             elif m.action == EDGE_DELETE:
                 put(m, UPSERT, (EDGE_DELETE, m.type), {"id": m.id})
+                if m.collect_endpoints:
+                    for end in dict.fromkeys((m.from_id, m.to_id)):
+                        put(m, DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys})
+                continue
+            elif m.replace:
+                row = {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole(m, props)}
+                put(m, UPSERT, ("ereplace", m.type), row)
                 continue
             elif m.action == EDGE_UPSERT:
                 row = {"id": m.id, "from": m.from_id, "to": m.to_id}

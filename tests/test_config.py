@@ -236,7 +236,7 @@ BROKEN = [
     P(_cfg(sink="batch_sise = 5"), {}, "sinks.replica.batch_sise", 'did you mean "batch_size"', id="typo"),
     P(_cfg(source={"kind": '"kafka"'}), {}, f"{_M}.kind", 'unknown kind "kafka"; known kinds: "neptune"',
       id="unknown source kind"),
-    P(_cfg(source={"kind": '"dynamodb"'}), {}, f"{_M}.kind", "not available in this", id="dynamodb source"),
+    P(_cfg(source={"kind": '"dynamodb"'}), {}, f"{_M}.rules", "required", id="dynamodb source without rules"),
     P(_cfg(source={"kind": None}), {}, f"{_M}.kind", 'required; known kinds: "neptune"', id="no source kind"),
     P(_cfg().replace('"falkordb"', '"neo4j"'), {}, f"{_R}.kind",
       'known kinds: "falkordb", "neptune", "neptune-analytics"', id="unknown sink kind"),

@@ -70,7 +70,7 @@ async def read(
 ) -> tuple[list[ChangeBatch], BaseException | None]:
     """Run the source until it has signalled caught-up `until_caught_up` times, or failed."""
     queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=4)
-    task = asyncio.create_task(source.run(queue, resume))
+    task = asyncio.create_task(source.run(queue, {"": resume} if resume else {}))
     batches: list[ChangeBatch] = []
     error: BaseException | None = None
     try:
@@ -205,7 +205,7 @@ async def test_follow_reads_appended_lines_and_new_files(records, tmp_path: Path
     first.write_bytes(lines(records[:10]) + tail[:25])  # the 11th line is still being written
     src = source(capture, tmp_path, follow=True, poll_interval_seconds=0.02)
     queue: asyncio.Queue[ChangeBatch] = asyncio.Queue()
-    task = asyncio.create_task(src.run(queue, None))
+    task = asyncio.create_task(src.run(queue, {}))
 
     async def until_caught_up() -> list[Position]:
         got = []
@@ -235,7 +235,7 @@ async def test_follow_refuses_a_file_that_arrives_out_of_name_order(records, tmp
     (capture / "b.jsonl").write_bytes(lines(records[10:20]))
     src = source(capture, tmp_path, follow=True, poll_interval_seconds=0.02)
     queue: asyncio.Queue[ChangeBatch] = asyncio.Queue()
-    task = asyncio.create_task(src.run(queue, None))
+    task = asyncio.create_task(src.run(queue, {}))
     try:
         while not (await asyncio.wait_for(queue.get(), 5)).caught_up:
             pass

@@ -378,10 +378,10 @@ class FileSource:
         self.polling = False
         self._m = SourceMetrics(name)
 
-    async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None:
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         """Read the input from the start, putting batches on `out` (which blocks when the pipeline is behind)."""
         try:
-            reader = _Reader(self, self.path, resume)
+            reader = _Reader(self, self.path, resume.get(PARTITION))
         except CaptureError:
             self.state = "failed"
             raise
@@ -414,6 +414,9 @@ class FileSource:
                 await asyncio.sleep(self._poll_interval)
         finally:
             reader.close()
+
+    def acknowledge(self, applied: dict[str, Position]) -> None:
+        """Nothing waits on what is applied: a capture is one partition, read in order."""
 
     def dead_letter(self, reason: str, entry: dict[str, Any]) -> None:
         """Write one unreadable line to the dead-letter file (called from the reading thread)."""

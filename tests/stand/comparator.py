@@ -55,6 +55,7 @@ def read_falkordb_graph(
     hidden_labels: frozenset[str] = frozenset({"Replicated"}),
     base_label: str | None = "Replicated",
     page_size: int = PAGE_SIZE,
+    allow_unlabelled: bool = False,
 ) -> ReferenceGraph:
     """Read every node and relationship of a FalkorDB graph (a sync `falkordb` Graph handle).
 
@@ -63,10 +64,11 @@ def read_falkordb_graph(
     nodes that lack it are reported (the sink finds vertices through that label and its id index, so such a
     node is invisible to it). Pages are ranges of internal ids (FalkorDB seeks them with NodeByIdSeek);
     relationships are read with their source node's page. A graph that does not exist reads as empty.
+    `allow_unlabelled` accepts nodes with no visible label (the bare endpoints a DynamoDB edge item creates).
 
     Cost: the redis client's pure-Python reply parser dominates (about 5 s for 70,000 elements here).
     """
-    reader = _FalkorDBReader(graph, id_property, hidden_labels, base_label)
+    reader = _FalkorDBReader(graph, id_property, hidden_labels, base_label, allow_unlabelled)
     with without_gc():
         return reader.read(page_size)
 
@@ -74,8 +76,16 @@ def read_falkordb_graph(
 class _FalkorDBReader:
     """One read of a FalkorDB graph into a (lenient) `ReferenceGraph`."""
 
-    def __init__(self, graph: Graph, id_property: str, hidden_labels: frozenset[str], base_label: str | None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        id_property: str,
+        hidden_labels: frozenset[str],
+        base_label: str | None,
+        allow_unlabelled: bool = False,
+    ) -> None:
         self.graph = graph
+        self.allow_unlabelled = allow_unlabelled
         self.id_property = id_property
         self.hidden_labels = hidden_labels
         self.base_label = base_label
@@ -117,7 +127,7 @@ class _FalkorDBReader:
             problems.append(f"{where} lacks the base label {self.base_label!r} (labels {labels!r})")
         self.node_ids[internal] = vertex_id  # its relationships are read even when the node itself is wrong
         visible = frozenset(labels) - self.hidden_labels
-        if not visible:
+        if not visible and not self.allow_unlabelled:
             problems.append(f"{where} has no labels besides hidden ones {labels!r} (props {props!r})")
         elif vertex_id in self.result.vertices:
             problems.append(f"{where}: another node has the same id")

@@ -1,0 +1,290 @@
+"""DynamoDB items -> graph elements, by the rules of a `dynamodb` source (`[[sources.rules]]`).
+
+Room in the design: the DynamoDB source reads stream records and hands each one here with the item images it
+has; the mapper answers with `GraphChange`s of the whole-element kinds (`vr`, `er`, see `daemon.model`), which
+the scheduler orders and the sinks apply like any other change.
+
+* A rule matches an item when every test of its `when` holds; the first matching rule maps it.
+* INSERT / MODIFY: the element gets the item's whole new image as its properties (attributes that disappeared
+  disappear from the graph). If the old image mapped to another element (another id, label or rule), that
+  one is removed first. A MODIFY whose images are equal changes nothing (moto emits those; DynamoDB does not).
+* REMOVE: a vertex is stripped and deleted once no edge holds it (`vertex_removes = "keep_edges"`, so the
+  replica depends only on the items in the table, whatever order shards are read in) or deleted with its edges
+  (`"detach"`); an edge is deleted, and endpoints left as bare placeholders go with it.
+* TTL deletions (`userIdentity` of the DynamoDB service) are removes, or marks (`ttl_deletes = "mark"`).
+* An item that matches no rule is skipped and counted; one that matches but cannot be mapped (a required
+  attribute missing, a template attribute that is not a string or number, a template part that is not there)
+  raises `UnmappableItem`, which the source writes to the dead-letter file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from daemon.config import DynamoDBSourceConfig, MappingRule, template_attributes
+from daemon.model import (
+    EDGE_PROPERTY,
+    VERTEX_LABEL,
+    VERTEX_PROPERTY,
+    WHOLE_EDGE,
+    WHOLE_VERTEX,
+    GraphChange,
+    Position,
+)
+from daemon.values import ABSENT, UnsupportedValue, from_dynamodb
+
+Item = dict[str, dict[str, Any]]  # attribute name -> DynamoDB attribute value ({"S": "x"})
+
+TTL_PRINCIPAL = "dynamodb.amazonaws.com"
+
+
+class UnmappableItem(ValueError):
+    """An item matched a rule but cannot become its element; `reason` says why."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"rule {rule!r}: {reason}")
+        self.rule = rule
+        self.reason = f"rule {rule!r}: {reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """What one item maps to: a vertex (`label`) or an edge (`type`, `from_id`, `to_id`)."""
+
+    rule: str
+    vertex: bool
+    id: str
+    name: str  # label or relationship type
+    from_id: str | None = None
+    to_id: str | None = None
+    properties: dict[str, Any] | None = None
+
+    def same_element(self, other: Element) -> bool:
+        return (self.vertex, self.id, self.name, self.from_id, self.to_id) == (
+            other.vertex,
+            other.id,
+            other.name,
+            other.from_id,
+            other.to_id,
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The changes for one record, or why it needed none (`skipped`: "no_rule" or "unchanged")."""
+
+    changes: list[GraphChange]
+    skipped: str | None = None
+
+
+class _Template:
+    """An id template compiled to a function of the item."""
+
+    def __init__(self, rule: str, template: str, separator: str) -> None:
+        self.rule, self.separator = rule, separator
+        self.parts: list[str | tuple[str, int | None]] = []
+        refs = iter(template_attributes(template))
+        pos = 0
+        while pos < len(template):
+            start = template.find("{", pos)
+            if start < 0:
+                self.parts.append(template[pos:])
+                break
+            if start > pos:
+                self.parts.append(template[pos:start])
+            self.parts.append(next(refs))
+            pos = template.index("}", start) + 1
+
+    def render(self, item: Item) -> str:
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            attr, index = part
+            text = _key_text(self.rule, attr, item.get(attr))
+            if index is not None:
+                pieces = text.split(self.separator)
+                if index >= len(pieces):
+                    raise UnmappableItem(
+                        self.rule,
+                        f"attribute {attr!r} = {text!r} has no part {index} when split on {self.separator!r}",
+                    )
+                text = pieces[index]
+            out.append(text)
+        return "".join(out)
+
+
+def _key_text(rule: str, attr: str, value: dict[str, Any] | None) -> str:
+    if value is None:
+        raise UnmappableItem(rule, f"attribute {attr!r} is missing")
+    if "S" in value:
+        return str(value["S"])
+    if "N" in value:
+        return str(value["N"])
+    raise UnmappableItem(rule, f"attribute {attr!r} is {next(iter(value), '?')}, not a string or number")
+
+
+class _CompiledRule:
+    def __init__(self, rule: MappingRule, key: set[str]) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.key_only_tests = all(attr in key for attr in rule.when)
+        sep = rule.separator
+        if rule.vertex is not None:
+            self.vertex = True
+            self.label = rule.vertex.label
+            self.id = _Template(rule.name, rule.vertex.id, sep)
+            self.from_id = self.to_id = None
+        else:
+            assert rule.edge is not None
+            self.vertex = False
+            self.label = rule.edge.type
+            self.id = _Template(rule.name, rule.edge.id, sep)
+            self.from_id = _Template(rule.name, rule.edge.from_, sep)
+            self.to_id = _Template(rule.name, rule.edge.to, sep)
+        self.skip = set(key) | set(rule.exclude) if rule.properties == "*" else set(rule.exclude)
+        self.keep = None if rule.properties == "*" else list(rule.properties)
+        self.rename = dict(rule.rename)
+        self.required = list(rule.required)
+        self.tests = [(attr, _test(cond)) for attr, cond in rule.when.items()]
+
+    def matches(self, item: Item, known: Callable[[str], bool] = lambda attr: True) -> bool:
+        """Every test holds; tests on attributes `known` says the image lacks pass (a keys-only REMOVE)."""
+        return all(test(item.get(attr)) for attr, test in self.tests if known(attr))
+
+    def element(self, item: Item, with_properties: bool) -> Element:
+        missing = [a for a in self.required if a not in item]
+        if missing:
+            raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
+        props = self.properties(item) if with_properties else None
+        if self.vertex:
+            return Element(self.name, True, self.id.render(item), self.label, properties=props)
+        assert self.from_id is not None and self.to_id is not None
+        return Element(
+            self.name,
+            False,
+            self.id.render(item),
+            self.label,
+            self.from_id.render(item),
+            self.to_id.render(item),
+            props,
+        )
+
+    def properties(self, item: Item) -> dict[str, Any]:
+        names = item.keys() if self.keep is None else [a for a in self.keep if a in item]
+        out: dict[str, Any] = {}
+        for attr in names:
+            if attr in self.skip:
+                continue
+            try:
+                value = from_dynamodb(item[attr])
+            except UnsupportedValue as exc:
+                raise UnmappableItem(self.name, f"attribute {attr!r}: {exc}") from None
+            if value is not ABSENT:
+                out[self.rename.get(attr, attr)] = value
+        return out
+
+
+def _test(cond: Any) -> Callable[[dict[str, Any] | None], bool]:
+    def test(value: dict[str, Any] | None) -> bool:
+        if cond.exists is not None and (value is not None) != cond.exists:
+            return False
+        if cond.begins_with is not None and not (
+            value is not None and "S" in value and str(value["S"]).startswith(cond.begins_with)
+        ):
+            return False
+        return cond.equals is None or (value is not None and _equals(value, cond.equals))
+
+    return test
+
+
+def _equals(value: dict[str, Any], expected: Any) -> bool:
+    if isinstance(expected, bool):
+        return value.get("BOOL") is expected
+    if isinstance(expected, str):
+        return value.get("S") == expected
+    if "N" not in value:
+        return False
+    try:
+        return Decimal(value["N"]) == Decimal(str(expected))
+    except InvalidOperation:
+        return False
+
+
+class ItemMapper:
+    """Maps one source's stream records to changes."""
+
+    def __init__(self, cfg: DynamoDBSourceConfig) -> None:
+        self.key = set(cfg.key)
+        self.rules = [_CompiledRule(rule, self.key) for rule in cfg.rules]
+        self.vertex_removes = cfg.vertex_removes
+        self.ttl_deletes = cfg.ttl_deletes
+        self.ttl_mark_property = cfg.ttl_mark_property
+
+    def match(self, item: Item, keys_only: bool = False) -> _CompiledRule | None:
+        if keys_only:
+            return next((r for r in self.rules if r.matches(item, lambda attr: attr in self.key)), None)
+        return next((r for r in self.rules if r.matches(item)), None)
+
+    def element(self, item: Item | None, *, keys_only: bool = False, with_properties: bool = True) -> Element | None:
+        if item is None:
+            return None
+        rule = self.match(item, keys_only)
+        return None if rule is None else rule.element(item, with_properties)
+
+    def changes(
+        self,
+        event: str,
+        *,
+        keys: Item,
+        new: Item | None,
+        old: Item | None,
+        position: Position,
+        partition: str,
+        commit_ms: int,
+        ttl: bool = False,
+    ) -> Outcome:
+        """The changes one stream record makes. `new` is the item after the record (None for a REMOVE, or when
+        the item is gone by the time a keys-only record was read), `old` the item before it when the stream
+        carries it."""
+
+        def change(kind: str, add: bool, el: Element, key: str, value: Any = None) -> GraphChange:
+            return GraphChange(kind, add, el.id, key, value, el.from_id, el.to_id, position, commit_ms, partition)
+
+        def removal(el: Element) -> GraphChange:
+            if not el.vertex:
+                return change(WHOLE_EDGE, False, el, el.name)
+            if self.vertex_removes == "detach":
+                return change(VERTEX_LABEL, False, el, el.name)
+            return change(WHOLE_VERTEX, False, el, el.name)
+
+        if event == "REMOVE":
+            before = self.element(old, with_properties=False) if old is not None else None
+            if before is None and old is None:
+                before = self.element(keys, keys_only=True, with_properties=False)
+            if before is None:
+                return Outcome([], "no_rule")
+            if ttl and self.ttl_deletes == "mark":
+                stamp = datetime.fromtimestamp(commit_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                kind = VERTEX_PROPERTY if before.vertex else EDGE_PROPERTY
+                return Outcome([change(kind, True, before, self.ttl_mark_property, stamp)])
+            return Outcome([removal(before)])
+
+        if new is None:  # a keys-only record whose item is gone now: its REMOVE record follows
+            return Outcome([], "item_gone")
+        if old is not None and old == new:
+            return Outcome([], "unchanged")
+        after = self.element(new)
+        before = self.element(old, with_properties=False) if old is not None else None
+        out: list[GraphChange] = []
+        if before is not None and (after is None or not before.same_element(after)):
+            out.append(removal(before))
+        if after is not None:
+            kind = WHOLE_VERTEX if after.vertex else WHOLE_EDGE
+            out.append(change(kind, True, after, after.name, after.properties))
+        return Outcome(out, None if out else "no_rule")

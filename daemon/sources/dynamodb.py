@@ -1,0 +1,458 @@
+"""DynamoDB Streams source: shard discovery and lineage, one reader per shard, iterator renewal (DESIGN rule 5).
+
+* Discovery: `DescribeStream` page by page (`ExclusiveStartShardId`; botocore has no paginator for it), at start,
+  every `discovery_interval_seconds`, and as soon as a shard is finished.
+* Lineage: a shard is read only when its parent is finished: read to its end *and* applied and checkpointed
+  (`SHARD_END`, learnt through `acknowledge`), or no longer listed by the stream (trimmed after 24 h). So a
+  child's record never reaches the sink before a record of its parent, whatever the shards' interleaving.
+* A reader follows `NextShardIterator`; an empty page is not the end of a shard, only a missing
+  `NextShardIterator` is. Calls on one shard are at least `min_get_records_interval_seconds` apart, and
+  `poll_interval_seconds` after an empty page. Throttling (`LimitExceededException`), 5xx and connection
+  failures back off with full jitter.
+* Iterators expire 15 minutes after they are issued: one that waited longer than `iterator_refresh_seconds`
+  (back-pressure) is renewed, and so is one refused with `ExpiredIteratorException`, from the last sequence
+  number read (`AFTER_SEQUENCE_NUMBER`), so nothing is skipped and nothing read twice.
+* A shard position that the stream no longer holds (`TrimmedDataAccessException`, or a checkpointed shard that
+  vanished before its end was read) is a loud stop: `StreamTrimmed`, `graph_replicator_stream_expired` = 1.
+* Positions are `(zero-padded sequence number,)` per shard (`daemon.model`).
+* `KEYS_ONLY` and `OLD_IMAGE` streams carry no new image: the current items are read with a consistent
+  `BatchGetItem`. Records become changes through `daemon.mapping.ItemMapper`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from daemon.aws import classify_aws_error, error_code, open_client
+from daemon.config import DynamoDBSourceConfig
+from daemon.deadletter import DeadLetterFile
+from daemon.mapping import TTL_PRINCIPAL, ItemMapper, UnmappableItem
+from daemon.model import SHARD_END, ChangeBatch, GraphChange, Position, SourceStopped
+from daemon.observability import METRICS, SourceMetrics
+
+log = structlog.get_logger("daemon.source.dynamodb")
+
+SEQUENCE_WIDTH = 40  # DynamoDB sequence numbers have 21 to 40 digits
+CAUGHT_UP = ""  # the partition of the batch that only says "caught up"
+CAUGHT_UP_EMPTY_PAGES = 2  # empty pages in a row after which an open shard counts as read to its head
+
+
+class StreamTrimmed(SourceStopped):
+    """A shard position is older than the stream's 24-hour retention: changes were lost to this replica."""
+
+
+def position_of(sequence_number: str) -> Position:
+    return (sequence_number.zfill(SEQUENCE_WIDTH),)
+
+
+def sequence_of(position: Position) -> str:
+    return str(position[0]).lstrip("0") or "0"
+
+
+@dataclass(slots=True)
+class Shard:
+    id: str
+    parent: str | None
+    closed: bool
+    state: str = "waiting"  # waiting -> reading -> ended (read to its end) -> finished (end applied)
+    caught_up: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DynamoDBStreamSource:
+    def __init__(self, cfg: DynamoDBSourceConfig, *, dead_letters: DeadLetterFile) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
+        self._dead_letters = dead_letters
+        self._mapper = ItemMapper(cfg)
+        self.state = "starting"
+        self.polling = False
+        self._m = SourceMetrics(cfg.name)
+        self._shards: dict[str, Shard] = {}
+        self._resume: dict[str, Position] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._rediscover = False  # a shard finished since the last discovery: its children may not be known yet
+        self._signalled_caught_up = False
+        self._failing: set[str] = set()
+        self._stream_arn = ""
+        self._table = cfg.table
+        self._view_type = "NEW_AND_OLD_IMAGES"
+        self._streams: Any = None
+        self._dynamodb: Any = None
+
+    # ------------------------------------------------------------------------------------------- run
+
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
+        """Discover shards and read each one when its parent is finished, forever."""
+        cfg = self._cfg
+        self._resume = dict(resume)
+        self._shards, self._readers = {}, {}
+        self._signalled_caught_up = False
+        first_start = not resume
+        async with AsyncExitStack() as stack:
+            common = {"region": cfg.region, "profile": cfg.profile, "timeout_seconds": cfg.request_timeout_seconds}
+            self._dynamodb = await open_client(stack, "dynamodb", endpoint=cfg.endpoint, **common)
+            self._streams = await open_client(
+                stack, "dynamodbstreams", endpoint=cfg.streams_endpoint or cfg.endpoint, **common
+            )
+            try:
+                await self._open_stream()
+                discovered_once = False
+                while True:
+                    await self._discover(latest=first_start and cfg.start == "latest" and not discovered_once)
+                    discovered_once = True
+                    self._start_readers(out)
+                    await self._maybe_caught_up(out)
+                    await self._wait_for_work()
+            except SourceStopped:
+                self.state = "failed" if self.state != "expired" else self.state
+                raise
+            finally:
+                for task in self._readers.values():
+                    task.cancel()
+                await asyncio.gather(*self._readers.values(), return_exceptions=True)
+                for state in ("waiting", "reading", "finished"):
+                    METRICS.shards.labels(source=self.name, state=state).set(0)
+
+    def acknowledge(self, applied: dict[str, Position]) -> None:
+        """Shards whose end is applied are finished: their children may start."""
+        for shard_id, position in applied.items():
+            shard = self._shards.get(shard_id)
+            if position == SHARD_END and shard is not None:
+                shard.state = "finished"
+                shard.finished.set()
+                self._resume[shard_id] = SHARD_END
+                self._rediscover = True
+                self._wake.set()
+
+    async def _wait_for_work(self) -> None:
+        """Until the next discovery is due, a shard finished, or a reader failed (its error is raised)."""
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait(
+                [waker, *self._readers.values()],
+                timeout=self._cfg.discovery_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waker.cancel()
+        self._wake.clear()
+        for shard_id, task in list(self._readers.items()):
+            if task.done():
+                del self._readers[shard_id]
+                task.result()  # raises what the reader raised
+
+    # ------------------------------------------------------------------------------------- discovery
+
+    async def _open_stream(self) -> None:
+        cfg = self._cfg
+        if cfg.stream_arn is not None:
+            self._stream_arn = cfg.stream_arn
+        else:
+            table = await self._call(self._dynamodb.describe_table, TableName=cfg.table)
+            arn = table["Table"].get("LatestStreamArn")
+            spec = table["Table"].get("StreamSpecification") or {}
+            if not arn or not spec.get("StreamEnabled", True):
+                raise SourceStopped(
+                    f"source {self.name!r}: table {cfg.table!r} has no stream enabled; enable one with "
+                    "StreamViewType NEW_AND_OLD_IMAGES (or NEW_IMAGE, KEYS_ONLY, OLD_IMAGE) and restart"
+                )
+            self._stream_arn = arn
+        description = (await self._call(self._streams.describe_stream, StreamArn=self._stream_arn, Limit=1))[
+            "StreamDescription"
+        ]
+        self._table = description.get("TableName") or cfg.table
+        self._view_type = description.get("StreamViewType", "NEW_AND_OLD_IMAGES")
+        key = [k["AttributeName"] for k in sorted(description.get("KeySchema", []), key=lambda k: k["KeyType"])]
+        if key and sorted(key) != sorted(cfg.key):
+            raise SourceStopped(
+                f"source {self.name!r}: key = {cfg.key} but the stream's table key is {key}; templates and "
+                "rules were checked against the configured key, so fix `key` and restart"
+            )
+        log.info("dynamodb stream opened", source=self.name, stream=self._stream_arn, view_type=self._view_type)
+
+    async def _discover(self, *, latest: bool) -> None:
+        """Refresh the shard map from DescribeStream (every page)."""
+        rediscovering = self._rediscover
+        listed: dict[str, dict[str, Any]] = {}
+        start: str | None = None
+        while True:
+            params: dict[str, Any] = {"StreamArn": self._stream_arn}
+            if start is not None:
+                params["ExclusiveStartShardId"] = start
+            description = (await self._call(self._streams.describe_stream, **params))["StreamDescription"]
+            status = description.get("StreamStatus")
+            for shard in description.get("Shards", []):
+                listed[shard["ShardId"]] = shard
+            start = description.get("LastEvaluatedShardId")
+            if not start:
+                break
+        if status in ("DISABLED", "DISABLING") and not listed:
+            raise SourceStopped(f"source {self.name!r}: the stream {self._stream_arn} is {status}")
+        for shard_id, raw in listed.items():
+            closed = "EndingSequenceNumber" in raw.get("SequenceNumberRange", {})
+            known = self._shards.get(shard_id)
+            if known is not None:
+                known.closed = closed
+                continue
+            shard = self._shards[shard_id] = Shard(shard_id, raw.get("ParentShardId"), closed)
+            if self._resume.get(shard_id) == SHARD_END:
+                shard.state = "finished"
+                shard.finished.set()
+            elif latest and shard_id not in self._resume:
+                if closed:  # "latest" at the first start: what closed shards hold is history
+                    shard.state = "finished"
+                    shard.finished.set()
+                else:
+                    self._resume[shard_id] = ("LATEST",)
+        for shard_id, shard in self._shards.items():
+            if shard_id not in listed and shard.state in ("waiting", "reading"):
+                position = self._resume.get(shard_id)
+                if position is not None and position != ("LATEST",):
+                    raise self._trimmed(shard_id, "the stream no longer lists the shard")
+        if rediscovering:
+            self._rediscover = False
+        self._export_shard_counts()
+
+    def _start_readers(self, out: asyncio.Queue[ChangeBatch]) -> None:
+        for shard in self._shards.values():
+            if shard.state != "waiting" or shard.id in self._readers:
+                continue
+            parent = self._shards.get(shard.parent) if shard.parent else None
+            if parent is not None and not parent.finished.is_set():
+                continue  # the parent's records go first (a parent the stream no longer lists was trimmed)
+            shard.state = "reading"
+            self._readers[shard.id] = asyncio.create_task(
+                self._read_shard(shard, out), name=f"source:{self.name}:{shard.id}"
+            )
+        self._export_shard_counts()
+
+    def _export_shard_counts(self) -> None:
+        counts = {"waiting": 0, "reading": 0, "finished": 0}
+        for shard in self._shards.values():
+            counts["reading" if shard.state == "ended" else shard.state] += 1
+        for state, count in counts.items():
+            METRICS.shards.labels(source=self.name, state=state).set(count)
+
+    # ---------------------------------------------------------------------------------------- reading
+
+    async def _read_shard(self, shard: Shard, out: asyncio.Queue[ChangeBatch]) -> None:
+        cfg = self._cfg
+        resume = self._resume.get(shard.id)
+        last_read = None if resume in (None, ("LATEST",)) else sequence_of(resume)
+        iterator, issued = await self._iterator(shard.id, last_read, latest=resume == ("LATEST",))
+        last_call = 0.0
+        empty_pages = 0
+        while True:
+            pause = cfg.min_get_records_interval_seconds - (time.monotonic() - last_call)
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if time.monotonic() - issued > cfg.iterator_refresh_seconds:
+                iterator, issued = await self._iterator(shard.id, last_read)
+            last_call = time.monotonic()
+            try:
+                page = await self._call(self._streams.get_records, ShardIterator=iterator, Limit=cfg.limit)
+            except _IteratorExpired:
+                iterator, issued = await self._iterator(shard.id, last_read)
+                continue
+            self._m.polls.inc()
+            self.polling = True
+            self._m.up.set(1)
+            records = page.get("Records") or []
+            following = page.get("NextShardIterator")
+            if records:
+                empty_pages = 0
+                shard.caught_up = False
+                self._signalled_caught_up = False
+                self.state = "polling"
+                self._m.read.inc(len(records))
+                last_read = records[-1]["dynamodb"]["SequenceNumber"]
+                changes = await self._translate(shard.id, records)
+                await out.put(ChangeBatch(shard.id, changes, position_of(last_read)))
+            if following is None:
+                shard.state = "ended"
+                await out.put(ChangeBatch(shard.id, [], SHARD_END))
+                log.info("shard read to its end", source=self.name, shard=shard.id)
+                await shard.finished.wait()
+                self._export_shard_counts()
+                return
+            iterator, issued = following, time.monotonic()
+            if not records:
+                self._m.empty_polls.inc()
+                empty_pages += 1
+                # DynamoDB answers empty pages before records too: a closed shard is at its head only at its
+                # end, an open one after empty pages in a row.
+                if not shard.caught_up and not shard.closed and empty_pages >= CAUGHT_UP_EMPTY_PAGES:
+                    shard.caught_up = True
+                    await self._maybe_caught_up(out)
+                await asyncio.sleep(cfg.poll_interval_seconds)
+
+    async def _maybe_caught_up(self, out: asyncio.Queue[ChangeBatch]) -> None:
+        """Say "caught up" once every shard that can be read is read to its head."""
+        if self._signalled_caught_up or not self._shards or self._rediscover:
+            return
+        for shard in self._shards.values():
+            if shard.state == "finished":
+                continue
+            if shard.state != "reading" or not shard.caught_up:
+                return
+        self._signalled_caught_up = True
+        self.state = "caught_up"
+        await out.put(ChangeBatch(CAUGHT_UP, [], None, caught_up=True))
+
+    async def _iterator(self, shard_id: str, after: str | None, *, latest: bool = False) -> tuple[str, float]:
+        params: dict[str, Any] = {"StreamArn": self._stream_arn, "ShardId": shard_id}
+        if after is not None:
+            params.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
+        else:
+            params["ShardIteratorType"] = "LATEST" if latest else "TRIM_HORIZON"
+        try:
+            response = await self._call(self._streams.get_shard_iterator, **params)
+        except _ShardGone as exc:
+            raise self._trimmed(shard_id, str(exc.__cause__)) from exc
+        return response["ShardIterator"], time.monotonic()
+
+    # ------------------------------------------------------------------------------------ translation
+
+    async def _translate(self, shard_id: str, records: list[dict[str, Any]]) -> list[GraphChange]:
+        fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
+        changes: list[GraphChange] = []
+        for record in records:
+            body = record["dynamodb"]
+            position = position_of(body["SequenceNumber"])
+            created = body.get("ApproximateCreationDateTime")
+            commit_ms = int(created.timestamp() * 1000) if created is not None else 0
+            keys = body.get("Keys") or {}
+            event = record.get("eventName", "")
+            new = body.get("NewImage")
+            if fetched is not None and event != "REMOVE":
+                new = fetched.get(_key_of(keys))
+            identity = record.get("userIdentity") or {}
+            ttl = identity.get("Type") == "Service" and identity.get("PrincipalId") == TTL_PRINCIPAL
+            try:
+                outcome = self._mapper.changes(
+                    event,
+                    keys=keys,
+                    new=new,
+                    old=body.get("OldImage"),
+                    position=position,
+                    partition=shard_id,
+                    commit_ms=commit_ms,
+                    ttl=ttl,
+                )
+            except UnmappableItem as exc:
+                self._dead_letter(shard_id, record, position, exc.reason)
+                continue
+            if outcome.skipped is not None:
+                METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
+            changes.extend(outcome.changes)
+        return changes
+
+    async def _current_items(self, records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The items named by the page's INSERT / MODIFY records as they are now (consistent read)."""
+        wanted: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in records:
+            if record.get("eventName") != "REMOVE":
+                keys = record["dynamodb"]["Keys"]
+                wanted[_key_of(keys)] = keys
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        pending = list(wanted.values())
+        attempt = 0
+        while pending:
+            chunk, pending = pending[:100], pending[100:]
+            response = await self._call(
+                self._dynamodb.batch_get_item,
+                RequestItems={self._table: {"Keys": chunk, "ConsistentRead": True}},
+            )
+            for item in response.get("Responses", {}).get(self._table, []):
+                found[_key_of({k: item[k] for k in self._cfg.key})] = item
+            unprocessed = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+            if unprocessed:
+                attempt += 1
+                await asyncio.sleep(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+                pending.extend(unprocessed)
+        return found
+
+    def _dead_letter(self, shard_id: str, record: dict[str, Any], position: Position, reason: str) -> None:
+        self._dead_letters.write(
+            stage="translate",
+            source=self.name,
+            reason=reason,
+            entries=[{"position": list(position), "partition": shard_id, "record": record}],
+        )
+        self._m.dead_lettered.inc()
+        log.error(
+            "stream record cannot be mapped; written to the dead-letter file",
+            source=self.name,
+            shard=shard_id,
+            position=position[0],
+            reason=reason,
+            dead_letter_file=str(self._dead_letters.path),
+        )
+
+    # ----------------------------------------------------------------------------------------- calls
+
+    async def _call(self, method: Any, **params: Any) -> Any:
+        """One API call, retried with full jitter while the failure is retryable."""
+        attempt = 0
+        while True:
+            try:
+                response = await method(**params)
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "ExpiredIteratorException":
+                    raise _IteratorExpired() from exc
+                if code == "TrimmedDataAccessException":
+                    raise self._trimmed(params.get("ShardId", "?"), str(exc)) from exc
+                if code == "ResourceNotFoundException" and "ShardId" in params:
+                    raise _ShardGone() from exc
+                cls = classify_aws_error(exc)
+                if not cls.retryable:
+                    raise
+                attempt += 1
+                delay = random.uniform(0, min(10.0, 0.1 * 2 ** min(attempt, 10)))
+                METRICS.source_errors.labels(source=self.name, error_type=cls.reason).inc()
+                if attempt >= 3:
+                    self.polling = False
+                    self._m.up.set(0)
+                log.warning(
+                    "dynamodb streams call failed, retrying",
+                    source=self.name,
+                    operation=getattr(method, "__name__", "?"),
+                    reason=cls.reason,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=str(exc)[:300],
+                )
+                await asyncio.sleep(delay)
+                continue
+            return response
+
+    def _trimmed(self, shard_id: str, detail: str) -> StreamTrimmed:
+        self.state = "expired"
+        METRICS.stream_expired.labels(source=self.name).set(1)
+        return StreamTrimmed(
+            f"source {self.name!r}: shard {shard_id} of {self._stream_arn} no longer holds the records after "
+            f"the checkpoint ({detail}); DynamoDB Streams keeps 24 hours, so changes were lost to this replica. "
+            "Bootstrap the target again from a full copy of the table, then restart."
+        )
+
+
+class _IteratorExpired(Exception):
+    pass
+
+
+class _ShardGone(Exception):
+    pass
+
+
+def _key_of(keys: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
+    return tuple(sorted((name, tuple(value.items())) for name, value in keys.items()))

@@ -1,0 +1,238 @@
+"""Shard lineage, iterator expiry, throttling and trimming, against a scripted DynamoDB Streams endpoint (moto
+serves one shard per table and none of these), through the production aiobotocore client and the in-process
+supervisor, into the embedded FalkorDB."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import falkordb
+import pytest
+from aiohttp import web
+
+from daemon.checkpoint import SQLiteCheckpointStore
+from daemon.config import load_config
+from daemon.observability import METRICS
+from daemon.sources.dynamodb import position_of
+from daemon.supervisor import EXIT_SOURCE_FAILED, Supervisor
+from tests.stand.comparator import assert_converged, read_falkordb_graph
+from tests.stand.daemon_process import AWS_ENV
+from tests.stand.neptune_endpoint import HIDDEN_LABEL, NeptuneStand
+from tests.stand.scripted_streams import STREAM_ARN, ScriptedShard, ScriptedStreams
+from tests.stand.workload import ReferenceGraph
+
+BASE = 10**29  # 30-digit sequence numbers, like the service's
+
+
+def shard_id(n: int, tag: str) -> str:
+    """A shard id shaped like the service's (28 characters at least)."""
+    return f"shardId-{n:020d}-{tag.lower():0>8}"
+
+
+def user_key(user: str) -> dict[str, Any]:
+    return {"PK": {"S": f"USER#{user}"}, "SK": {"S": "PROFILE"}}
+
+
+class Script:
+    """Builds shards whose records touch the same users across parent and children, in lineage order."""
+
+    def __init__(self) -> None:
+        self.sequence = BASE
+        self.images: dict[str, dict[str, Any]] = {}  # the item after each record, per user
+
+    def put(self, shard: ScriptedShard, user: str, version: int) -> None:
+        self.sequence += 7
+        new = {**user_key(user), "version": {"N": str(version)}, "shard": {"S": shard.id}}
+        old = self.images.get(user)
+        event = "MODIFY" if old is not None else "INSERT"
+        shard.records.append(ScriptedStreams.record(self.sequence, event, user_key(user), new, old))
+        self.images[user] = new
+
+    def remove(self, shard: ScriptedShard, user: str) -> None:
+        self.sequence += 7
+        old = self.images.pop(user)
+        shard.records.append(ScriptedStreams.record(self.sequence, "REMOVE", user_key(user), None, old))
+
+    def follow(self, shard: ScriptedShard, a: str, b: str) -> None:
+        self.sequence += 7
+        keys = {"PK": {"S": f"USER#{a}"}, "SK": {"S": f"FOLLOWS#{b}"}}
+        new = {**keys, "since": {"N": "2020"}}
+        shard.records.append(ScriptedStreams.record(self.sequence, "INSERT", keys, new, None))
+
+
+def lineage_script() -> tuple[list[ScriptedShard], ReferenceGraph]:
+    """P0 -> P -> (C1 -> C1a, C2 listed late), plus an unrelated open shard S."""
+    p0 = ScriptedShard(shard_id(0, "P0"), closed=True)
+    p = ScriptedShard(shard_id(1, "P"), parent=p0.id, closed=True)
+    c1 = ScriptedShard(shard_id(2, "C1"), parent=p.id, closed=True)
+    c1a = ScriptedShard(shard_id(3, "C1a"), parent=c1.id, listed_after_end_of=c1.id)
+    c2 = ScriptedShard(shard_id(4, "C2"), parent=p.id, listed_after_end_of=p.id)
+    s = ScriptedShard(shard_id(5, "S"))
+    script = Script()
+    users = [f"u{i}" for i in range(30)]
+    even, odd = users[0::2], users[1::2]
+    # Sequence numbers grow in lineage order; the shards' records interleave in time only across lineages.
+    for u in users:
+        script.put(p0, u, 0)
+    for u in users:
+        script.put(p, u, 1)
+    for u in even:
+        script.put(c1, u, 2)
+    for u in odd:
+        script.put(c2, u, 2)
+        script.put(c2, u, 3)
+    for u in even:
+        script.put(c1a, u, 3)
+    script.remove(c1a, "u0")
+    for i in range(10):
+        script.follow(s, f"u{i + 1}", f"u{(i + 5) % 30 + 1}")
+    script.follow(s, "u0", "u3")  # u0's item is deleted: it stays a bare endpoint of this edge
+    expected = ReferenceGraph(strict=False)
+    for user, image in script.images.items():
+        expected.add_vertex(
+            f"user:{user}", frozenset({"User"}), {"version": int(image["version"]["N"]), "shard": image["shard"]["S"]}
+        )
+    expected.add_vertex("user:u0", frozenset(), {})
+    for record in s.records:
+        pk, sk = record["dynamodb"]["Keys"]["PK"]["S"][5:], record["dynamodb"]["Keys"]["SK"]["S"][8:]
+        expected.add_edge(f"follows:{pk}:{sk}", "FOLLOWS", f"user:{pk}", f"user:{sk}", {"since": 2020})
+    return [p0, p, c1, c1a, c2, s], expected
+
+
+CONFIG = """
+[daemon]
+data_dir = "{data}"
+http_address = ""
+restart_backoff_max_seconds = 0.2
+
+[[sources]]
+name = "scripted"
+kind = "dynamodb"
+sink = "graph"
+stream_arn = "{arn}"
+key = ["PK", "SK"]
+region = "us-east-1"
+endpoint = "{url}"
+limit = 4
+poll_interval_seconds = 0.02
+min_get_records_interval_seconds = 0.0
+discovery_interval_seconds = 0.2
+window_max_changes = 7
+
+[[sources.rules]]
+name = "user"
+when = {{ PK = {{ begins_with = "USER#" }}, SK = {{ equals = "PROFILE" }} }}
+vertex = {{ label = "User", id = "user:{{PK[1]}}" }}
+
+[[sources.rules]]
+name = "follows"
+when = {{ PK = {{ begins_with = "USER#" }}, SK = {{ begins_with = "FOLLOWS#" }} }}
+edge = {{ type = "FOLLOWS", id = "follows:{{PK[1]}}:{{SK[1]}}", from = "user:{{PK[1]}}", to = "user:{{SK[1]}}" }}
+
+[sinks.graph]
+{sink}
+batch_size = 5
+retry_initial_seconds = 0.01
+"""
+
+
+async def serve(streams: ScriptedStreams) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(streams.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def replicate(
+    tmp_path: Path, streams: ScriptedStreams, monkeypatch: pytest.MonkeyPatch, sink: str = 'kind = "falkordb"'
+) -> tuple[int, Any]:
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    runner, url = await serve(streams)
+    try:
+        path = tmp_path / "config.toml"
+        path.write_text(CONFIG.format(data=tmp_path / "data", arn=STREAM_ARN, url=url, sink=sink))
+        supervisor = Supervisor(load_config(path), exit_when_idle=True)
+        code = await asyncio.wait_for(supervisor.run(), 60)
+        return code, supervisor
+    finally:
+        await runner.cleanup()
+
+
+def read_replica(tmp_path: Path) -> ReferenceGraph:
+    from daemon.engine import start_engine_in_thread
+
+    engine, stop = start_engine_in_thread(tmp_path / "data" / "falkordb" / "graph")
+    try:
+        graph = falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("graph")
+        return read_falkordb_graph(graph, allow_unlabelled=True)
+    finally:
+        stop()
+
+
+async def test_children_wait_for_parents_through_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards, expected = lineage_script()
+    streams = ScriptedStreams(shards, seed=5, throttle_rate=0.15, expire_rate=0.15, empty_rate=0.2)
+    code, _ = await replicate(tmp_path, streams, monkeypatch)
+    assert code == 0
+    assert_converged(expected, await asyncio.to_thread(read_replica, tmp_path))
+
+    calls = streams.calls
+    for shard in shards:
+        if shard.parent is not None:
+            assert calls.first_read[shard.id] > calls.ended[shard.parent], (
+                f"{shard.id} was read before its parent ended"
+            )
+    assert calls.throttled and calls.expired and calls.empty_injected, calls
+    # Every closed shard is checkpointed as finished; the open ones at their last record.
+    positions = SQLiteCheckpointStore(tmp_path / "data" / "checkpoints.sqlite3").load("scripted")
+    for shard in shards:
+        want = ("SHARD_END",) if shard.closed else position_of(shard.records[-1]["dynamodb"]["SequenceNumber"])
+        assert positions[shard.id] == want, shard.id
+
+
+async def test_a_rerun_resumes_each_shard_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards, expected = lineage_script()
+    streams = ScriptedStreams(shards, seed=8)
+    assert (await replicate(tmp_path, streams, monkeypatch))[0] == 0
+    reads_before = len(streams.calls.get_records)
+    second = ScriptedStreams(shards, seed=9)
+    assert (await replicate(tmp_path, second, monkeypatch))[0] == 0
+    # Finished shards are not read again; open ones are asked only for what follows their checkpoint.
+    assert {shard for shard, _ in second.calls.get_records} <= {shard_id(3, "C1a"), shard_id(4, "C2"), shard_id(5, "S")}
+    assert sum(n for _, n in second.calls.get_records) == 0 and reads_before
+    assert_converged(expected, await asyncio.to_thread(read_replica, tmp_path))
+
+
+async def test_a_trimmed_checkpoint_is_a_loud_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards, _ = lineage_script()
+    store = SQLiteCheckpointStore(tmp_path / "data" / "checkpoints.sqlite3")
+    await store.save("scripted", shard_id(0, "P0"), position_of(str(BASE - 100)))  # older than the shard's records
+    store.close()
+    code, supervisor = await replicate(tmp_path, ScriptedStreams(shards), monkeypatch)
+    assert code == EXIT_SOURCE_FAILED
+    message = supervisor.failed["scripted"]
+    assert shard_id(0, "P0") in message and "Bootstrap the target again" in message
+    assert METRICS.stream_expired.labels(source="scripted")._value.get() == 1
+
+
+async def test_lineage_into_the_neptune_stand(
+    stand: NeptuneStand, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same whole-element statements on the Neptune dialect (`SET n = $props`, MERGEd endpoints)."""
+    shards, expected = lineage_script()
+    sink = f'kind = "neptune"\nendpoint = "{stand.url}"\nregion = "us-east-1"'
+    code, _ = await replicate(tmp_path, ScriptedStreams(shards, seed=2, throttle_rate=0.1), monkeypatch, sink)
+    assert code == 0
+    replica = await asyncio.to_thread(
+        read_falkordb_graph,
+        stand.falkordb_graph(),
+        hidden_labels=frozenset({HIDDEN_LABEL}),
+        base_label=HIDDEN_LABEL,
+        allow_unlabelled=True,
+    )
+    assert_converged(expected, replica)
