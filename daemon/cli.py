@@ -1,4 +1,4 @@
-"""The `graph-replicator` command: run, check-config, status, query, capture."""
+"""The `graph-replicator` command: run, check-config, status, query, capture, bootstrap."""
 
 from __future__ import annotations
 
@@ -97,29 +97,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"ready: {status['ready']}" + (f"  ({'; '.join(status['reasons'])})" if status["reasons"] else ""))
-    print(f"uptime: {status['uptime_seconds']:.0f} s   dead letters: {status['dead_letters']}")
-    header = ("source", "state", "position", "caught up", "lag s", "applied", "sink", "sink ok")
+    reasons = f"  ({'; '.join(status['reasons'])})" if status["reasons"] else ""
+    print(f"ready: {'yes' if status['ready'] else 'NO'}{reasons}")
+    print(f"uptime: {_duration(status['uptime_seconds'])}   dead letters: {status['dead_letters']}")
+    header = ("source", "state", "position", "caught up", "lag", "applied", "sink", "sink ok")
     rows = [header] + [
         (
             s["source"],
             s["state"],
-            ",".join(map(str, s["position"] or [])) or "-",
-            str(s["caught_up"]),
-            f"{s['lag_seconds']:.1f}",
-            str(s["changes_applied"]),
+            _position(s["position"]),
+            "yes" if s["caught_up"] else "no",
+            _duration(s["lag_seconds"]),
+            f"{s['changes_applied']:,}",
             s["sink"],
-            str(s["sink_healthy"]),
+            "yes" if s["sink_healthy"] else "NO",
         )
         for s in status["sources"]
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for s in status["sources"]:
+        if isinstance(s["position"], dict):
+            print(f"\n{s['source']} positions:")
+            for partition, position in s["position"].items():
+                print(f"  {partition}  {_position(position)}")
     for s in status["sources"]:
         if s.get("error"):
             print(f"\n{s['source']}: {s['error']}")
     return 0
+
+
+def _position(position: list[Any] | dict[str, Any] | None) -> str:
+    """A checkpoint for the table: commit/op (or a sequence number); several partitions are counted."""
+    if not position:
+        return "-"
+    if isinstance(position, dict):
+        return f"{len(position)} shards"
+    return "/".join(map(str, position))
+
+
+def _duration(seconds: float) -> str:
+    """A lag or uptime an operator reads at a glance: 0s, 4.2s, 5m 02s, 3h 12m, 41d 6h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -171,6 +200,48 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return _run_loop(capture.main())
 
 
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.bootstrap import Bootstrap, BootstrapError
+    from daemon.bootstrap.runner import bootstrap_error_text
+    from daemon.observability import METRICS, HttpServer, configure_logging
+
+    configure_logging(config.daemon.log_level, config.daemon.log_format)
+    source = args.source
+    if source is None:
+        if len(config.sources) != 1:
+            names = ", ".join(s.name for s in config.sources)
+            print(f"{args.config} has several sources ({names}): name one with --source", file=sys.stderr)
+            return EXIT_CONFIG
+        source = config.sources[0].name
+
+    async def main() -> int:
+        http = None
+        if args.metrics_address:
+            http = HttpServer(args.metrics_address, lambda: (True, []), lambda: {}, METRICS.registry)
+            await http.start()
+        try:
+            bootstrap = Bootstrap(
+                config, source, force=args.force, allow_non_empty_target=args.allow_non_empty_target
+            )
+            result = await bootstrap.run()
+        except BootstrapError as exc:
+            print("\n" + bootstrap_error_text(exc), file=sys.stderr)
+            return exc.exit_code
+        except Exception as exc:
+            print("\n" + bootstrap_error_text(exc), file=sys.stderr)
+            return 1
+        finally:
+            if http is not None:
+                await http.stop()
+        print(result.summary())
+        return 0
+
+    return _run_loop(main())
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -219,6 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-caught-up", action="store_true", help="stop at the head of the stream instead of waiting for more"
     )
     capture.set_defaults(func=cmd_capture)
+
+    bootstrap = sub.add_parser(
+        "bootstrap",
+        help="copy a source's current contents into its target and record where `run` continues (docs/bootstrap.md)",
+    )
+    bootstrap.add_argument("--config", required=True)
+    bootstrap.add_argument("--source", help="name of the [[sources]] entry (default: the only one)")
+    bootstrap.add_argument(
+        "--force", action="store_true", help="bootstrap a source that has a checkpoint (replaced on success)"
+    )
+    bootstrap.add_argument(
+        "--allow-non-empty-target",
+        action="store_true",
+        help="copy into a target that already holds data (elements the source lacks are kept)",
+    )
+    bootstrap.add_argument("--metrics-address", help='serve /metrics on "host:port" while it runs')
+    bootstrap.set_defaults(func=cmd_bootstrap)
     return parser
 
 

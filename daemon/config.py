@@ -36,6 +36,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 ENV_PREFIX = "GRAPH_REPLICATOR__"
@@ -304,6 +305,183 @@ class FileSourceConfig(_SourceBase):
     poll_interval_seconds: float = Field(1.0, gt=0, description="With `follow`, pause between looks for new input.")
 
 
+class AttributeCondition(_Model):
+    """One attribute's test in a mapping rule's `when`: every key given must hold."""
+
+    equals: str | int | float | bool | None = Field(
+        None, description="The attribute has this value (S, N or BOOL compared by value)."
+    )
+    begins_with: str | None = Field(None, min_length=1, description="The attribute is a string with this prefix.")
+    exists: bool | None = Field(None, description="The attribute is present (true) or absent (false).")
+
+    @property
+    def guarantees_presence(self) -> bool:
+        return self.equals is not None or self.begins_with is not None or self.exists is True
+
+
+_TEMPLATE_PART = re.compile(r"\{([^{}\[\]]+)(?:\[(\d+)\])?\}")
+
+
+def template_attributes(template: str) -> list[tuple[str, int | None]]:
+    """The `{NAME}` / `{NAME[i]}` references of an id template, in order; ValueError on a malformed one."""
+    rest = _TEMPLATE_PART.sub("", template)
+    if "{" in rest or "}" in rest:
+        raise ValueError(
+            f"malformed template {template!r}: use {{ATTRIBUTE}} or {{ATTRIBUTE[i]}} (the i-th part when "
+            "the value is split on the rule's separator) and no other braces"
+        )
+    found = [(m[1], int(m[2]) if m[2] is not None else None) for m in _TEMPLATE_PART.finditer(template)]
+    if not found:
+        raise ValueError(f"template {template!r} names no attribute, so every item would get the same id")
+    return found
+
+
+class VertexTarget(_Model):
+    """A rule's `vertex = {label, id}`: the item becomes one vertex."""
+
+    label: str = Field(min_length=1, description="Vertex label.")
+    id: str = Field(min_length=1, description='Vertex id template, e.g. "user:{PK[1]}".')
+
+
+class EdgeTarget(_Model):
+    """A rule's `edge = {type, id, from, to}`: the item becomes one edge (its endpoints are created bare if
+    they do not exist yet)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: str = Field(min_length=1, description="Relationship type.")
+    id: str = Field(min_length=1, description="Edge id template.")
+    from_: str = Field(alias="from", min_length=1, description="Id template of the start vertex.")
+    to: str = Field(min_length=1, description="Id template of the end vertex.")
+
+
+class MappingRule(_Model):
+    """`[[sources.rules]]`: which items become which vertex or edge. Rules are tried in order; the first whose
+    `when` holds maps the item."""
+
+    name: Name = Field(description="Rule name, used in errors, dead letters and metrics.")
+    when: dict[str, AttributeCondition] = Field(
+        default_factory=dict,
+        description='Attribute tests that must all hold, e.g. {SK = {begins_with = "FOLLOWS#"}}; empty = every item.',
+    )
+    vertex: VertexTarget | None = Field(None, description="{label, id}: the item is a vertex.")
+    edge: EdgeTarget | None = Field(None, description="{type, id, from, to}: the item is an edge.")
+    properties: list[str] | Literal["*"] = Field(
+        "*", description='Attributes that become properties; "*" = every attribute except the table key.'
+    )
+    exclude: list[str] = Field(default_factory=list, description="Attributes never made properties.")
+    rename: dict[str, str] = Field(default_factory=dict, description="Attribute -> property name.")
+    required: list[str] = Field(
+        default_factory=list,
+        description="Attributes an item matching this rule must have (templates may use them); an item "
+        "without one is dead-lettered.",
+    )
+    separator: str = Field("#", min_length=1, description="Separator of `{ATTRIBUTE[i]}` parts in templates.")
+
+    @property
+    def templates(self) -> dict[str, str]:
+        if self.vertex is not None:
+            return {"vertex.id": self.vertex.id}
+        assert self.edge is not None
+        return {"edge.id": self.edge.id, "edge.from": self.edge.from_, "edge.to": self.edge.to}
+
+
+class DynamoDBSourceConfig(_SourceBase):
+    """`[[sources]] kind = "dynamodb"`: a DynamoDB table's stream, items mapped to vertices and edges by
+    `[[sources.rules]]`."""
+
+    kind: Literal["dynamodb"] = Field(description="Source kind.")
+    table: Name | None = Field(None, description="Table name; its LatestStreamArn is followed. Or `stream_arn`.")
+    stream_arn: str | None = Field(None, min_length=1, description="Stream ARN, instead of `table`.")
+    key: list[str] = Field(
+        min_length=1,
+        max_length=2,
+        description='The table key attributes, e.g. ["PK", "SK"]; checked against the stream at start.',
+    )
+    region: Region = Field(description="AWS region of the table.")
+    endpoint: HttpUrl | None = Field(None, description="DynamoDB endpoint_url for botocore; default AWS.")
+    streams_endpoint: HttpUrl | None = Field(
+        None, description="DynamoDB Streams endpoint_url; default `endpoint` when that is set, else AWS."
+    )
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+    start: Literal["trim_horizon", "latest"] = Field(
+        "trim_horizon",
+        description='Where shards without a checkpoint begin: "trim_horizon" (oldest record kept, 24 h) or '
+        '"latest" (shards open at the first start begin at their newest record; later shards from their start).',
+    )
+    rules: list[MappingRule] = Field(min_length=1, description="Item -> vertex / edge rules, tried in order.")
+    vertex_removes: Literal["keep_edges", "detach"] = Field(
+        "keep_edges",
+        description='A REMOVE of a vertex item: "keep_edges" strips the vertex and deletes it once no edge '
+        'item holds it (the replica then depends only on the table\'s items); "detach" deletes it with its edges.',
+    )
+    ttl_deletes: Literal["delete", "mark"] = Field(
+        "delete",
+        description='Items deleted by DynamoDB TTL: "delete" like any REMOVE, or "mark" (keep the element and '
+        "set `ttl_mark_property` to the deletion time).",
+    )
+    ttl_mark_property: str = Field("expired_at", min_length=1, description="Property set on TTL-expired elements.")
+    limit: int = Field(1000, ge=1, le=1000, description="GetRecords page size (records).")
+    poll_interval_seconds: float = Field(1.0, gt=0, description="Pause of a shard reader after a page with no records.")
+    min_get_records_interval_seconds: float = Field(
+        0.25, ge=0, description="Least time between two GetRecords calls on one shard (service limit ~5/s)."
+    )
+    discovery_interval_seconds: float = Field(
+        30.0, gt=0, description="How often DescribeStream looks for new shards (also after a shard ends)."
+    )
+    iterator_refresh_seconds: float = Field(
+        600.0,
+        gt=0,
+        lt=900,
+        description="A shard iterator older than this (e.g. after back-pressure) is renewed before its 15-minute "
+        "expiry.",
+    )
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one DynamoDB request.")
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, rules: list[MappingRule], info: ValidationInfo) -> list[MappingRule]:
+        keys = set(info.data.get("key") or [])
+        problems: list[str] = []
+        names: set[str] = set()
+        for i, rule in enumerate(rules):
+            where = f"rules[{i}] (name {rule.name!r})"
+            if rule.name in names:
+                problems.append(f"{where}: duplicate rule name")
+            names.add(rule.name)
+            if (rule.vertex is None) == (rule.edge is None):
+                problems.append(
+                    f"{where}: give exactly one of `vertex = {{label, id}}` or `edge = {{type, id, from, to}}`"
+                )
+                continue
+            for attr, cond in rule.when.items():
+                if cond.equals is None and cond.begins_with is None and cond.exists is None:
+                    problems.append(f"{where}.when.{attr}: give equals, begins_with or exists")
+            known = keys | set(rule.required) | {a for a, c in rule.when.items() if c.guarantees_presence}
+            for field_name, template in rule.templates.items():
+                try:
+                    refs = template_attributes(template)
+                except ValueError as exc:
+                    problems.append(f"{where}.{field_name}: {exc}")
+                    continue
+                for attr, _ in refs:
+                    if attr not in known:
+                        problems.append(
+                            f"{where}.{field_name}: template names attribute {attr!r}, which this rule does not "
+                            f"guarantee; it is not a key attribute ({', '.join(sorted(keys)) or 'none'}), nor "
+                            "tested present by `when`, nor listed in `required`"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return rules
+
+    @model_validator(mode="after")
+    def _table_or_stream(self) -> DynamoDBSourceConfig:
+        if (self.table is None) == (self.stream_arn is None):
+            raise ValueError("give exactly one of `table` (its latest stream is followed) or `stream_arn`")
+        return self
+
+
 class _SinkBase(_Model):
     batch_size: int = Field(500, ge=1, le=100000, description="Most changes in one statement batch.")
     concurrency: int = Field(4, ge=1, le=64, description="Batches in flight at once (parallel apply lanes).")
@@ -370,17 +548,61 @@ class NeptuneAnalyticsSinkConfig(_SinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
+def _check_role_arn(value: str) -> str:
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+", value):
+        raise ValueError('should be an IAM role ARN such as "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"')
+    return value
+
+
+class BootstrapConfig(_Model):
+    """`[bootstrap]`: `graph-replicator bootstrap` (first full copy, see docs/bootstrap.md)."""
+
+    s3_bucket: str | None = Field(
+        None, min_length=3, description="Bucket for the CSV files the Neptune bulk loader reads (neptune sinks)."
+    )
+    s3_prefix: str = Field(
+        "graph-replicator/bootstrap", description="Key prefix; each run writes under `<prefix>/<source>/<run id>/`."
+    )
+    s3_region: Region | None = Field(None, description="Region of the bucket; default the sink's region.")
+    s3_endpoint: HttpUrl | None = Field(None, description="endpoint_url for S3 (local stand-ins); default AWS.")
+    iam_role_arn: Annotated[str, AfterValidator(_check_role_arn)] | None = Field(
+        None, description="Role the Neptune cluster assumes to read the bucket (attached to the cluster)."
+    )
+    loader_parallelism: Literal["LOW", "MEDIUM", "HIGH", "OVERSUBSCRIBE"] = Field(
+        "HIGH", description="Loader `parallelism`; lowered one step after each deadlock."
+    )
+    loader_fail_on_error: bool = Field(True, description="Loader `failOnError`: stop at the first bad record.")
+    loader_poll_seconds: float = Field(5.0, gt=0, description="Pause between loader status polls.")
+    loader_retries: int = Field(
+        3, ge=0, description="Loader jobs resumed after a deadlock, an S3 read error or write conflicts."
+    )
+    file_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="CSV text per file before a new file is started (gzipped on upload)."
+    )
+    multipart_part_bytes: int = Field(
+        16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Files larger than this are uploaded in parts this size."
+    )
+    keep_files: bool = Field(True, description="Keep the CSV files in S3 after a successful load.")
+    read_page_size: int = Field(5000, ge=1, le=100000, description="Vertices or edges per snapshot query.")
+    write_batch_size: int = Field(
+        5000, ge=1, le=100000, description="Rows per openCypher statement when writing without the loader."
+    )
+
+
 CHECKPOINT_KINDS: dict[str, type[_Model]] = {
     "sqlite": SqliteCheckpointConfig,
     "dynamodb": DynamoDBCheckpointConfig,
 }
-SOURCE_KINDS: dict[str, type[_Model]] = {"neptune": NeptuneSourceConfig, "file": FileSourceConfig}
+SOURCE_KINDS: dict[str, type[_Model]] = {
+    "neptune": NeptuneSourceConfig,
+    "file": FileSourceConfig,
+    "dynamodb": DynamoDBSourceConfig,
+}
 SINK_KINDS: dict[str, type[_Model]] = {
     "falkordb": FalkorDBSinkConfig,
     "neptune": NeptuneSinkConfig,
     "neptune-analytics": NeptuneAnalyticsSinkConfig,
 }
-_PLANNED_KINDS = {("sources", "dynamodb")}
 
 
 def _kind_of(default: str | None) -> Callable[[Any], str | None]:
@@ -396,7 +618,9 @@ CheckpointConfig = Annotated[
     Discriminator(_kind_of("sqlite")),
 ]
 SourceConfig = Annotated[
-    Annotated[NeptuneSourceConfig, Tag("neptune")] | Annotated[FileSourceConfig, Tag("file")],
+    Annotated[NeptuneSourceConfig, Tag("neptune")]
+    | Annotated[FileSourceConfig, Tag("file")]
+    | Annotated[DynamoDBSourceConfig, Tag("dynamodb")],
     Discriminator(_kind_of(None)),
 ]
 SinkConfig = Annotated[
@@ -414,6 +638,7 @@ class Config(_Model):
     checkpoint: CheckpointConfig = Field(default_factory=SqliteCheckpointConfig, description="Checkpoint store.")
     sources: list[SourceConfig] = Field(default_factory=list, description="Change streams to replicate.")
     sinks: dict[str, SinkConfig] = Field(default_factory=dict, description="Targets, by name.")
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig, description="First full copy.")
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -431,14 +656,14 @@ class Config(_Model):
             return self.daemon.resolved_data_dir / "dead-letter.jsonl"
         return Path(self.daemon.dead_letter_path).expanduser().absolute()
 
-    def source(self, name: str) -> NeptuneSourceConfig | FileSourceConfig:
+    def source(self, name: str) -> NeptuneSourceConfig | FileSourceConfig | DynamoDBSourceConfig:
         """The source called `name` (KeyError if none)."""
         for source in self.sources:
             if source.name == name:
                 return source
         raise KeyError(f"no source named {name!r}")
 
-    def sink_for(self, source: NeptuneSourceConfig | FileSourceConfig | str) -> SinkConfig:
+    def sink_for(self, source: NeptuneSourceConfig | FileSourceConfig | DynamoDBSourceConfig | str) -> SinkConfig:
         """The sink config a source (or source name) replicates into."""
         src = self.source(source) if isinstance(source, str) else source
         return self.sinks[src.sink]
@@ -655,8 +880,6 @@ def _reason(error: Mapping[str, Any]) -> str:
         tag = value.get("kind")
         if "kind" not in value:
             return f"required; known kinds: {known}"
-        if (loc[0], tag) in _PLANNED_KINDS:
-            return f'kind "{tag}" is not available in this version; known kinds: {known}'
         return f'unknown kind "{tag}"; known kinds: {known}'
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return "should be a table"
@@ -674,6 +897,8 @@ def _unknown_key(loc: tuple) -> str:
         parent = Config
     elif loc[0] == "daemon" and len(loc) == 2:
         parent = DaemonConfig
+    elif loc[0] == "bootstrap" and len(loc) == 2:
+        parent = BootstrapConfig
     elif loc[0] == "checkpoint" and len(loc) == 3:
         parent = CHECKPOINT_KINDS.get(loc[1])
     elif loc[0] in ("sources", "sinks") and len(loc) == 4:
@@ -740,7 +965,8 @@ def _plain(value: Any) -> Any:
             if item is None:
                 continue
             secret = (fields[name].json_schema_extra or {}).get("secret")  # type: ignore[union-attr]
-            out[name] = mask_url(item) if secret == "url" else MASK if secret else _plain(item)
+            key = fields[name].alias or name
+            out[key] = mask_url(item) if secret == "url" else MASK if secret else _plain(item)
         return out
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -771,6 +997,7 @@ def format_resolved(config: Config) -> str:
         table("[sinks]", {})
     for name, sink in data["sinks"].items():
         table(f"[sinks.{_toml_key(name)}]", sink)
+    table("[bootstrap]", data["bootstrap"])
     return "\n".join(lines) + "\n"
 
 
@@ -789,10 +1016,16 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
     ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
     ('`[[sources]]` kind = "file"', FileSourceConfig, _SourceBase),
+    ('`[[sources]]` kind = "dynamodb"', DynamoDBSourceConfig, _SourceBase),
+    ("`[[sources.rules]]` (dynamodb mapping rules)", MappingRule, None),
+    ("`when.ATTRIBUTE = {...}` (a rule's attribute test)", AttributeCondition, None),
+    ("`vertex = {...}`", VertexTarget, None),
+    ("`edge = {...}`", EdgeTarget, None),
     ("`[sinks.NAME]`, every kind", _SinkBase, None),
     ('`[sinks.NAME]` kind = "falkordb"', FalkorDBSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune"', NeptuneSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune-analytics"', NeptuneAnalyticsSinkConfig, _SinkBase),
+    ("`[bootstrap]`", BootstrapConfig, None),
 ]
 _CHECK_NAMES: dict[Any, str] = {
     _check_name: "name ([A-Za-z0-9_.-]+)",
@@ -800,6 +1033,7 @@ _CHECK_NAMES: dict[Any, str] = {
     _check_http_url: "http(s) URL",
     _check_redis_url: "redis(s) URL",
     _check_graph_id: "graph id",
+    _check_role_arn: "IAM role ARN",
 }
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", SecretStr: "string, secret"}
 
@@ -840,8 +1074,11 @@ def reference_markdown() -> str:
         for name, field in model.model_fields.items():
             if exclude is not None and name in exclude.model_fields:
                 continue
+            name = field.alias or name
             if field.is_required():
                 default = "required"
+            elif field.default_factory is not None:
+                default = f"`{_toml_value(field.default_factory())}`"  # type: ignore[call-arg]
             elif field.default is None:
                 default = "unset"
             else:

@@ -16,7 +16,16 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 
 from daemon import __version__
@@ -31,6 +40,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         p = "graph_replicator_"
+        # process_* (CPU, memory, open fds, start time), python_info and python_gc_*: the standard collectors,
+        # registered on this registry (the daemon does not use prometheus_client's global one).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.build_info = Info(p + "build", "Build information", registry=r)
         self.build_info.info({"version": __version__, "python": sys.version.split()[0]})
         self.records_read = Counter(
@@ -121,10 +135,22 @@ class Metrics:
             buckets=_LATENCY_SECONDS,
             registry=r,
         )
-        self.records_behind = Gauge(
-            p + "records_behind_head",
-            "Operations between the checkpoint and the stream head, where the source tells",
+        self.stream_head_commit = Gauge(
+            p + "stream_head_commit_number",
+            "Commit number of the newest change in the stream, as the source last reported it (Neptune)",
             ["source"],
+            registry=r,
+        )
+        self.commits_behind_head = Gauge(
+            p + "commits_behind_head",
+            "Stream head commit number minus the checkpointed commit number (Neptune); 0 when caught up",
+            ["source"],
+            registry=r,
+        )
+        self.shards = Gauge(
+            p + "shards",
+            "Shards a DynamoDB Streams source tracks, by state (e.g. waiting for a parent, reading, finished)",
+            ["source", "state"],
             registry=r,
         )
         self.source_up = Gauge(p + "source_up", "1 while a source polls successfully", ["source"], registry=r)
@@ -138,6 +164,50 @@ class Metrics:
         self.task_restarts = Counter(
             p + "task_restarts_total", "Pipeline tasks restarted after a crash", ["source"], registry=r
         )
+        # `graph-replicator bootstrap` (daemon.bootstrap): stage is read | csv | loaded | applied
+        self.bootstrap_records = Counter(
+            p + "bootstrap_records_total",
+            "Vertices and edges a bootstrap handled, by stage",
+            ["source", "stage"],
+            registry=r,
+        )
+        self.bootstrap_bytes = Counter(
+            p + "bootstrap_bytes_total", "Gzipped CSV bytes a bootstrap uploaded to S3", ["source"], registry=r
+        )
+        self.bootstrap_stage_seconds = Gauge(
+            p + "bootstrap_stage_seconds", "Wall time of each finished bootstrap stage", ["source", "stage"], registry=r
+        )
+        self.bootstrap_success = Gauge(
+            p + "bootstrap_last_success_timestamp_seconds",
+            "Unix time a bootstrap of the source last handed its stream position to `run`",
+            ["source"],
+            registry=r,
+        )
+        self.ready = Gauge(p + "ready", "1 while /readyz answers ready, 0 otherwise (draining included)", registry=r)
+        self.event_loop_lag = Gauge(
+            p + "event_loop_lag_seconds",
+            "How late the event loop ran the last periodic heartbeat (the watchdog tick)",
+            registry=r,
+        )
+
+    def note_stream_head(self, source: str, commit: int, partition: str = "") -> None:
+        """A source learnt that its stream holds changes up to commit number `commit`. From then on
+        `commits_behind_head` follows the source's checkpointed commit number at every scrape."""
+        head = self.stream_head_commit.labels(source=source)
+        if commit <= _sample_value(head):
+            return
+        first = _sample_value(head) == 0
+        head.set(commit)
+        if first:
+            checkpoint = self.checkpoint_commit.labels(source=source, partition=partition)
+            self.commits_behind_head.labels(source=source).set_function(
+                lambda: max(0.0, _sample_value(head) - _sample_value(checkpoint))
+            )
+
+
+def _sample_value(child: Gauge) -> float:
+    """The value of one labelled gauge (its only sample)."""
+    return child.collect()[0].samples[0].value
 
 
 METRICS = Metrics()
@@ -152,6 +222,11 @@ class SourceMetrics:
         self.empty_polls = METRICS.source_empty_polls.labels(source=source)
         self.dead_lettered = METRICS.records_dead_lettered.labels(source=source, stage="translate")
         self.up = METRICS.source_up.labels(source=source)
+        # Series that exist from the start at 0, so that rate() and `== 1` alerts see them before any event.
+        METRICS.stream_expired.labels(source=source)
+        METRICS.records_skipped.labels(source=source, reason="edge_not_in_target")
+        METRICS.records_dead_lettered.labels(source=source, stage="apply")
+        METRICS.task_restarts.labels(source=source)  # so increase() sees the first restart
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

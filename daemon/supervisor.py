@@ -27,6 +27,7 @@ import structlog
 from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.config import (
     Config,
+    DynamoDBSourceConfig,
     FalkorDBSinkConfig,
     FileSourceConfig,
     NeptuneAnalyticsSinkConfig,
@@ -38,10 +39,12 @@ from daemon.model import SourceStopped
 from daemon.observability import METRICS, HttpServer
 from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
+from daemon.sdnotify import SystemdNotifier
 from daemon.sinks.analytics import NeptuneAnalyticsSink
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 from daemon.sinks.falkordb import FalkorDBSink
 from daemon.sinks.neptune import NeptuneSink
+from daemon.sources.dynamodb import DynamoDBStreamSource, StreamTrimmed
 from daemon.sources.file import FileSource
 from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
 
@@ -91,6 +94,8 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             poll_interval_seconds=cfg.poll_interval_seconds,
             dead_letters=dead_letters,
         )
+    if isinstance(cfg, DynamoDBSourceConfig):
+        return DynamoDBStreamSource(cfg, dead_letters=dead_letters)
     return NeptuneStreamSource(cfg, dead_letters=dead_letters)
 
 
@@ -111,6 +116,8 @@ class Supervisor:
         self.exit_when_idle = exit_when_idle
         self.draining = False
         self.started = time.time()
+        self.notifier = SystemdNotifier()  # reads (and unsets) $NOTIFY_SOCKET before any child process starts
+        self._stopping_announced = False
         self.dead_letters = DeadLetterFile(config.dead_letter_path)
         checkpoint_path = config.checkpoint_path
         if checkpoint_path is None:
@@ -126,6 +133,7 @@ class Supervisor:
             self.pipelines.append(self._build_pipeline(source_cfg))
         address = config.daemon.http_address
         self.http = HttpServer(address, self.readiness, self.status, METRICS.registry) if address else None
+        METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
         sink_cfg = self.config.sinks[cfg.sink]
@@ -160,8 +168,22 @@ class Supervisor:
                 "drain requested: finishing in-flight batches",
                 grace_seconds=self.config.daemon.drain_grace_seconds,
             )
-            self.draining = True
+            self.draining = True  # readiness is false from here on, before anything stops
+            self._announce_stopping()
             self._drain.set()
+
+    def _announce_stopping(self) -> None:
+        """Tell systemd the drain began, asking for the grace period (plus a margin for closing) to finish it."""
+        if not self._stopping_announced:
+            self._stopping_announced = True
+            grace = self.config.daemon.drain_grace_seconds
+            self.notifier.stopping(f"draining (grace {grace:g} s)", extend_timeout_seconds=grace + 10)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: readiness and each source's state."""
+        ready, reasons = self.readiness()
+        head = "ready" if ready else "not ready: " + "; ".join(reasons)
+        return head + " | " + ", ".join(f"{p.name}: {p.source.state}" for p in self.pipelines)
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = []
@@ -196,6 +218,11 @@ class Supervisor:
             await self.http.start()
             log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
         tasks = {asyncio.create_task(self._keep_running(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
+        # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
+        heartbeat = asyncio.create_task(
+            self.notifier.run_watchdog(self.status_line, on_lag=METRICS.event_loop_lag.set), name="watchdog"
+        )
+        self.notifier.ready(self.status_line())
         try:
             await self._wait_until_done(tasks)
             code = await self._shutdown(tasks)
@@ -212,6 +239,10 @@ class Supervisor:
             if self.http is not None:
                 await self.http.stop()
             self.checkpoints.close()
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
+            self.notifier.close()
 
     async def _wait_until_done(self, tasks: dict[asyncio.Task[None], Pipeline]) -> None:
         while not self._drain.is_set():
@@ -225,6 +256,7 @@ class Supervisor:
 
     async def _shutdown(self, tasks: dict[asyncio.Task[None], Pipeline]) -> int:
         self.draining = True
+        self._announce_stopping()
         for p in self.pipelines:
             p.request_stop()
         pending = [t for t in tasks if not t.done()]
@@ -239,7 +271,7 @@ class Supervisor:
             for t in still:
                 with suppress(asyncio.CancelledError):
                     await t
-        log.info("stopped", checkpoints={p.name: p.position for p in self.pipelines})
+        log.info("stopped", checkpoints={p.name: p.status()["position"] for p in self.pipelines})
         return EXIT_SOURCE_FAILED if self.failed else EXIT_OK
 
     async def _summarise(self) -> Summary:
@@ -267,7 +299,7 @@ class Supervisor:
                 return
             except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
-                reason = "stream expired" if isinstance(exc, StreamExpired) else "unreadable input"
+                reason = "stream expired" if isinstance(exc, StreamExpired | StreamTrimmed) else "cannot go on"
                 log.error(f"source stopped: {reason}", source=pipeline.name, error=str(exc))
                 return
             except asyncio.CancelledError:

@@ -143,6 +143,7 @@ class PlanApplier:
         self._m_applied = METRICS.records_applied.labels(**labels)
         self._m_dead = METRICS.records_dead_lettered.labels(source=source, stage="apply")
         self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
+        self._m_up = METRICS.sink_up.labels(sink=sink.name)
 
     async def apply(self, plan: Plan) -> int:
         """Apply every layer in order; return when every change is applied or dead-lettered.
@@ -184,6 +185,7 @@ class PlanApplier:
             try:
                 result = await action()
                 self.healthy = True
+                self._m_up.set(1)
                 return result
             except Exception as exc:
                 cls = self.sink.classify(exc)
@@ -200,6 +202,7 @@ class PlanApplier:
         self._count_retry(cls)
         if attempt >= self.retry.attempts_before_split:
             self.healthy = False
+            self._m_up.set(0)
         delay = self.retry.delay(attempt)
         log.warning(
             "sink call failed, retrying",
@@ -226,6 +229,7 @@ class PlanApplier:
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
                 self.healthy = True
+                self._m_up.set(1)
                 return
             except Exception as exc:
                 cls = self.sink.classify(exc)

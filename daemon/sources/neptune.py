@@ -12,7 +12,7 @@ start) and hands `ChangeBatch`es to the pipeline.
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import structlog
@@ -23,13 +23,14 @@ from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import ErrorClass
 from daemon.sources.pgjson import MalformedRecord, translate_record
-from daemon.sources.stream_reader import StreamExpired, open_stream_reader
+from daemon.sources.stream_reader import StreamExpired, StreamReader, open_stream_reader
 
 __all__ = ["PARTITION", "NeptuneStreamSource", "StreamExpired"]
 
 log = structlog.get_logger("daemon.source.neptune")
 
 PARTITION = ""  # a Neptune stream is one totally ordered partition
+HEAD_PROBE_SECONDS = 30.0  # how often a source that is behind asks for the stream head (commits_behind_head)
 
 
 class NeptuneStreamSource:
@@ -42,17 +43,23 @@ class NeptuneStreamSource:
         self.polling = False
         self._m = SourceMetrics(cfg.name)
 
-    async def run(self, out: asyncio.Queue[ChangeBatch], resume: Position | None) -> None:
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         """Poll forever, putting batches on `out` (which blocks when the pipeline is behind)."""
         async with AsyncExitStack() as stack:
-            reader = await open_stream_reader(stack, self._cfg, resume=resume, on_retry=self._on_retry)
+            reader = await open_stream_reader(
+                stack, self._cfg, resume=resume.get(PARTITION), on_retry=self._on_retry
+            )
             signalled_caught_up = False
             self.state = "polling"
+            probe = asyncio.create_task(self._probe_head(reader), name=f"head-probe:{self.name}")
+            stack.push_async_callback(_cancel, probe)
             try:
                 async for page in reader.pages():
                     self._m.polls.inc()
                     self.polling = True
                     self._m.up.set(1)
+                    if page.after[0]:
+                        METRICS.note_stream_head(self.name, page.after[0], PARTITION)
                     if page.caught_up:
                         self._m.empty_polls.inc()
                         self.state = "caught_up"
@@ -71,6 +78,27 @@ class NeptuneStreamSource:
             except SourceStopped:
                 self.state = "failed"
                 raise
+
+    def acknowledge(self, applied: dict[str, Position]) -> None:
+        """Nothing waits on what is applied: the stream is one partition, read in order."""
+
+    async def _probe_head(self, reader: StreamReader) -> None:
+        """While behind, ask the stream for its newest event id every `HEAD_PROBE_SECONDS`, so that
+        `commits_behind_head` tells how far a catch-up has to go (when caught up, the pages tell it)."""
+        failures = 0
+        while True:
+            if self.state != "caught_up":
+                try:
+                    head = await reader.head()
+                except Exception as exc:  # the reads themselves count and log stream errors
+                    log.debug("stream head probe failed", source=self.name, error=str(exc)[:300])
+                    failures += 1
+                    await asyncio.sleep(min(HEAD_PROBE_SECONDS, 2.0 ** (failures - 1)))
+                    continue
+                failures = 0
+                if head is not None:
+                    METRICS.note_stream_head(self.name, head[0], PARTITION)
+            await asyncio.sleep(HEAD_PROBE_SECONDS)
 
     def _translate(self, records: list[dict[str, Any]]) -> list[GraphChange]:
         changes: list[GraphChange] = []
@@ -110,3 +138,9 @@ class NeptuneStreamSource:
             reason=exc.reason,
             dead_letter_file=str(self._dead_letters.path),
         )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task

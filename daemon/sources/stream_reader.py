@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -122,6 +123,17 @@ class StreamReader:
                 continue
             return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": event["commitNum"], "opNum": event["opNum"]}
 
+    async def head(self) -> Position | None:
+        """The event id of the newest change in the stream (one `LATEST` read of one record), or None when the
+        stream is empty. Raises what the read raised; used for `commits_behind_head`, never for positions."""
+        try:
+            event = (await self.client.get_propertygraph_stream(iteratorType="LATEST", limit=1))["lastEventId"]
+        except Exception as exc:
+            if error_code(exc) == "StreamRecordsNotFoundException":
+                return _last_valid_event_id(str(exc))
+            raise
+        return (int(event["commitNum"]), int(event["opNum"]))
+
     async def _backoff(self, exc: BaseException) -> None:
         cls = classify_aws_error(exc)
         if not cls.retryable:
@@ -160,6 +172,18 @@ async def open_stream_reader(
         idle_max=cfg.poll_interval_max_seconds,
         on_retry=on_retry,
     )
+
+
+_LAST_VALID = re.compile(r"Last valid eventId is \[commitNum = (\d+), opNum = (\d+)\]")
+
+
+def _last_valid_event_id(message: str) -> Position | None:
+    """The head position a `StreamRecordsNotFoundException` message names ("... from the future. Last valid
+    eventId is [commitNum = N, opNum = M]"); None when it names none or the stream is empty (commitNum 0)."""
+    match = _LAST_VALID.search(message)
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return (int(match.group(1)), int(match.group(2)))
 
 
 def _after(params: dict[str, Any]) -> Position:

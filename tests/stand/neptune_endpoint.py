@@ -8,6 +8,9 @@ for real aiobotocore clients (and for the daemon run as a subprocess, pointed at
 * **openCypher target** - `POST /opencypher` (`ExecuteOpenCypherQuery`; JSON or form-encoded, alias
   `/openCypher`) and `POST /queries` (neptune-graph `ExecuteQuery`) run Neptune openCypher on FalkorDB after
   `translate_query` (see there for the rules);
+* **bulk loader** - `POST /loader`, `GET /loader`, `GET /loader/{loadId}`, `DELETE /loader/{loadId}`
+  (`StartLoaderJob` and friends) read openCypher CSV from S3 (moto, `stand.loader.s3_endpoint`) into the same
+  engine, with the loader's statuses and error lines and a switch to fail a file (`tests.stand.loader`);
 * **auth check** - every request must carry a SigV4 `Authorization` header (the signature is not verified);
 * **faults on demand** - `stand.faults` injects seeded, deterministic errors, drops and delays, and poisons
   requests whose parameters contain a given substring.
@@ -49,6 +52,7 @@ from falkordb.path import Path as GraphPath
 
 from daemon.engine import EmbeddedFalkorDB
 from daemon.names import InvalidName, decode_falkordb_name, encode_falkordb_name
+from tests.stand.loader import BulkLoader
 
 __all__ = [
     "FAULT_KINDS",
@@ -319,6 +323,7 @@ def _fault_error(fault: Fault, path: str) -> StandError:
 _IDENT = r"(?:[A-Za-z_][A-Za-z0-9_]*|`[^`]*`)"
 _ID_MAP_AHEAD = r"(?=\{[^{}]*`~id`\s*:)"
 _NODE_BY_ID = re.compile(rf"(?<![\w`])\(\s*(?:{_IDENT})?(?:\s*:\s*{_IDENT})*\s*{_ID_MAP_AHEAD}")
+_SET_ALL = re.compile(rf"\bSET\s+(?P<var>{_IDENT})\s*=\s*(?P<value>[\w.$]+)")
 _RELATIONSHIP_BY_ID = re.compile(rf"\[\s*(?:{_IDENT})?\s*:\s*(?P<type>{_IDENT})\s*{_ID_MAP_AHEAD}")
 _DECODE_EXPR = "replace(replace({0}, '%60', '`'), '%25', '%')"
 _FUNCTION_REWRITES = {
@@ -417,6 +422,8 @@ def translate_query(query: str) -> Translation:
       names; `id(v)` reads the `~id` property, which is what Neptune's `id()` returns. (`properties(v)` still
       shows `~id`.)
     * A relationship pattern with one type keyed by `~id` reports its type, so the stand can index it.
+    * `SET x = map` replaces the properties but keeps `~id`, which on Neptune is the element's id, not a
+      property (the stand keeps it as a property).
     Text inside string literals and comments is never touched.
     """
     text, masked = _mask_literals(query)
@@ -430,6 +437,7 @@ def translate_query(query: str) -> Translation:
         return rewritten
 
     text = _FUNCTION_CALL.sub(rewrite_call, text)
+    text = _SET_ALL.sub(r"WITH *, \g<var>.`~id` AS __id SET \g<var> = \g<value> SET \g<var>.`~id` = __id", text)
     text = _MASK.sub(lambda m: masked[int(m[1])], text)
     return Translation(text, relationship_types, rewrites)
 
@@ -562,6 +570,7 @@ class NeptuneStand:
         self.stream = StreamLog()
         self.faults = Faults()
         self.requests: Counter[str] = Counter()
+        self.loader = BulkLoader(self)
         self._requested_port = port
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -647,6 +656,7 @@ class NeptuneStand:
                 app.router.add_post(route, self._handle_queries)
             else:
                 app.router.add_post(route, self._handle_opencypher)
+        self.loader.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port or 0)
@@ -667,6 +677,7 @@ class NeptuneStand:
         with contextlib.suppress(redis.exceptions.ResponseError):  # no graph yet
             await self._graph.delete()
         self._indexed_types.clear()
+        await self.loader.clear()
         self._graph = self._db.select_graph(self.graph_name)  # a fresh schema cache: label ids restart
         await self._ensure_vertex_index()
 
@@ -805,7 +816,9 @@ class NeptuneStand:
         if not internal_ids:
             return {}
         result = await self._graph.query(
-            "MATCH (n) WHERE id(n) IN $ids RETURN id(n), n.`~id`", {"ids": sorted(internal_ids)}
+            # one NodeByIdSeek per id (`id(n) IN $ids` scans every node: 0.4 s for 3,600 ids among 20,000 nodes)
+            "UNWIND $ids AS i MATCH (n) WHERE id(n) = i RETURN id(n), n.`~id`",
+            {"ids": sorted(internal_ids)},
         )
         return {internal: vertex_id for internal, vertex_id in result.result_set}
 

@@ -1,0 +1,64 @@
+"""Writing snapshot records through the normal sink machinery: large batched openCypher statements.
+
+Room in the design: bootstrap step 6, the path for targets without the Neptune bulk loader (FalkorDB, Neptune
+Analytics, whose import API differs), and the residual of the loader path (what CSV cannot carry). Records
+become ordinary `GraphChange`s (`daemon.bootstrap.records`), planned by the streaming `Planner` and applied by
+the streaming `PlanApplier` with its classified retries, bisection and dead letters, only in bigger batches
+(`bootstrap.write_batch_size`). Every statement is an idempotent MERGE keyed by the element id, so the stream
+replay that follows may touch the same elements again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from daemon.deadletter import DeadLetterFile
+from daemon.model import GraphChange
+from daemon.scheduler import Planner
+from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
+
+
+class DirectWriter:
+    def __init__(
+        self,
+        sink: GraphSink,
+        *,
+        source: str,
+        batch_size: int,
+        concurrency: int,
+        retry: RetryPolicy,
+        dead_letters: DeadLetterFile,
+        edge_type_cache_size: int = 200_000,
+    ) -> None:
+        self.sink = sink
+        self.applier = PlanApplier(
+            sink,
+            source=source,
+            batch_size=batch_size,
+            concurrency=asyncio.Semaphore(concurrency),
+            retry=retry,
+            dead_letters=dead_letters,
+        )
+        self.planner = Planner(sink.dialect, self.applier.lookup_edge_types, edge_type_cache_size)
+        self.changes_applied = 0
+        self.changes_dead_lettered = 0
+        self.plan_seconds = 0.0
+        self.apply_seconds = 0.0
+
+    async def apply(self, changes: Iterable[GraphChange]) -> int:
+        """Plan and apply one chunk of changes; returns the changes applied (the rest were dead-lettered or
+        needed no statement)."""
+        changes = list(changes)
+        if not changes:
+            return 0
+        started = time.perf_counter()
+        plan = await self.planner.plan(changes)
+        planned = time.perf_counter()
+        applied = await self.applier.apply(plan)
+        self.plan_seconds += planned - started
+        self.apply_seconds += time.perf_counter() - planned
+        self.changes_applied += applied
+        self.changes_dead_lettered += len(changes) - applied - len(plan.skipped)
+        return applied

@@ -1,0 +1,51 @@
+"""Bounded, classified retries for the bootstrap's AWS calls (snapshot reads, S3 uploads, loader calls).
+
+Room in the design: the bootstrap's share of DESIGN rule 6. botocore's own retries are off (`daemon.aws`), so
+every failure is seen here: retryable ones (`daemon.aws.classify_aws_error`: throttling, 5xx, timeouts, dropped
+connections) back off with full jitter, a bounded number of times; anything else, or the last failure, is
+raised. A bootstrap is a one-off job: it stops loudly rather than waiting forever like the streaming pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from daemon.aws import classify_aws_error
+
+log = structlog.get_logger("daemon.bootstrap")
+T = TypeVar("T")
+
+
+async def with_retries(
+    action: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    attempts: int = 8,
+    initial_seconds: float = 0.2,
+    max_seconds: float = 10.0,
+) -> T:
+    """Run `action`; retry retryable AWS failures up to `attempts` calls in all."""
+    attempt = 0
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            attempt += 1
+            cls = classify_aws_error(exc)
+            if not cls.retryable or attempt >= attempts:
+                raise
+            delay = random.uniform(0, min(max_seconds, initial_seconds * 2**attempt))
+            log.warning(
+                "bootstrap call failed, retrying",
+                what=what,
+                reason=cls.reason,
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            await asyncio.sleep(delay)
