@@ -577,7 +577,10 @@ class BootstrapConfig(_Model):
         3, ge=0, description="Loader jobs resumed after a deadlock, an S3 read error or write conflicts."
     )
     file_max_bytes: int = Field(
-        64 * 1024 * 1024, ge=1, description="CSV text per file before a new file is started (gzipped on upload)."
+        16 * 1024 * 1024,
+        ge=1,
+        description="CSV text per file before a new file is started (gzipped on upload); buffered rows take "
+        "about ten times this in memory.",
     )
     multipart_part_bytes: int = Field(
         16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Files larger than this are uploaded in parts this size."

@@ -236,3 +236,30 @@ def test_feed_statuses_inside_load_failed() -> None:
     assert denied.outcome == FAILED and "iam_role_arn" in denied.meaning
     unknown = _result("n", "i", "s", "LOAD_SOMETHING_NEW", _payload("LOAD_SOMETHING_NEW"), 0)
     assert unknown.outcome == FAILED and "unknown loader status" in unknown.meaning
+
+
+async def test_start_is_not_sent_twice_after_a_timeout_but_retried_when_throttled() -> None:
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    class Client:
+        def __init__(self, error: Exception) -> None:
+            self.error: Exception | None = error
+            self.calls = 0
+
+        async def start_loader_job(self, **params: Any) -> dict[str, Any]:
+            self.calls += 1
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            return {"status": "200 OK", "payload": {"loadId": "L1"}}
+
+    settings = LoaderSettings(iam_role_arn=ROLE, region="us-east-1")
+    timeout = Client(ReadTimeoutError(endpoint_url="http://x"))
+    with pytest.raises(ReadTimeoutError):
+        await LoaderClient(timeout, settings).start("s3://b/p/")
+    assert timeout.calls == 1
+    throttled = Client(
+        ClientError({"Error": {"Code": "TooManyRequestsException"}, "ResponseMetadata": {"HTTPStatusCode": 429}}, "x")
+    )
+    assert await LoaderClient(throttled, settings).start("s3://b/p/") == "L1"
+    assert throttled.calls == 2

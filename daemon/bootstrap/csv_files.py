@@ -15,7 +15,8 @@ there) go to parallel tables, each its own file; past `max_tables` tables per ki
 go to the residual instead, which bounds the number of files a flush writes. Tables of a kind are flushed
 together once their rows reach `file_max_bytes` of CSV text: rendered and gzipped in a worker thread, then
 handed to the uploader while the snapshot reader goes on; at most `max_pending` files wait for upload
-(back-pressure on the reader).
+(back-pressure on the reader). Buffered rows take several times their CSV size in memory (about ten times for
+short rows), so `file_max_bytes` bounds the writer's memory too.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class CsvSnapshotWriter:
         *,
         residual_vertices: ChangeSpool,
         residual_edges: ChangeSpool,
-        file_max_bytes: int = 64 * 1024 * 1024,
+        file_max_bytes: int = 16 * 1024 * 1024,
         position: Position = (0, 0),
         compress_level: int = 1,
         max_pending: int = 2,
@@ -127,6 +128,8 @@ class CsvSnapshotWriter:
 
     async def add_edges(self, edges: list[SnapshotEdge]) -> None:
         self._raise_failure()
+        if self._tables[NODES]:  # the vertex pass is over: its last files need not wait in memory
+            await self._flush(NODES)
         started = time.perf_counter()
         for edge in edges:
             self._add_edge(edge)

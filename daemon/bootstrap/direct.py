@@ -13,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio
 
 from daemon.deadletter import DeadLetterFile
 from daemon.model import GraphChange
 from daemon.scheduler import Planner
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
+
+COMPACT_TIMEOUT_S = 600.0
 
 
 class DirectWriter:
@@ -62,3 +67,26 @@ class DirectWriter:
         self.changes_applied += applied
         self.changes_dead_lettered += len(changes) - applied - len(plan.skipped)
         return applied
+
+
+async def compact_embedded_engine(sink: GraphSink, max_seconds: float = COMPACT_TIMEOUT_S) -> bool:
+    """After a bulk write into the embedded FalkorDB engine, rewrite its append-only file (BGREWRITEAOF) and
+    wait for the rewrite: the AOF otherwise holds every statement of the copy, which the engine would replay
+    (re-executing each query) on every start. Returns False when the sink is not an embedded engine."""
+    engine: Any = getattr(sink, "engine", None)
+    url = getattr(sink, "url", None)
+    if engine is None or not url:
+        return False
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        await client.bgrewriteaof()
+        deadline = time.monotonic() + max_seconds
+        while True:
+            await asyncio.sleep(0.1)
+            info = await client.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                return info.get("aof_last_bgrewrite_status", "ok") == "ok"
+            if time.monotonic() > deadline:
+                return False
+    finally:
+        await client.aclose()

@@ -150,7 +150,11 @@ class LoaderClient:
         }
         if dependencies:
             params["dependencies"] = dependencies
-        response = await with_retries(lambda: self.client.start_loader_job(**params), what="StartLoaderJob")
+        # Not idempotent: a request that may have reached the loader (timeout, dropped connection) is not sent
+        # again, or the files could be loaded twice; only refusals (throttling) are retried.
+        response = await with_retries(
+            lambda: self.client.start_loader_job(**params), what="StartLoaderJob", only=frozenset({"throttling"})
+        )
         load_id = str(response["payload"]["loadId"])
         log.info("loader job started", load_id=load_id, source=source, mode=mode, parallelism=self.parallelism)
         return load_id

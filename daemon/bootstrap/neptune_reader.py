@@ -176,7 +176,9 @@ class NeptuneSnapshotReader:
                 stage="snapshot",
                 source=self.source,
                 reason=f"unsupported value: {reason}",
-                entries=[{"position": list(self.position or ()), "element": element_id, "key": key, "value": raw}],
+                entries=[
+                    {"position": list(self.position or ()), "element": element_id, "key": key, "value": repr(raw)}
+                ],
             )
 
 

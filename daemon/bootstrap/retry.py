@@ -28,8 +28,10 @@ async def with_retries(
     attempts: int = 8,
     initial_seconds: float = 0.2,
     max_seconds: float = 10.0,
+    only: frozenset[str] | None = None,
 ) -> T:
-    """Run `action`; retry retryable AWS failures up to `attempts` calls in all."""
+    """Run `action`; retry retryable AWS failures up to `attempts` calls in all. `only` limits the retried
+    reasons (a call that is not idempotent is retried only when the service refused it, e.g. `throttling`)."""
     attempt = 0
     while True:
         try:
@@ -37,7 +39,7 @@ async def with_retries(
         except Exception as exc:
             attempt += 1
             cls = classify_aws_error(exc)
-            if not cls.retryable or attempt >= attempts:
+            if not cls.retryable or attempt >= attempts or (only is not None and cls.reason not in only):
                 raise
             delay = random.uniform(0, min(max_seconds, initial_seconds * 2**attempt))
             log.warning(

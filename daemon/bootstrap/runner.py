@@ -7,7 +7,8 @@ Room in the design: the bootstrap's conductor (DESIGN `bootstrap.py`). For one s
 2. The reader records the stream position (`SnapshotReader.position_before`), then reads the snapshot.
 3. Into a Neptune Database target: CSV files -> S3 -> bulk loader (nodes, then relationships), then the
    residual through openCypher (`daemon.bootstrap.csv_files`). Into FalkorDB or Neptune Analytics: the records
-   go straight through the sink in large batches (`daemon.bootstrap.direct`).
+   go straight through the sink in large batches (`daemon.bootstrap.direct`); an embedded FalkorDB engine
+   then rewrites its append-only file, so `run` does not replay every statement of the copy on start.
 4. **Hand-off**: only when every step succeeded is the recorded position written as the source's checkpoint
    (`SQLiteCheckpointStore`), so `graph-replicator run` replays everything committed since it was recorded.
    On any failure nothing is written and the error says what to do; the files stay in S3 for inspection.
@@ -27,7 +28,7 @@ import structlog
 
 from daemon.aws import open_client
 from daemon.bootstrap.csv_files import NODES, RELATIONSHIPS, CsvFile, CsvSnapshotWriter
-from daemon.bootstrap.direct import DirectWriter
+from daemon.bootstrap.direct import DirectWriter, compact_embedded_engine
 from daemon.bootstrap.loader import LoaderClient, LoaderSettings, LoadResult
 from daemon.bootstrap.neptune_reader import open_neptune_snapshot_reader
 from daemon.bootstrap.progress import Progress
@@ -283,6 +284,10 @@ class Bootstrap:
         result.stages["snapshot read"] = Stage(rows, float(getattr(reader, "read_seconds", 0.0)))
         result.stages["plan"] = Stage(rows, writer.plan_seconds)
         result.stages["write"] = Stage(rows, writer.apply_seconds)
+        self.progress.begin("compact")
+        began = time.perf_counter()
+        if await compact_embedded_engine(sink):
+            result.stages["compact"] = Stage(rows, time.perf_counter() - began)
 
     async def _via_loader(
         self, stack: AsyncExitStack, reader: SnapshotReader, sink: GraphSink, result: BootstrapResult
@@ -386,6 +391,11 @@ def _positions_text(positions: dict[str, Position]) -> str:
 
 def bootstrap_error_text(exc: BaseException) -> str:
     """How the CLI reports a failed bootstrap."""
-    if isinstance(exc, BootstrapError):
-        return f"bootstrap failed: {exc}\nnothing was handed off: no checkpoint was written."
-    return f"bootstrap failed: {type(exc).__name__}: {exc}\nnothing was handed off: no checkpoint was written."
+    text = str(exc) if isinstance(exc, BootstrapError) else f"{type(exc).__name__}: {exc}"
+    out = f"bootstrap failed: {text}\nnothing was handed off: no checkpoint was written."
+    if not isinstance(exc, BootstrapConfigError):
+        out += (
+            "\nThe target may hold part of the copy: empty it, fix the cause, and run bootstrap again "
+            "(CSV files stay in S3 for inspection)."
+        )
+    return out

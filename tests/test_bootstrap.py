@@ -1,6 +1,4 @@
-"""WORK IN PROGRESS: not collected by pytest until green and fast (rename back to test_bootstrap.py).
-
-Bootstrap end to end: a Neptune source (a stand holding a graph and its stream) is copied while it keeps
+"""Bootstrap end to end: a Neptune source (a stand holding a graph and its stream) is copied while it keeps
 changing, then `graph-replicator run --exit-when-idle` streams from the handed-off position, and the replica must
 equal the source's final graph.
 
@@ -14,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -162,7 +161,9 @@ def _run_scenario(
 def test_bootstrap_through_the_loader_then_streaming_equals_the_source(
     stand: NeptuneStand, source_stand: NeptuneStand, bucket: str, moto_server: str, tmp_path: Path
 ) -> None:
-    size = int(os.environ.get("BOOTSTRAP_TEST_VERTICES", "20000"))
+    # 10,000 / 20,000 in CI (about 30 s); the issue's 20,000 / 40,000 runs in about 56 s here:
+    # BOOTSTRAP_TEST_VERTICES=20000 pytest -s tests/test_bootstrap.py -k loader
+    size = int(os.environ.get("BOOTSTRAP_TEST_VERTICES", "10000"))
     result = _run_scenario(
         "neptune", size, 2 * size, size // 2, stand, source_stand, moto_server, tmp_path, file_max_bytes=1_000_000
     )
@@ -179,8 +180,17 @@ def test_bootstrap_through_the_loader_then_streaming_equals_the_source(
 def test_bootstrap_into_falkordb_then_streaming_equals_the_source(
     stand: NeptuneStand, source_stand: NeptuneStand, tmp_path: Path
 ) -> None:
+    # 20,000 / 40,000: about 57 s here (BOOTSTRAP_TEST_FALKORDB_VERTICES=20000)
     size = int(os.environ.get("BOOTSTRAP_TEST_FALKORDB_VERTICES", "5000"))
     result = _run_scenario("falkordb", size, 2 * size, size, stand, source_stand, None, tmp_path)
+    assert result.method == "direct" and result.dead_lettered == 0
+
+
+@pytest.mark.slow
+def test_bootstrap_into_neptune_analytics_then_streaming_equals_the_source(
+    stand: NeptuneStand, source_stand: NeptuneStand, tmp_path: Path
+) -> None:
+    result = _run_scenario("neptune-analytics", 500, 1000, 500, stand, source_stand, None, tmp_path)
     assert result.method == "direct" and result.dead_lettered == 0
 
 
@@ -201,13 +211,15 @@ def test_cli_bootstrap_then_run(
     scenario = build_scenario(seed=3, n_vertices=600, n_edges=1200, n_churn=800)
     position = prepare_source(source_stand, scenario)
     config = _config(tmp_path, source_stand, stand, "neptune", moto_server, keep_files=False)
-    done = _run_cli("--config", str(config))
+    done = _run_cli("--config", str(config), "--metrics-address", "127.0.0.1:0")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"handed off position: stream [{position[0]}, {position[1]}]" in done.stdout
     assert "rows/s" in done.stdout
-    assert '"event": "bootstrap progress"' in done.stderr  # structured progress when not on a terminal
+    assert '"event":"bootstrap progress"' in done.stderr  # structured progress when not on a terminal
+    location = re.search(rf"at s3://{BUCKET}/(\S+/main/\S+/)", done.stdout)
+    assert location, done.stdout
     s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-    assert not [o for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []) if "/main/" in o["Key"]]
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=location[1]).get("KeyCount") == 0  # keep_files = false
     churn = ChurnApplier(source_stand, scenario, chunks=1, dead_letters=DeadLetterFile(tmp_path / "dl"))
     asyncio.run(churn.finish())  # changes after the copy are streamed
     _stream_and_compare(config, "neptune", stand, scenario, tmp_path)
@@ -228,6 +240,7 @@ def test_a_loader_failure_is_reported_and_nothing_is_marked_bootstrapped(
     done = _run_cli("--config", str(config))
     assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
     err = done.stderr
+    print(err[err.find("bootstrap failed") :])
     assert "ended LOAD_FAILED" in err and "relationships" in err
     assert "relationships/relationships-00002.csv.gz: LOAD_FAILED" in err  # the failed file
     assert "relationships-00002.csv.gz record 1: PARSING_ERROR: Unexpected character at line 3 (injected)" in err
