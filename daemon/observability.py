@@ -216,7 +216,10 @@ METRICS = Metrics()
 class SourceMetrics:
     """One source's counters, bound to its label once."""
 
+    FAILING_AFTER = 3  # failed calls in a row after which a source is not up (nor ready)
+
     def __init__(self, source: str) -> None:
+        self.source = source
         self.read = METRICS.records_read.labels(source=source)
         self.polls = METRICS.source_polls.labels(source=source)
         self.empty_polls = METRICS.source_empty_polls.labels(source=source)
@@ -227,6 +230,14 @@ class SourceMetrics:
         METRICS.records_skipped.labels(source=source, reason="edge_not_in_target")
         METRICS.records_dead_lettered.labels(source=source, stage="apply")
         METRICS.task_restarts.labels(source=source)  # so increase() sees the first restart
+
+    def retried(self, reason: str, attempt: int) -> bool:
+        """Count a failed source call that will be retried; True once the source counts as failing."""
+        METRICS.source_errors.labels(source=self.source, error_type=reason).inc()
+        failing = attempt >= self.FAILING_AFTER
+        if failing:
+            self.up.set(0)
+        return failing
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

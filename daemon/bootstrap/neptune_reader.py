@@ -30,12 +30,13 @@ from typing import Any
 import orjson
 import structlog
 
-from daemon.aws import error_code, open_client
+from daemon.aws import error_code
 from daemon.bootstrap.records import BootstrapError, SnapshotEdge, SnapshotVertex
 from daemon.bootstrap.retry import with_retries
 from daemon.config import NeptuneSourceConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.model import Position
+from daemon.sources.stream_reader import open_neptune_client
 from daemon.values import INT64_MAX, INT64_MIN, UnsupportedValue, encode_float
 
 log = structlog.get_logger("daemon.bootstrap.neptune")
@@ -204,13 +205,5 @@ async def open_neptune_snapshot_reader(
     timeout_seconds: float = 300.0,
 ) -> NeptuneSnapshotReader:
     """A reader of the source a `neptune` source config names, its client bound to `stack`."""
-    client = await open_client(
-        stack,
-        "neptunedata",
-        endpoint=cfg.endpoint,
-        region=cfg.region,
-        profile=cfg.profile,
-        timeout_seconds=max(timeout_seconds, cfg.request_timeout_seconds),
-        max_connections=2,
-    )
+    client = await open_neptune_client(stack, cfg, timeout_seconds)
     return NeptuneSnapshotReader(client, source=cfg.name, page_size=page_size, dead_letters=dead_letters)

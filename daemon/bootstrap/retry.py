@@ -9,13 +9,13 @@ raised. A bootstrap is a one-off job: it stops loudly rather than waiting foreve
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
 
 from daemon.aws import classify_aws_error
+from daemon.sinks.base import full_jitter
 
 log = structlog.get_logger("daemon.bootstrap")
 T = TypeVar("T")
@@ -41,7 +41,7 @@ async def with_retries(
             cls = classify_aws_error(exc)
             if not cls.retryable or attempt >= attempts or (only is not None and cls.reason not in only):
                 raise
-            delay = random.uniform(0, min(max_seconds, initial_seconds * 2**attempt))
+            delay = full_jitter(attempt, initial_seconds, max_seconds)
             log.warning(
                 "bootstrap call failed, retrying",
                 what=what,

@@ -49,6 +49,11 @@ class ErrorClass:
     data_rejected: bool = False
 
 
+def full_jitter(attempt: int, initial_seconds: float, max_seconds: float, max_exponent: int = 30) -> float:
+    """A retry delay with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+    return random.uniform(0, min(max_seconds, initial_seconds * 2 ** min(attempt, max_exponent)))
+
+
 RETRY = {
     reason: ErrorClass(True, reason)
     for reason in (
@@ -112,8 +117,7 @@ class RetryPolicy:
     attempts_before_split: int = 4
 
     def delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
-        return random.uniform(0, min(self.max_seconds, self.initial_seconds * (2 ** min(attempt, 30))))
+        return full_jitter(attempt, self.initial_seconds, self.max_seconds)
 
 
 class PlanApplier:

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.mapping import TTL_PRINCIPAL, ItemMapper, UnmappableItem
 from daemon.model import SHARD_END, ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
+from daemon.sinks.base import full_jitter
 
 log = structlog.get_logger("daemon.source.dynamodb")
 
@@ -377,7 +377,7 @@ class DynamoDBStreamSource:
             unprocessed = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
             if unprocessed:
                 attempt += 1
-                await asyncio.sleep(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+                await asyncio.sleep(full_jitter(attempt, 0.05, 5.0))
                 pending.extend(unprocessed)
         return found
 
@@ -418,11 +418,9 @@ class DynamoDBStreamSource:
                 if not cls.retryable:
                     raise
                 attempt += 1
-                delay = random.uniform(0, min(10.0, 0.1 * 2 ** min(attempt, 10)))
-                METRICS.source_errors.labels(source=self.name, error_type=cls.reason).inc()
-                if attempt >= 3:
+                delay = full_jitter(attempt, 0.1, 10.0, max_exponent=10)
+                if self._m.retried(cls.reason, attempt):
                     self.polling = False
-                    self._m.up.set(0)
                 log.warning(
                     "dynamodb streams call failed, retrying",
                     source=self.name,

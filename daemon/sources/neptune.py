@@ -46,9 +46,7 @@ class NeptuneStreamSource:
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         """Poll forever, putting batches on `out` (which blocks when the pipeline is behind)."""
         async with AsyncExitStack() as stack:
-            reader = await open_stream_reader(
-                stack, self._cfg, resume=resume.get(PARTITION), on_retry=self._on_retry
-            )
+            reader = await open_stream_reader(stack, self._cfg, resume=resume.get(PARTITION), on_retry=self._on_retry)
             signalled_caught_up = False
             self.state = "polling"
             probe = asyncio.create_task(self._probe_head(reader), name=f"head-probe:{self.name}")
@@ -110,10 +108,8 @@ class NeptuneStreamSource:
         return changes
 
     def _on_retry(self, cls: ErrorClass, attempt: int, delay: float, exc: BaseException) -> None:
-        METRICS.source_errors.labels(source=self.name, error_type=cls.reason).inc()
-        if attempt >= 3:
+        if self._m.retried(cls.reason, attempt):
             self.polling = False
-            self._m.up.set(0)
         log.warning(
             "stream read failed, retrying",
             source=self.name,

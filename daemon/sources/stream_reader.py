@@ -15,7 +15,6 @@ both read through it.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -25,7 +24,7 @@ from typing import Any
 from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.config import NeptuneSourceConfig
 from daemon.model import Position, SourceStopped
-from daemon.sinks.base import ErrorClass
+from daemon.sinks.base import ErrorClass, full_jitter
 
 RetryHook = Callable[[ErrorClass, int, float, BaseException], None]  # class, attempt, delay, error
 
@@ -139,10 +138,24 @@ class StreamReader:
         if not cls.retryable:
             raise exc
         self._failures += 1
-        delay = random.uniform(0, min(self._idle_max * 4, 0.1 * 2 ** min(self._failures, 10)))
+        delay = full_jitter(self._failures, 0.1, self._idle_max * 4, max_exponent=10)
         if self._on_retry is not None:
             self._on_retry(cls, self._failures, delay, exc)
         await asyncio.sleep(delay)
+
+
+async def open_neptune_client(stack: AsyncExitStack, cfg: NeptuneSourceConfig, timeout_seconds: float = 0.0) -> Any:
+    """The `neptunedata` client of a `neptune` source (stream and snapshot reads), bound to `stack`; the request
+    timeout is the source's, or `timeout_seconds` when that is longer."""
+    return await open_client(
+        stack,
+        "neptunedata",
+        endpoint=cfg.endpoint,
+        region=cfg.region,
+        profile=cfg.profile,
+        timeout_seconds=max(timeout_seconds, cfg.request_timeout_seconds),
+        max_connections=2,
+    )
 
 
 async def open_stream_reader(
@@ -154,15 +167,7 @@ async def open_stream_reader(
     on_retry: RetryHook | None = None,
 ) -> StreamReader:
     """A reader of the stream a `neptune` source config names, its client bound to `stack`."""
-    client = await open_client(
-        stack,
-        "neptunedata",
-        endpoint=cfg.endpoint,
-        region=cfg.region,
-        profile=cfg.profile,
-        timeout_seconds=cfg.request_timeout_seconds,
-        max_connections=2,
-    )
+    client = await open_neptune_client(stack, cfg)
     return StreamReader(
         client,
         start=cfg.start if isinstance(cfg.start, str) else cfg.start.model_dump(),
