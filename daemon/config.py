@@ -586,7 +586,30 @@ class BootstrapConfig(_Model):
         16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Files larger than this are uploaded in parts this size."
     )
     keep_files: bool = Field(True, description="Keep the CSV files in S3 after a successful load.")
-    read_page_size: int = Field(5000, ge=1, le=100000, description="Vertices or edges per snapshot query.")
+    read_page_size: int = Field(
+        5000, ge=1, le=100000, description="Vertices or edges per snapshot query; items per DynamoDB Scan page."
+    )
+    scan_segments: int = Field(
+        4, ge=1, le=1000, description="DynamoDB sources: parallel Scan segments (`TotalSegments`)."
+    )
+    scan_capacity_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="DynamoDB sources: share of the table's provisioned (or on-demand maximum) read capacity the "
+        "scan may use per second.",
+    )
+    scan_read_units_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="DynamoDB sources: read capacity units per second for the scan, instead of the share; an "
+        "on-demand table without a maximum is scanned unthrottled unless this is set.",
+    )
+    scan_consistent_read: bool = Field(
+        True,
+        description="DynamoDB sources: strongly consistent Scan (twice the read units; every write acknowledged "
+        "before the bootstrap began is in the copy).",
+    )
     write_batch_size: int = Field(
         5000, ge=1, le=100000, description="Rows per openCypher statement when writing without the loader."
     )

@@ -32,6 +32,9 @@ KINDS = frozenset({VERTEX_LABEL, VERTEX_PROPERTY, EDGE, EDGE_PROPERTY, WHOLE_VER
 Position = tuple[int | str, ...]
 
 SHARD_END: Position = ("SHARD_END",)  # sorts after every zero-padded sequence number
+# Before the first record of a shard (read it from TRIM_HORIZON); sorts before every real sequence number, which
+# is never zero. A bootstrap hands it off for the shards that were open when it recorded its position.
+SHARD_START: Position = ("0" * 40,)
 
 
 @dataclass(slots=True)

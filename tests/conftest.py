@@ -1,5 +1,5 @@
 """Shared fixtures: one Neptune-compatible stand per session, reset for each test that uses it; one moto server
-(S3, DynamoDB, ...) per session."""
+process (S3, DynamoDB, DynamoDB Streams) per session."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stand.moto_server import MotoServer, running_moto_server
+from tests.stand.moto_process import MotoProcess, aws_test_environment
 from tests.stand.neptune_endpoint import NeptuneStand
 
 
@@ -24,12 +24,17 @@ def stand(stand_session: NeptuneStand) -> NeptuneStand:
 
 
 @pytest.fixture(scope="session")
-def moto_server_instance() -> Iterator[MotoServer]:
-    with running_moto_server() as server:
-        yield server
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoProcess]:
+    """moto in server mode as a child process for the session; dummy AWS credentials are in os.environ."""
+    server = MotoProcess(tmp_path_factory.mktemp("moto"))
+    try:
+        with aws_test_environment():
+            yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def moto_server(moto_server_instance: MotoServer) -> str:
-    """The endpoint URL of a session-wide moto server; dummy AWS credentials and region are in os.environ."""
-    return moto_server_instance.url
+def moto_server(moto: MotoProcess) -> str:
+    """The endpoint URL of the session's moto server."""
+    return moto.url

@@ -5,31 +5,18 @@ table's final contents describe."""
 from __future__ import annotations
 
 import random
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import falkordb
 import orjson
 import pytest
 
-from daemon.engine import start_engine_in_thread
-from tests.stand.comparator import assert_converged, read_falkordb_graph
+from tests.stand.comparator import assert_converged
 from tests.stand.daemon_process import DaemonProcess
+from tests.stand.dynamodb_daemon import replica, run_to_idle, social_config
 from tests.stand.dynamodb_workload import TABLE, SocialWorkload, create_table, expected_graph, scan
 from tests.stand.harness import metric_value, wait_for
 from tests.stand.moto_process import MotoProcess
-from tests.stand.workload import ReferenceGraph
-
-SHIPPED = Path(__file__).parent.parent / "config" / "dynamodb-social.toml"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoProcess]:
-    server = MotoProcess(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -38,47 +25,6 @@ def table(moto: MotoProcess):
     client = moto.client("dynamodb")
     create_table(client)
     return client
-
-
-def social_config(tmp_path: Path, moto: MotoProcess, **source: object) -> Path:
-    """The shipped example, pointed at moto, with a fast discovery and poll cadence for tests."""
-    text = SHIPPED.read_text()
-    text = re.sub(r"^data_dir = .*$", f'data_dir = "{tmp_path / "data"}"', text, flags=re.M)
-    text = re.sub(r"^http_address = .*$", 'http_address = "127.0.0.1:0"\nlog_format = "json"', text, flags=re.M)
-    settings = {
-        "endpoint": moto.url,
-        "poll_interval_seconds": 0.1,
-        "min_get_records_interval_seconds": 0.0,
-        "discovery_interval_seconds": 1.0,
-        **source,
-    }
-    lines = "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
-    text = re.sub(r"^# endpoint = .*$\n", lines, text, flags=re.M)
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return path
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def replica(data_dir: Path) -> ReferenceGraph:
-    engine, stop = start_engine_in_thread(data_dir / "falkordb" / "graph")
-    try:
-        graph = falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("graph")
-        return read_falkordb_graph(graph, allow_unlabelled=True)
-    finally:
-        stop()
-
-
-def run_to_idle(config: Path, timeout: float = 240) -> DaemonProcess:
-    daemon = DaemonProcess(config)
-    code = daemon.wait(timeout)
-    assert code == 0, daemon.log_tail()
-    return daemon
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ The contract a reader keeps (it is what makes snapshot + stream equal the source
    created after the position and comes with the replay; a reader drops it and counts it in `dangling`).
 3. Property values are already converted by the value rule (`daemon.values`), names are the source's names.
 
-A DynamoDB Scan reader fits the same shape: `position_before` returns every open shard's position, the scan
-maps items through `daemon.mapping`, yields vertex items first (or spools edge items until the vertex pass is
-over) and adds a bare vertex for each endpoint no item defines.
+The DynamoDB reader (`daemon.bootstrap.dynamodb_reader`) keeps it with bare vertices (no label, no property)
+for the endpoints no item defines; its edges say `merge_endpoints`, so writing one MERGEs its endpoints as the
+stream does (`WHOLE_EDGE`), and a bare vertex needs no change of its own.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange, Position
+from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, WHOLE_EDGE, GraphChange, Position
 
 
 class BootstrapError(Exception):
@@ -53,6 +53,7 @@ class SnapshotEdge:
     from_id: str
     to_id: str
     props: dict[str, Any] = field(default_factory=dict)
+    merge_endpoints: bool = False  # an endpoint may be a bare vertex: written as a whole edge (MERGE endpoints)
 
 
 class SnapshotReader(Protocol):
@@ -83,6 +84,8 @@ def vertex_changes(vertex: SnapshotVertex, position: Position = (0, 0)) -> list[
 
 def edge_changes(edge: SnapshotEdge, position: Position = (0, 0)) -> list[GraphChange]:
     """A whole edge as the change records that create it (the edge, then its properties)."""
+    if edge.merge_endpoints:
+        return [GraphChange(WHOLE_EDGE, True, edge.id, edge.type, edge.props, edge.from_id, edge.to_id, position)]
     out = [GraphChange(EDGE, True, edge.id, edge.type, None, edge.from_id, edge.to_id, position=position)]
     out += [GraphChange(EDGE_PROPERTY, True, edge.id, k, v, position=position) for k, v in edge.props.items()]
     return out

@@ -29,6 +29,7 @@ import structlog
 from daemon.aws import open_client
 from daemon.bootstrap.csv_files import NODES, RELATIONSHIPS, CsvFile, CsvSnapshotWriter
 from daemon.bootstrap.direct import DirectWriter, compact_embedded_engine
+from daemon.bootstrap.dynamodb_reader import open_dynamodb_snapshot_reader
 from daemon.bootstrap.loader import LoaderClient, LoaderSettings, LoadResult
 from daemon.bootstrap.neptune_reader import open_neptune_snapshot_reader
 from daemon.bootstrap.progress import Progress
@@ -42,7 +43,7 @@ from daemon.bootstrap.records import (
 from daemon.bootstrap.s3 import S3Writer, open_s3_client
 from daemon.bootstrap.spool import ChangeSpool
 from daemon.checkpoint import SQLiteCheckpointStore
-from daemon.config import Config, NeptuneSinkConfig, NeptuneSourceConfig
+from daemon.config import Config, DynamoDBSourceConfig, NeptuneSinkConfig, NeptuneSourceConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.model import Position
 from daemon.observability import METRICS
@@ -146,10 +147,18 @@ async def _prefetch(pages: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]
 
 
 async def default_reader(
-    stack: AsyncExitStack, cfg: Any, dead_letters: DeadLetterFile, page_size: int
+    stack: AsyncExitStack, cfg: Any, dead_letters: DeadLetterFile, config: Config
 ) -> SnapshotReader:
     if isinstance(cfg, NeptuneSourceConfig):
-        return await open_neptune_snapshot_reader(stack, cfg, page_size=page_size, dead_letters=dead_letters)
+        return await open_neptune_snapshot_reader(
+            stack, cfg, page_size=config.bootstrap.read_page_size, dead_letters=dead_letters
+        )
+    if isinstance(cfg, DynamoDBSourceConfig):
+        data_dir = config.daemon.resolved_data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return await open_dynamodb_snapshot_reader(
+            stack, cfg, config.bootstrap, spool_dir=data_dir, dead_letters=dead_letters
+        )
     raise BootstrapConfigError(
         f"source {cfg.name!r}: bootstrap is not available for kind {cfg.kind!r} sources in this version"
     )
@@ -216,9 +225,7 @@ class Bootstrap:
                 stack.push_async_callback(sink.close)
                 if not self.allow_non_empty_target:
                     await self._check_empty(sink)
-                factory = self._reader_factory or (
-                    lambda st, cfg, dl: default_reader(st, cfg, dl, self.settings.read_page_size)
-                )
+                factory = self._reader_factory or (lambda st, cfg, dl: default_reader(st, cfg, dl, self.config))
                 reader = await factory(stack, self.source_cfg, self.dead_letters)
                 self.progress.begin("position")
                 positions = await reader.position_before()

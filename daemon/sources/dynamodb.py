@@ -14,7 +14,8 @@
   number read (`AFTER_SEQUENCE_NUMBER`), so nothing is skipped and nothing read twice.
 * A shard position that the stream no longer holds (`TrimmedDataAccessException`, or a checkpointed shard that
   vanished before its end was read) is a loud stop: `StreamTrimmed`, `graph_replicator_stream_expired` = 1.
-* Positions are `(zero-padded sequence number,)` per shard (`daemon.model`).
+* Positions are `(zero-padded sequence number,)` per shard (`daemon.model`); `SHARD_START` (a bootstrap's
+  hand-off for the shards open when it began) reads the shard from `TRIM_HORIZON`.
 * `KEYS_ONLY` and `OLD_IMAGE` streams carry no new image: the current items are read with a consistent
   `BatchGetItem`. Records become changes through `daemon.mapping.ItemMapper`.
 """
@@ -33,7 +34,7 @@ from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.config import DynamoDBSourceConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.mapping import TTL_PRINCIPAL, ItemMapper, UnmappableItem
-from daemon.model import SHARD_END, ChangeBatch, GraphChange, Position, SourceStopped
+from daemon.model import SHARD_END, SHARD_START, ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import full_jitter
 
@@ -247,7 +248,7 @@ class DynamoDBStreamSource:
     async def _read_shard(self, shard: Shard, out: asyncio.Queue[ChangeBatch]) -> None:
         cfg = self._cfg
         resume = self._resume.get(shard.id)
-        last_read = None if resume in (None, ("LATEST",)) else sequence_of(resume)
+        last_read = None if resume in (None, ("LATEST",), SHARD_START) else sequence_of(resume)
         iterator, issued = await self._iterator(shard.id, last_read, latest=resume == ("LATEST",))
         last_call = 0.0
         empty_pages = 0

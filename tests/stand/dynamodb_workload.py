@@ -26,8 +26,13 @@ TABLE = "social"
 RENAME = {"name": "displayName"}  # the user rule's rename in config/dynamodb-social.toml
 
 
-def create_table(client: Any, table: str = TABLE, view_type: str = "NEW_AND_OLD_IMAGES") -> str:
-    """Create the table with a stream; returns the stream ARN."""
+def create_table(
+    client: Any, table: str = TABLE, view_type: str = "NEW_AND_OLD_IMAGES", *, stream: bool = True
+) -> str | None:
+    """Create the table, with a stream unless `stream` is false; returns the stream ARN."""
+    params: dict[str, Any] = {}
+    if stream:
+        params["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": view_type}
     client.create_table(
         TableName=table,
         KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
@@ -36,8 +41,14 @@ def create_table(client: Any, table: str = TABLE, view_type: str = "NEW_AND_OLD_
             {"AttributeName": "SK", "AttributeType": "S"},
         ],
         BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type},
+        **params,
     )
+    return client.describe_table(TableName=table)["Table"].get("LatestStreamArn")
+
+
+def enable_stream(client: Any, table: str = TABLE, view_type: str = "NEW_AND_OLD_IMAGES") -> str:
+    """Turn the table's stream on (it records only what is written from now on); returns its ARN."""
+    client.update_table(TableName=table, StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type})
     return client.describe_table(TableName=table)["Table"]["LatestStreamArn"]
 
 
@@ -68,6 +79,33 @@ class SocialWorkload:
                 self._put(self._user_item(rng.choice(self.users)))
             else:
                 self._put(self._edge_item())
+
+    def seed(self, n_items: int) -> None:
+        """Write `n_items` distinct items in batches: about 14 % users (a tenth of the users get none, so edges
+        point at bare vertices), 8 % posts, 2 % unmapped config items, the rest FOLLOWS and LIKES edges.
+        Needs `users` x `posts` large enough for that many distinct keys."""
+        rng = self.rng
+        keys: set[tuple[str, str]] = set()
+        with_profile = [u for u in self.users if rng.random() < 0.9]
+        items: list[dict[str, Any]] = []
+        for user in with_profile[: int(n_items * 0.14)]:
+            items.append(self._user_item(user))
+        for post in self.posts[: int(n_items * 0.08)]:
+            items.append({"PK": {"S": f"POST#{post}"}, "SK": {"S": "POST"}, **self._attributes()})
+        for i in range(int(n_items * 0.02)):
+            items.append({"PK": {"S": f"CONFIG#{i}"}, "SK": {"S": "SETTINGS"}, **self._attributes()})
+        keys.update((item["PK"]["S"], item["SK"]["S"]) for item in items)
+        while len(items) < n_items:
+            item = self._edge_item()
+            key = (item["PK"]["S"], item["SK"]["S"])
+            if key not in keys:
+                keys.add(key)
+                items.append(item)
+        rng.shuffle(items)
+        for i in range(0, len(items), 25):
+            request = [{"PutRequest": {"Item": item}} for item in items[i : i + 25]]
+            response = self.client.batch_write_item(RequestItems={self.table: request})
+            assert not response.get("UnprocessedItems"), response["UnprocessedItems"]
 
     # -- items -------------------------------------------------------------------------------------
 

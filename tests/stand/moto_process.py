@@ -1,5 +1,6 @@
 """moto in server mode as a child process: DynamoDB, DynamoDB Streams and S3 over HTTP for the daemon's own
-aiobotocore clients. A process of its own keeps moto's request handling off the test process's GIL."""
+aiobotocore clients, the test stand's loader and daemon subprocesses. A process of its own keeps moto's request
+handling off the test process's GIL. `MotoProcess.reset()` (POST /moto-api/reset) forgets every resource."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.stand.daemon_process import AWS_ENV
@@ -63,3 +66,18 @@ class MotoProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+
+
+@contextmanager
+def aws_test_environment() -> Iterator[None]:
+    """Dummy credentials and region in os.environ for the duration (restored afterwards)."""
+    saved = {key: os.environ.get(key) for key in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
