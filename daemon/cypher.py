@@ -74,6 +74,18 @@ def vertex_upsert_statement(dialect: Dialect, create: bool, has_props: bool) -> 
     return out + (" SET n += r.props" if has_props else "")
 
 
+def vertex_create_statement(dialect: Dialect, label: str) -> str:
+    """Create the vertices that do not exist yet, with a label; rows carry `id`. On FalkorDB, adding a label to
+    an existing node costs time in proportion to the graph's size (about 1 ms a node at 50,000 nodes), while a
+    node created with its label costs microseconds; the MERGE and SET-label statements that follow find it with
+    the label in place (setting a label a node has is cheap)."""
+    base = [dialect.base_label] if dialect.base_label else []
+    return (
+        f"UNWIND $rows AS r OPTIONAL MATCH {dialect.node('n', 'r.id')} WITH r, n WHERE n IS NULL "
+        f"CREATE (m{dialect.labels([*base, label])} {{{dialect.id_key}: r.id}})"
+    )
+
+
 def vertex_replace_statement(dialect: Dialect, create: bool) -> str:
     """Create (MERGE) or find (MATCH) vertices and replace all their properties; rows carry `id` and `props`."""
     return f"UNWIND $rows AS r {'MERGE' if create else 'MATCH'} {dialect.node('n', 'r.id')} SET n = r.props"

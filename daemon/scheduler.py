@@ -12,9 +12,10 @@ Two steps, both in one pass over the window in source order:
    a vertex drop never races the edges it detaches, and per-element order is source order; edges that only
    share an endpoint may run side by side. Inside a layer mutations are independent.
 3. **Group** each layer into `UNWIND $rows` batches, one per statement shape, in fixed phases: a mutation's
-   parts that must follow each other (set a property removed for a type change; create the vertex; add its
-   labels; delete it if no label is left; remove labels; remove properties) are in successive phases, and
-   the batches of one phase run concurrently.
+   parts that must follow each other (set a property removed for a type change; create a new vertex with its
+   labels (FalkorDB); create or find the vertex and set its properties; add its labels; delete it if no label
+   is left; remove labels; remove properties) are in successive phases, and the batches of one phase run
+   concurrently.
 
 Whole-element changes (`vr` / `er`, from DynamoDB items) coalesce the same way: an ADD replaces the
 element's properties (later property changes in the run apply on top), a vertex REMOVE strips the vertex and
@@ -41,6 +42,7 @@ from daemon.cypher import (
     edge_replace_statement,
     edge_upsert_statement,
     vertex_add_label_statement,
+    vertex_create_statement,
     vertex_delete_orphan_statement,
     vertex_delete_unlabelled_statement,
     vertex_property_removal_statement,
@@ -184,8 +186,8 @@ class Plan:
 
 
 # Phases of a layer, in execution order.
-RETYPE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(6)
-_PHASES = 6
+RETYPE, CREATE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(7)
+_PHASES = 7
 
 
 EdgeTypeLookup = Callable[[list[str]], Awaitable[dict[str, str]]]
@@ -358,6 +360,8 @@ class Planner:
                 statement = vertex_add_label_statement(d, *args)
             elif kind == "vdrop":
                 statement = vertex_delete_unlabelled_statement(d)
+            elif kind == "vcreate":
+                statement = vertex_create_statement(d, *args)
             elif kind == "vreplace":
                 statement = vertex_replace_statement(d, *args)
             elif kind == "vorphan":
@@ -389,6 +393,10 @@ class Planner:
         bare_labels = gone_extra if not identity else ["vertex"]
         bare_keys = [] if identity else [self.dialect.id_property]
 
+        # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
+        # keeps MERGE-then-label until creating with labels is verified there.
+        create_with_labels = not identity
+
         def whole(m: Mutation, props: dict[str, Any]) -> dict[str, Any]:
             return props if identity else {**props, self.dialect.id_property: m.id}
 
@@ -412,6 +420,9 @@ class Planner:
             for key in m.retyped:
                 if m.props.get(key) is not None:
                     put(m, RETYPE, (*null_kind, key), {"id": m.id})
+            if isinstance(m, VertexMutation) and m.add_labels and create_with_labels:
+                # one label: statements grow with names, not label combinations; the others are added after
+                put(m, CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id})
             if isinstance(m, VertexMutation) and m.replace:
                 put(m, UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole(m, props)})
                 for label in m.add_labels:

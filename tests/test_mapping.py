@@ -72,6 +72,26 @@ def test_an_item_that_changes_rule_removes_the_old_element() -> None:
     assert [(c.kind, c.add, c.id) for c in out.changes] == [("vr", False, "user:ada")]
 
 
+def test_a_rule_on_non_key_attributes_before_a_key_only_rule_still_removes_the_old_element() -> None:
+    from daemon.config import MappingRule
+
+    admin = MappingRule.model_validate(
+        {"name": "admin", "when": {"role": {"equals": "admin"}}, "vertex": {"label": "Admin", "id": "a:{PK}"}}
+    )
+    shipped = load_config(SHIPPED).sources[0].rules
+    m = mapper(rules=[admin, *shipped])
+    old = user("ada", role={"S": "admin"})
+    new = user("ada", role={"S": "member"})
+    out = changes(m, "MODIFY", new, old)
+    assert [(c.kind, c.add, c.id) for c in out.changes] == [("vr", False, "a:USER#ada"), ("vr", True, "user:ada")]
+    # With only key-tested rules whose ids come from the key, the old image is not mapped at all: same element.
+    plain = mapper()
+    assert all(rule.same_element_for_same_key for rule in plain.rules)
+    assert not any(rule.same_element_for_same_key for rule in m.rules[:2])
+    (change,) = changes(plain, "MODIFY", new, old).changes
+    assert (change.kind, change.add, change.value) == ("vr", True, {"role": "member"})
+
+
 def test_remove_policies_and_ttl() -> None:
     item = user("ada", name={"S": "Ada"})
     assert [(c.kind, c.add) for c in changes(mapper(), "REMOVE", None, item).changes] == [("vr", False)]

@@ -37,6 +37,65 @@ def record_position(record: dict[str, Any]) -> Position:
 
 def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange:
     """Translate one PG_JSON stream record into a GraphChange."""
+    # Fast path for well-formed records (nearly all of them): the checks of `_translate`, inline, in the order
+    # of the common case. Anything unexpected goes the careful way, which names what is wrong.
+    try:
+        event = record["eventId"]
+        commit, op_num = event["commitNum"], event["opNum"]
+        data = record["data"]
+        kind = data["type"]
+        element_id = data["id"]
+        value_obj = data["value"]
+        raw = value_obj["value"]
+        op = record["op"]
+    except (KeyError, TypeError):
+        pass
+    else:
+        if (
+            commit.__class__ is int
+            and op_num.__class__ is int
+            and element_id.__class__ is str
+            and element_id
+            and value_obj.__class__ is dict
+            and data.__class__ is dict
+            and (op == "ADD" or op == "REMOVE")
+        ):
+            commit_ms = (
+                record["commitTimestamp"] if "commitTimestamp" in record else record.get("commitTimestampInMillis", 0)
+            )
+            if not isinstance(commit_ms, int):
+                commit_ms = 0
+            if kind == VERTEX_PROPERTY or kind == EDGE_PROPERTY:
+                key = data.get("key")
+                data_type = value_obj.get("dataType", "String")
+                if key.__class__ is str and key:
+                    if data_type == "String" and raw.__class__ is str:
+                        value = raw
+                    elif data_type.__class__ is str:
+                        try:
+                            value = from_pg_json(data_type, raw)
+                        except UnsupportedValue as exc:
+                            raise MalformedRecord(str(exc), (commit, op_num)) from exc
+                    else:
+                        return _careful(record, partition)
+                    return GraphChange(
+                        kind, op == "ADD", element_id, key, value, None, None, (commit, op_num), commit_ms, partition
+                    )
+            elif kind == VERTEX_LABEL and raw.__class__ is str and raw:
+                return GraphChange(
+                    VERTEX_LABEL, op == "ADD", element_id, raw, None, None, None, (commit, op_num), commit_ms, partition
+                )
+            elif kind == EDGE and raw.__class__ is str and raw:
+                source, target = data.get("from"), data.get("to")
+                if source.__class__ is str and target.__class__ is str and source and target:
+                    return GraphChange(
+                        EDGE, op == "ADD", element_id, raw, None, source, target, (commit, op_num), commit_ms, partition
+                    )
+    return _careful(record, partition)
+
+
+def _careful(record: dict[str, Any], partition: str) -> GraphChange:
+    """`translate_record` with every check spelled out, raising `MalformedRecord` with the reason."""
     position = record_position(record)
     try:
         return _translate(record, position, partition)

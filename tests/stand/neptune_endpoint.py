@@ -7,7 +7,8 @@ for real aiobotocore clients (and for the daemon run as a subprocess, pointed at
   change log in `stand.stream`, which tests append to while the daemon reads;
 * **openCypher target** - `POST /opencypher` (`ExecuteOpenCypherQuery`; JSON or form-encoded, alias
   `/openCypher`) and `POST /queries` (neptune-graph `ExecuteQuery`) run Neptune openCypher on FalkorDB after
-  `translate_query` (see there for the rules);
+  `translate_query` (see there for the rules); queries reach the engine through `tests.stand.engine_wire`
+  (a lean RESP2 path that hands back what redis-py would), translations are cached per query text;
 * **bulk loader** - `POST /loader`, `GET /loader`, `GET /loader/{loadId}`, `DELETE /loader/{loadId}`
   (`StartLoaderJob` and friends) read openCypher CSV from S3 (moto, `stand.loader.s3_endpoint`) into the same
   engine, with the loader's statuses and error lines and a switch to fail a file (`tests.stand.loader`);
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import functools
 import gzip
 import json
 import random
@@ -46,12 +48,14 @@ import orjson
 import redis.exceptions
 from aiohttp import web
 from falkordb.asyncio import FalkorDB as AsyncFalkorDB
+from falkordb.asyncio.query_result import QueryResult as AsyncQueryResult
 from falkordb.edge import Edge
 from falkordb.node import Node
 from falkordb.path import Path as GraphPath
 
 from daemon.engine import EmbeddedFalkorDB
 from daemon.names import InvalidName, decode_falkordb_name, encode_falkordb_name
+from tests.stand.engine_wire import EngineWire, cypher_params_header
 from tests.stand.loader import BulkLoader
 
 __all__ = [
@@ -271,6 +275,11 @@ class Faults:
         with self._lock:
             self._poison.append(substring)
 
+    @property
+    def poisoning(self) -> bool:
+        """Whether any poison is set (lets callers skip building the parameters JSON when none is)."""
+        return bool(self._poison)
+
     def is_poisoned(self, parameters_json: str) -> bool:
         with self._lock:
             poisoned = any(substring in parameters_json for substring in self._poison)
@@ -442,6 +451,12 @@ def translate_query(query: str) -> Translation:
     return Translation(text, relationship_types, rewrites)
 
 
+@functools.lru_cache(maxsize=1024)
+def _cached_translation(query: str) -> Translation:
+    """`translate_query`, once per distinct query text (a `Translation` is never changed once made)."""
+    return translate_query(query)
+
+
 def encode_parameter_keys(value: Any) -> Any:
     """`value` with every map key, at any depth, in FalkorDB's name encoding."""
     if isinstance(value, dict):
@@ -570,6 +585,9 @@ class NeptuneStand:
         self.stream = StreamLog()
         self.faults = Faults()
         self.requests: Counter[str] = Counter()
+        # Added to every request before it is handled (0: none): a stand-in for the network round trip and a
+        # real cluster's per-request work, for benchmarks that compare request patterns (tests/bench/end_to_end).
+        self.request_latency_seconds = 0.0
         self.loader = BulkLoader(self)
         self._requested_port = port
         self._port: int | None = None
@@ -578,6 +596,7 @@ class NeptuneStand:
         self._runner: web.AppRunner | None = None
         self._db: AsyncFalkorDB | None = None
         self._graph: Any = None  # falkordb.asyncio AsyncGraph, set by start()
+        self._wire: EngineWire | None = None  # the queries' own path to the engine, set by start()
         self._indexed_types: set[str] = set()
         self._index_lock: asyncio.Lock | None = None
 
@@ -647,6 +666,7 @@ class NeptuneStand:
         await self.engine.start()
         self._db = AsyncFalkorDB(host=self.engine.host, port=self.engine.port)
         self._graph = self._db.select_graph(self.graph_name)
+        self._wire = EngineWire(self.engine.host, self.engine.port)
         await self._ensure_vertex_index()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         for route, path in _PATH_KEYS.items():
@@ -667,6 +687,9 @@ class NeptuneStand:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
         if self._db is not None:
             await self._db.aclose()
             self._db = None
@@ -702,6 +725,8 @@ class NeptuneStand:
         try:
             if not request.headers.get("Authorization", "").startswith(_SIGV4_PREFIX):
                 raise StandError(403, "AccessDeniedException", "Missing Authentication Token")
+            if self.request_latency_seconds > 0:
+                await asyncio.sleep(self.request_latency_seconds)
             return await handler(request)
         except StandError as error:
             return _error_response(error)
@@ -757,15 +782,13 @@ class NeptuneStand:
                 parameters = json.loads(str(parameters_text))
             except json.JSONDecodeError as exc:
                 raise StandError(400, "InvalidParameterException", f"parameters: {exc}") from None
-        results = await self._run_query("opencypher", query, parameters)
-        return web.json_response({"results": results}, dumps=_dumps)
+        return _results_response(await self._run_query("opencypher", query, parameters))
 
     async def _handle_queries(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
         if body.get("language") != "OPEN_CYPHER":
             raise StandError(400, "ValidationException", f"unsupported language {body.get('language')!r}")
-        results = await self._run_query("queries", body.get("query"), body.get("parameters") or {})
-        return web.json_response({"results": results}, dumps=_dumps)
+        return _results_response(await self._run_query("queries", body.get("query"), body.get("parameters") or {}))
 
     @staticmethod
     async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -782,7 +805,7 @@ class NeptuneStand:
             raise StandError(400, "MissingParameterException", "query is required")
         if not isinstance(parameters, dict):
             raise StandError(400, "InvalidParameterException", "parameters must be a JSON object")
-        if self.faults.is_poisoned(json.dumps(parameters, ensure_ascii=False)):
+        if self.faults.poisoning and self.faults.is_poisoned(json.dumps(parameters, ensure_ascii=False)):
             raise StandError(400, "BadRequestException", "poisoned parameters (injected)")
         drop_after = await self._apply_fault(path)
         results = await self._execute(query, parameters)
@@ -791,11 +814,19 @@ class NeptuneStand:
         return results
 
     async def _execute(self, query: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        translation = translate_query(query)
+        translation = _cached_translation(query)
         try:
             for relationship_type in translation.relationship_types - self._indexed_types:
                 await self._index_relationship_type(relationship_type)
-            result = await self._graph.query(translation.query, encode_parameter_keys(parameters))
+            header = cypher_params_header(parameters)
+            if header is None:  # names to encode, escapes, ...: falkordb's own way, value by value
+                header = self._graph._build_params_header(encode_parameter_keys(parameters))
+            assert self._wire is not None
+            reply = await self._wire.graph_query(self.graph_name, header + translation.query)
+            if len(reply) == 1 and not isinstance(reply[0], redis.exceptions.ResponseError):
+                return []  # statistics only: a statement that returns nothing
+            result = AsyncQueryResult(self._graph)
+            await result.parse(reply)
             columns = [translation.column_name(column[1]) for column in result.header]
             vertex_ids = await self._vertex_ids(set(_edge_endpoints(result.result_set)))
         except (redis.exceptions.RedisError, InvalidName) as exc:
@@ -825,3 +856,12 @@ class NeptuneStand:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+_NO_RESULTS_TEXT = _dumps({"results": []})
+
+
+def _results_response(results: list[dict[str, Any]]) -> web.Response:
+    if not results:
+        return web.json_response(text=_NO_RESULTS_TEXT)
+    return web.json_response({"results": results}, dumps=_dumps)
