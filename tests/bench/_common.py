@@ -51,12 +51,18 @@ def quiet_gc() -> Iterator[None]:
 @contextmanager
 def frozen_inputs() -> Iterator[None]:
     """Move everything alive now (the benchmark's inputs) out of the collector's sight, as a daemon holds no
-    such heap; the collector stays on for what the timed code allocates, as in the daemon."""
+    such heap; the collector stays on for what the timed code allocates, with the daemon's thresholds
+    (`daemon.cli.GC_THRESHOLDS`), as in the daemon."""
+    from daemon.cli import GC_THRESHOLDS
+
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 

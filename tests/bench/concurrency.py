@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import structlog
 
+from daemon.config import NeptuneSinkConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.scheduler import Batch, Mutation, Plan, Planner
 from daemon.sinks.base import PlanApplier, RetryPolicy
@@ -69,6 +70,9 @@ class _CountingSink(NeptuneSink):
             await super().execute(statement, rows)
         finally:
             self.requests.append(time.perf_counter() - started)
+
+
+DEFAULT = NeptuneSinkConfig.model_fields["concurrency"].default  # the sinks' `concurrency` default
 
 
 def _plans(history: History) -> list[Plan]:
@@ -185,17 +189,24 @@ def run(quick: bool) -> Section:
     plot = _plot(summary, concurrencies, rates, "concurrency-quick.png" if quick else "concurrency.png")
     targets = [
         Target("same final graph as the reference at every setting", "; ".join(problems) or "identical", not problems),
-        Target("default concurrency chosen from the plot", f"{choice}", None),
+        Target(
+            "default concurrency chosen from the plot",
+            f"{DEFAULT}, the daemon's default (this run's rule pick: {choice}; every setting above 1 is within the "
+            "spread)",
+            None,
+        ),
     ]
     notes = (
         f"{history.n_records:,} changes in {len(plans)} windows; median of {reps} run(s) per setting.\n\n"
-        f"**Recommended default `concurrency`: {choice}** (the daemon's default is 4): the setting with the best "
-        "throughput summed over the conflict rates, or a smaller one within 5 % of it (about the run-to-run "
-        "noise here), since every extra lane adds conflicts on a real cluster and p99 latency grows with it. "
-        "The test endpoint executes one statement at a time, so this measures how well the daemon overlaps its "
-        "own work and retries with the endpoint's, not a multi-core cluster's parallelism: on Neptune, more "
-        "lanes can pay off further (size it to the writer's vCPUs and watch the conflict rate).\n\n"
-        + (__doc__ or "").split("\n\n", 2)[2].strip()
+        f"**The rule's pick in this run: `concurrency` = {choice}** (the smallest setting within 10 % of the best "
+        "throughput summed over the conflict rates; 10 % is the run-to-run spread here). Runs of this section on "
+        "this machine picked 2, 8 and 16: beyond 1 lane, every setting is within the spread, and under "
+        f"conflicts the retry back-off, not the lanes, sets the pace. **The daemon's default stays {DEFAULT}**: it "
+        "never lost clearly to another setting, it is above the clear loser (1), and it leaves room for a "
+        "real cluster's parallelism. The test endpoint executes one statement at a time, so this measures how "
+        "well the daemon overlaps its own work and retries with the endpoint's, not a multi-core cluster's "
+        "parallelism: on Neptune, size `concurrency` to the writer's vCPUs and watch "
+        '`graph_replicator_retries_total{reason="conflict"}`.\n\n' + (__doc__ or "").split("\n\n", 2)[2].strip()
     )
     return Section(
         KEY,
@@ -214,11 +225,11 @@ def recommend(
     concurrencies: tuple[int, ...] = CONCURRENCIES,
     rates: tuple[float, ...] = CONFLICT_RATES,
 ) -> int:
-    """The concurrency with the best throughput summed over the conflict rates; a smaller one within 5 % of it
-    (about the run-to-run noise here) wins, since every extra lane adds conflicts and p99 latency."""
+    """The concurrency with the best throughput summed over the conflict rates; a smaller one within 10 % of it
+    (the run-to-run spread here) wins, since every extra lane adds conflicts and p99 latency."""
     total = {c: sum(summary[(c, rate)][0] for rate in rates) for c in concurrencies}
     best = max(total.values())
-    return next(c for c in concurrencies if total[c] >= 0.95 * best)
+    return next(c for c in concurrencies if total[c] >= 0.9 * best)
 
 
 def _plot(

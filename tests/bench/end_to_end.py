@@ -214,15 +214,14 @@ def run(quick: bool) -> Section:
         f"{naive['daemon_requests']:,} (stream pages and batched statements). Median of "
         f"{reps} runs, contenders alternating.\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip()
     )
-    cross = rate["2. vs the engine's own limit:daemon"] / rate["3. vs the naive consumer:naive"]
-    if gaps := gap_notes(engine_ratio, naive_ratio, cross):
+    if gaps := gap_notes(engine_ratio, naive_ratio, slow_ratio):
         notes += "\n\n" + gaps
     return Section(
         KEY, "2-3. End to end: vs the engine's own limit, vs the naive consumer", COMMAND, columns, rows, targets, notes
     )
 
 
-def gap_notes(engine_ratio: float, naive_ratio: float, cross: float) -> str:
+def gap_notes(engine_ratio: float, naive_ratio: float, slow_ratio: float) -> str:
     """Why a missed target was missed (measured causes, see docs/performance.md)."""
     out = []
     if engine_ratio < ENGINE_TARGET:
@@ -237,12 +236,16 @@ def gap_notes(engine_ratio: float, naive_ratio: float, cross: float) -> str:
         )
     if naive_ratio < NAIVE_TARGET:
         out.append(
-            "**Item 3 gap.** Through the test endpoint the daemon reaches about a quarter of its rate straight "
-            "into FalkorDB (item 2): the endpoint is a test stand in one Python thread (aiohttp, query "
-            "translation, re-encoding every parameter key, FalkorDB's Python client) that shares the machine's "
-            "two cores, so it, not the daemon, bounds the batched rate; the naive consumer is bound by the round "
-            "trip of each request. Against the same engine without the stand, the daemon's item-2 rate is "
-            f"{cross:.0f} x this naive rate. A real Neptune endpoint does per-row work in native code, which is where "
-            "the ratio should be measured before the target is called met or missed."
+            "**Item 3 gap.** On loopback a request to the test endpoint costs about 1 ms in all, most of it "
+            "client CPU: botocore builds, signs (SigV4) and parses every request, about 1 ms of the daemon's CPU "
+            "a call, while the naive consumer posts with a bare aiohttp session and a fixed header (in its "
+            "favour). The daemon sends far fewer requests (stream pages and batched statements, counted above), "
+            "but each batched row still costs the endpoint and the engine their per-row work. The endpoint is not the "
+            "limit: profiled, it is idle about half of the daemon's run (its own CPU was also cut by 38 % in "
+            "this round, which made both contenders faster). A real Neptune endpoint is a network round trip "
+            "away and commits every request, a few milliseconds: with 2 ms added to every request (the last "
+            f"rows) the daemon is {slow_ratio:.1f} x the naive consumer, because the daemon pays that latency "
+            "once per batch and in parallel lanes, the naive consumer once per record. Measuring against a real "
+            "cluster is what would settle the target."
         )
     return "\n\n".join(out)
