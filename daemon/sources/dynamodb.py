@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,30 @@ CAUGHT_UP_EMPTY_PAGES = 2  # empty pages in a row after which an open shard coun
 
 class StreamTrimmed(SourceStopped):
     """A shard position is older than the stream's 24-hour retention: changes were lost to this replica."""
+
+
+async def list_shards(
+    describe: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], stream_arn: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every shard `DescribeStream` lists, page by page (`ExclusiveStartShardId`; botocore has no paginator for
+    it), by id; and the last page's `StreamDescription`. `describe` makes one call with the given parameters."""
+    shards: dict[str, dict[str, Any]] = {}
+    start: str | None = None
+    while True:
+        params: dict[str, Any] = {"StreamArn": stream_arn}
+        if start is not None:
+            params["ExclusiveStartShardId"] = start
+        description = (await describe(params))["StreamDescription"]
+        for shard in description.get("Shards", []):
+            shards[shard["ShardId"]] = shard
+        start = description.get("LastEvaluatedShardId")
+        if not start:
+            return shards, description
+
+
+def shard_closed(shard: dict[str, Any]) -> bool:
+    """A listed shard that gets no more records (its range has an end)."""
+    return "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
 
 
 def position_of(sequence_number: str) -> Position:
@@ -187,23 +212,14 @@ class DynamoDBStreamSource:
     async def _discover(self, *, latest: bool) -> None:
         """Refresh the shard map from DescribeStream (every page)."""
         rediscovering = self._rediscover
-        listed: dict[str, dict[str, Any]] = {}
-        start: str | None = None
-        while True:
-            params: dict[str, Any] = {"StreamArn": self._stream_arn}
-            if start is not None:
-                params["ExclusiveStartShardId"] = start
-            description = (await self._call(self._streams.describe_stream, **params))["StreamDescription"]
-            status = description.get("StreamStatus")
-            for shard in description.get("Shards", []):
-                listed[shard["ShardId"]] = shard
-            start = description.get("LastEvaluatedShardId")
-            if not start:
-                break
+        listed, description = await list_shards(
+            lambda params: self._call(self._streams.describe_stream, **params), self._stream_arn
+        )
+        status = description.get("StreamStatus")
         if status in ("DISABLED", "DISABLING") and not listed:
             raise SourceStopped(f"source {self.name!r}: the stream {self._stream_arn} is {status}")
         for shard_id, raw in listed.items():
-            closed = "EndingSequenceNumber" in raw.get("SequenceNumberRange", {})
+            closed = shard_closed(raw)
             known = self._shards.get(shard_id)
             if known is not None:
                 known.closed = closed

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from daemon.cli import GC_THRESHOLDS
 from daemon.cypher import Dialect, falkordb_dialect, neptune_dialect
 from daemon.sinks.base import RETRY, ErrorClass, GraphSink
 
@@ -53,8 +54,6 @@ def frozen_inputs() -> Iterator[None]:
     """Move everything alive now (the benchmark's inputs) out of the collector's sight, as a daemon holds no
     such heap; the collector stays on for what the timed code allocates, with the daemon's thresholds
     (`daemon.cli.GC_THRESHOLDS`), as in the daemon."""
-    from daemon.cli import GC_THRESHOLDS
-
     gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()

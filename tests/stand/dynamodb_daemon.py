@@ -10,7 +10,7 @@ import falkordb
 
 from daemon.engine import start_engine_in_thread
 from tests.stand.comparator import read_falkordb_graph
-from tests.stand.daemon_process import DaemonProcess
+from tests.stand.daemon_process import DaemonProcess, toml_value
 from tests.stand.moto_process import MotoProcess
 from tests.stand.workload import ReferenceGraph
 
@@ -48,13 +48,7 @@ def social_config(
 
 
 def _table(settings: dict[str, object]) -> str:
-    return "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
 
 
 def replica(data_dir: Path) -> ReferenceGraph:
