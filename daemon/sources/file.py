@@ -304,6 +304,7 @@ class _Reader:
                     position, reason = exc.position, item.where + exc.reason
         previous, resume = self.position, self._resume
         before_resume = resume is not None and (previous is None or previous < resume)
+        reached = batch.position
         if position is not None and (previous is None or position > previous):
             self.position = position
             if resume is not None and position <= resume:
@@ -322,6 +323,9 @@ class _Reader:
             assert change is not None
             batch.changes.append(change)
             return True
+        if self._source.on_malformed == "stop":
+            # The checkpoint must stay before the bad record, so that a rerun after the repair reads it again.
+            batch.position, self.position = reached, previous
         return self._malformed(item, position, reason, batch)
 
     def _malformed(self, item: _Item, position: Position | None, reason: str, batch: _Batch) -> bool:
