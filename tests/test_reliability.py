@@ -63,7 +63,9 @@ class Run:
         return asyncio.run(self.supervisor.run())
 
     def replica(self) -> ReferenceGraph:
-        return read_falkordb_graph(falkordb.FalkorDB(host=self.engine.host, port=self.engine.port).select_graph(self.graph))
+        return read_falkordb_graph(
+            falkordb.FalkorDB(host=self.engine.host, port=self.engine.port).select_graph(self.graph)
+        )
 
     def dead_letters(self) -> list[dict[str, Any]]:
         path = self.work / "data" / "dead-letter.jsonl"
@@ -145,7 +147,10 @@ def test_the_either_order_history_has_split_updates() -> None:
     swapped = sum(
         1
         for a, b in itertools.pairwise(_EITHER_ORDER)
-        if a["op"] == "ADD" and b["op"] == "REMOVE" and a["data"].get("key") and a["data"] .get("key") == b["data"].get("key")
+        if a["op"] == "ADD"
+        and b["op"] == "REMOVE"
+        and a["data"].get("key")
+        and a["data"].get("key") == b["data"].get("key")
         and a["data"]["id"] == b["data"]["id"]
     )
     assert swapped >= 10
