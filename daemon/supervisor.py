@@ -153,6 +153,7 @@ class Supervisor:
             dead_letters=self.dead_letters,
         )
         planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
+        applier.replan = planner.plan
         return Pipeline(
             source,
             planner,
