@@ -60,6 +60,7 @@ class Pipeline:
         self.applying = False
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
+        self.crashed: str | None = None  # why the last run crashed, until a window is applied again
         self._stopping = asyncio.Event()
         self._latency_commit: dict[str, int] = {}  # partition -> commit time of its last applied change
         self._m_depth = METRICS.queue_depth.labels(source=self.name)
@@ -142,6 +143,7 @@ class Pipeline:
                 self.source.acknowledge(moved)
         finally:
             self.applying = False
+        self.crashed = None
         now = time.time()
         if changes:
             self.last_applied_commit_ms = max(c.commit_ms for c in changes)
@@ -190,6 +192,7 @@ class Pipeline:
             "changes_applied": self.changes_applied,
             "sink": self.applier.sink.name,
             "sink_healthy": self.applier.healthy,
+            "restarting_after": self.crashed,
         }
 
 

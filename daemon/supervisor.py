@@ -1,7 +1,10 @@
 """The supervisor: builds sinks and pipelines from the config, keeps them running, drains on SIGTERM.
 
 * Each source's pipeline runs in its own task; a crash (anything but a stream expiry) is logged and the
-  pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`.
+  pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`;
+  the backoff starts again from 1 s after a run that stayed up `HEALTHY_RUN_SECONDS`. From a crash until the
+  pipeline applies a window again, readiness is false and says why (a poison change that keeps crashing it
+  is visible, not hidden behind restarts).
 * An expired stream stops that source for good (state `expired`, `graph_replicator_stream_expired` = 1,
   readiness false) while the process keeps serving metrics so the alert can fire; so does an unreadable line
   in a file source's input (`CaptureError`, state `failed`).
@@ -51,6 +54,7 @@ from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
 log = structlog.get_logger("daemon.supervisor")
 
 EXIT_OK, EXIT_SOURCE_FAILED = 0, 3
+HEALTHY_RUN_SECONDS = 60.0  # a pipeline run that lasted this long resets the restart backoff
 
 
 def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
@@ -108,6 +112,8 @@ class Summary:
     seconds: float
     graphs: dict[str, tuple[int, int] | None]
     failed: dict[str, str]
+    dead_letters: int = 0  # lines this run wrote to the dead-letter file
+    dead_letter_file: str = ""
 
 
 class Supervisor:
@@ -195,8 +201,11 @@ class Supervisor:
                 reasons.append(f"source {p.name}: {p.source.state}")
             elif not p.source.polling:
                 reasons.append(f"source {p.name}: not polling yet")
+            if p.crashed is not None:
+                reasons.append(f"source {p.name}: restarting after a crash ({p.crashed})")
             if not p.applier.healthy:
-                reasons.append(f"sink {p.applier.sink.name}: failing")
+                why = f" ({p.applier.failing_reason})" if p.applier.failing_reason else ""
+                reasons.append(f"sink {p.applier.sink.name}: failing{why}")
         return (not reasons, reasons)
 
     def status(self) -> dict[str, Any]:
@@ -286,13 +295,21 @@ class Supervisor:
             except Exception as exc:
                 log.warning("cannot count the target graph", sink=name, error=str(exc)[:300])
                 graphs[name] = None
-        return Summary(sum(p.changes_applied for p in self.pipelines), seconds, graphs, dict(self.failed))
+        return Summary(
+            sum(p.changes_applied for p in self.pipelines),
+            seconds,
+            graphs,
+            dict(self.failed),
+            self.dead_letters.count,
+            str(self.dead_letters.path),
+        )
 
     async def _keep_running(self, pipeline: Pipeline) -> None:
         sink = pipeline.applier.sink
         ceiling = self.config.daemon.restart_backoff_max_seconds
         backoff = min(1.0, ceiling)
         while not pipeline.stopping:
+            started = time.monotonic()
             try:
                 await sink.start()
                 METRICS.sink_up.labels(sink=sink.name).set(1)
@@ -307,6 +324,9 @@ class Supervisor:
                 raise
             except Exception as exc:
                 METRICS.task_restarts.labels(source=pipeline.name).inc()
+                pipeline.crashed = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if time.monotonic() - started >= HEALTHY_RUN_SECONDS:
+                    backoff = min(1.0, ceiling)
                 log.exception(
                     "pipeline crashed; restarting from its checkpoint",
                     source=pipeline.name,

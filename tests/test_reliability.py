@@ -8,13 +8,16 @@ import asyncio
 import itertools
 import random
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import falkordb
 import orjson
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,10 +60,39 @@ class Run:
         )
         assert not options, options
         self.supervisor: Supervisor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.watch_error: BaseException | None = None
 
-    def run(self) -> int:
-        self.supervisor = Supervisor(load_config(self.config), exit_when_idle=True)
-        return asyncio.run(self.supervisor.run())
+    def run(self, *, exit_when_idle: bool = True, watch: Callable[[Run], None] | None = None) -> int:
+        """Run the supervisor on this thread; `watch`, if given, runs in another thread meanwhile."""
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.supervisor = Supervisor(load_config(self.config), exit_when_idle=exit_when_idle)
+            watcher = threading.Thread(target=self._watch, args=(watch,), daemon=True) if watch else None
+            if watcher:
+                watcher.start()
+            code = self.loop.run_until_complete(self.supervisor.run())
+            if watcher:
+                watcher.join(10)
+            if self.watch_error is not None:
+                raise self.watch_error
+            return code
+        finally:
+            self.loop.close()
+
+    def _watch(self, watch: Callable[[Run], None]) -> None:
+        try:
+            watch(self)
+        except BaseException as exc:
+            self.watch_error = exc
+            self.stop()
+
+    def readiness_reasons(self) -> list[str]:
+        return self.supervisor.readiness()[1] if self.supervisor else ["not started"]
+
+    def stop(self) -> None:
+        """SIGTERM, from another thread."""
+        self.loop.call_soon_threadsafe(self.supervisor.request_drain)
 
     def replica(self) -> ReferenceGraph:
         return read_falkordb_graph(
@@ -192,3 +224,179 @@ def test_an_update_split_across_windows_keeps_the_new_value(engine: EmbeddedFalk
                   source={"limit": limit, "window_max_changes": limit, "queue_size": 1})  # fmt: skip
         assert run.run() == 0
         assert run.replica().vertices["v"].props == {"k": "new"}, f"limit {limit}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def metric(name: str, **labels: str) -> float:
+    from daemon.observability import METRICS
+
+    return METRICS.registry.get_sample_value(name, labels) or 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resource errors are retried (not ready meanwhile), never dead-lettered
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_is_retried_until_it_clears_and_nothing_is_dead_lettered(
+    engine: EmbeddedFalkorDB, tmp_path: Path
+) -> None:
+    records = list(generate_history(seed=4, n_changes=300).records())
+    admin = redis.Redis(host=engine.host, port=engine.port)
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records),
+              sink={"retry_initial_seconds": 0.01, "retry_max_seconds": 0.2},
+              daemon={"restart_backoff_max_seconds": 0.5})  # fmt: skip
+    seen: list[list[str]] = []
+
+    def full_then_freed(run: Run) -> None:
+        wait_until(lambda: any("OutOfMemoryError" in r for r in run.readiness_reasons()), 30, "not ready: memory")
+        seen.append(run.readiness_reasons())
+        time.sleep(0.5)  # several retries
+        admin.config_set("maxmemory", 0)
+
+    admin.config_set("maxmemory", max(1, admin.info("memory")["used_memory"] - 4096))
+    try:
+        assert run.run(watch=full_then_freed) == 0
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert seen, "readiness never said the sink was failing"
+    assert run.dead_letters() == []
+    assert run.supervisor.summary.changes_applied == len(records)
+    assert_converged(ReferenceGraph().apply_all(records), run.replica())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Poison outside batch execution; a pipeline that keeps crashing is not ready
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_an_edge_type_the_engine_cannot_index_is_dead_lettered_once(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    records = [
+        label(1, 1, "a", "Person"),
+        label(1, 2, "b", "Person"),
+        edge(2, 1, "ab", "BAD\x00TYPE", "a", "b"),
+        edge(3, 1, "ba", "KNOWS", "b", "a"),
+        prop(4, 1, "a", "name", "Ada"),
+    ]
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records))
+    assert run.run() == 0
+    replica = run.replica()
+    assert set(replica.edges) <= {"ab", "ba"} and "ba" in replica.edges
+    assert replica.vertices["a"].props == {"name": "Ada"}
+    if "ab" not in replica.edges:  # not held by the target: dead-lettered, exactly once
+        lines = run.dead_letters()
+        assert [line["change"]["id"] for line in lines] == ["ab"], lines
+        assert run.run() == 0  # a rerun resumes after it
+        assert len(run.dead_letters()) == 1
+
+
+def test_a_pipeline_that_keeps_crashing_is_not_ready_and_says_why(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    admin = redis.Redis(host=engine.host, port=engine.port)
+    admin.execute_command("ACL", "SETUSER", "noperm", "on", ">secret", "+ping", "+hello", "+client|setinfo")
+    records = [label(1, 1, "a", "Person")]
+    user_url = f"redis://noperm:secret@{engine.host}:{engine.port}"
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), sink={"url": user_url},
+              daemon={"restart_backoff_max_seconds": 0.5})  # fmt: skip
+    seen: list[str] = []
+
+    def crashing(run: Run) -> None:
+        wait_until(lambda: any("restarting after a crash" in r for r in run.readiness_reasons()), 30, "not ready")
+        seen.extend(run.readiness_reasons())
+        run.stop()
+
+    try:
+        assert run.run(exit_when_idle=False, watch=crashing) == 0
+    finally:
+        admin.execute_command("ACL", "DELUSER", "noperm")
+    assert any("NoPermissionError" in r for r in seen), seen
+
+
+# ----------------------------------------------------------------------------------------------------
+# Identity is never overwritten; changes that took no effect are not "applied"
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_the_id_property_and_the_base_label_are_reserved(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    records = [
+        label(1, 1, "a", "Person"),
+        label(1, 2, "b", "Person"),
+        edge(1, 3, "ab", "KNOWS", "a", "b"),
+        prop(2, 1, "a", "~id", "hijacked"),
+        prop(2, 2, "ab", "~id", "hijacked-edge", kind="ep"),
+        label(3, 1, "b", "Replicated", add=False),
+        prop(4, 1, "a", "name", "Ada"),
+        prop(4, 2, "ab", "since", 2020, kind="ep"),
+        prop(4, 3, "b", "name", "Bob"),
+    ]
+    before = metric("graph_replicator_records_dead_lettered_total", source="main", stage="plan")
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records))
+    assert run.run() == 0
+    replica = run.replica()
+    assert replica.vertices["a"].props == {"name": "Ada"}
+    assert replica.vertices["b"].props == {"name": "Bob"}
+    assert replica.edges["ab"].props == {"since": 2020}
+    lines = run.dead_letters()
+    assert [(tuple(line["position"]), line["stage"]) for line in lines] == [
+        ((2, 1), "plan"),
+        ((2, 2), "plan"),
+        ((3, 1), "plan"),
+    ]
+    assert all(line["reason"].startswith("reserved_name:") for line in lines)
+    assert metric("graph_replicator_records_dead_lettered_total", source="main", stage="plan") - before == 3
+    assert run.supervisor.summary.changes_applied == len(records) - 3
+
+
+def test_changes_that_take_no_effect_are_counted_and_dead_lettered(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    records = [
+        label(1, 1, "a", "Person"),
+        prop(2, 1, "ghost", "name", "nobody"),  # a property of a vertex the target does not hold
+        edge(3, 1, "ax", "KNOWS", "a", "ghost"),  # an edge to a missing endpoint
+        edge(4, 1, "aa", "LIKES", "a", "a"),
+        edge(5, 1, "aa", "LIKES", "a", "a", add=False),
+        prop(6, 1, "aa", "w", 1, kind="ep"),  # a property of an edge deleted before it (its type is known)
+        prop(7, 1, "a", "name", "Ada"),
+    ]
+    before = {r: metric("graph_replicator_records_no_effect_total", source="main", reason=r)
+              for r in ("vertex_missing", "endpoint_missing", "edge_missing")}  # fmt: skip
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), source={"limit": 5})
+    assert run.run() == 0
+    after = {r: metric("graph_replicator_records_no_effect_total", source="main", reason=r) - before[r] for r in before}
+    assert after == {"vertex_missing": 1, "endpoint_missing": 1, "edge_missing": 1}
+    lines = run.dead_letters()
+    assert sorted((tuple(line["position"]), line["reason"]) for line in lines) == [
+        ((2, 1), "no_effect: vertex_missing"),
+        ((3, 1), "no_effect: endpoint_missing"),
+        ((6, 1), "no_effect: edge_missing"),
+    ]
+    assert run.supervisor.summary.changes_applied == len(records) - 3
+    assert run.replica().vertices.keys() == {"a"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# A dead letter names exactly the changes that did not take effect
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_one_bad_value_does_not_take_its_coalesced_neighbours_down(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    records = [
+        label(1, 1, "a", "Person"),
+        prop(1, 2, "a", "name", "Ada"),
+        prop(1, 3, "a", "bad", "cut\x00here"),  # FalkorDB's parameter text ends at a NUL byte: the engine refuses it
+        prop(1, 4, "a", "age", 36),
+        label(1, 5, "a", "Admin"),
+    ]
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records))
+    assert run.run() == 0
+    vertex = run.replica().vertices["a"]
+    assert vertex.labels == {"Person", "Admin"}
+    assert vertex.props == {"name": "Ada", "age": 36}
+    lines = run.dead_letters()
+    assert [tuple(line["position"]) for line in lines] == [(1, 3)], lines
+    assert run.supervisor.summary.changes_applied == len(records) - 1
