@@ -127,21 +127,16 @@ def vertex_remove_label_statement(dialect: Dialect, label: str) -> str:
     return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} REMOVE n:{dialect.quote(label)}"
 
 
-def vertex_property_removal_statement(dialect: Dialect, key: str, *, conditional: bool = False) -> str:
-    """Remove one property from vertices; rows carry `id` (and, `conditional`, the values `v` the property must
-    hold to be removed). One key per statement, see the module doc."""
-    prop = f"n.{dialect.quote(key)}"
-    where = f" WHERE {prop} IN r.v" if conditional else ""
-    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')}{where} SET {prop} = null"
+def vertex_property_removal_statement(dialect: Dialect, key: str) -> str:
+    """Remove one property from vertices; rows carry `id`. One key per statement, see the module doc."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n.{dialect.quote(key)} = null"
 
 
-def edge_property_removal_statement(dialect: Dialect, edge_type: str, key: str, *, conditional: bool = False) -> str:
-    """Remove one property from edges; rows carry `id` (and, `conditional`, the values `v` it must hold)."""
-    prop = f"e.{dialect.quote(key)}"
-    where = f" WHERE {prop} IN r.v" if conditional else ""
+def edge_property_removal_statement(dialect: Dialect, edge_type: str, key: str) -> str:
+    """Remove one property from edges; rows carry `id`."""
     return (
-        f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->(){where} "
-        f"SET {prop} = null"
+        f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() "
+        f"SET e.{dialect.quote(key)} = null"
     )
 
 

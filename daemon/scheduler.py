@@ -66,8 +66,6 @@ class VertexMutation:
     props: dict[str, Any] = field(default_factory=dict)
     removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
     retyped: set[str] = field(default_factory=set)
-    known: set[str] = field(default_factory=set)  # keys this run set, so their removals need no condition
-    remove_if: dict[str, list[Any]] = field(default_factory=dict)  # key -> remove it only if it holds one of these
     replace: bool = False  # `props` is every property the vertex holds (SET n = props)
     orphan_only: bool = False  # removed labels delete the vertex only if no edge holds it (no DETACH)
     changes: list[GraphChange] = field(default_factory=list)
@@ -78,7 +76,6 @@ class VertexMutation:
             self.replace = True
             self.removed.clear()
             self.retyped.clear()
-            self.remove_if.clear()
             if change.add:
                 self.remove_labels.pop(change.key, None)
                 self.add_labels[change.key] = None
@@ -110,8 +107,6 @@ class EdgeMutation:
     props: dict[str, Any] = field(default_factory=dict)
     removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
     retyped: set[str] = field(default_factory=set)
-    known: set[str] = field(default_factory=set)  # keys this run set, so their removals need no condition
-    remove_if: dict[str, list[Any]] = field(default_factory=dict)  # key -> remove it only if it holds one of these
     replace: bool = False  # a whole edge: endpoints MERGEd, `props` is every property (SET e = props)
     collect_endpoints: bool = False  # after a delete, remove endpoints left as bare placeholders
     changes: list[GraphChange] = field(default_factory=list)
@@ -123,11 +118,9 @@ Mutation = VertexMutation | EdgeMutation
 def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> None:
     """Fold one property change into a run's net properties (None = remove the key).
 
-    A REMOVE of the value set earlier in the run removes the key; a REMOVE of an older value after an ADD of a
-    newer one (either order within a commit) keeps the new one. A REMOVE of a key the run did not set removes it
-    only if the target still holds the removed value (`remove_if`): Neptune writes a property update as REMOVE old
-    and ADD new in either order, and when a window boundary falls between them the ADD may already be applied.
-    So the result never depends on where windows (pages, `window_max_changes`) are cut.
+    A REMOVE of the value set earlier in the run, or of a value set before the run, removes the key; a REMOVE
+    of an older value after an ADD of a newer one (either order within a commit) keeps the new one. Windows hold
+    whole commits (see `daemon.pipeline`), so both halves of such an update are always in one run.
     `retyped` collects keys whose value changes type but not number inside the run (0.0 -> 0): FalkorDB skips
     an update to a numerically equal value, so those keys are removed before they are set.
     """
@@ -143,14 +136,9 @@ def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> No
         if key in m.removed and _same_number_other_type(m.removed[key], value):
             m.retyped.add(key)
         props[key] = value
-        m.known.add(key)
-        m.remove_if.pop(key, None)
         return
     m.removed[key] = value
-    if current is None and key not in m.known:
-        props[key] = None
-        m.remove_if.setdefault(key, []).append(value)
-    elif current is None or (type(current) is type(value) and current == value):
+    if current is None or (type(current) is type(value) and current == value):
         props[key] = None
     elif _same_number_other_type(current, value):
         m.retyped.add(key)
@@ -345,7 +333,6 @@ class Planner:
                 em.action = EDGE_DELETE
                 em.changes.append(c)
                 em.props.clear()
-                em.remove_if.clear()
                 em.collect_endpoints = whole
                 open_edge.pop(edge_id)
                 continue
@@ -426,10 +413,6 @@ class Planner:
                 statement = vertex_remove_label_statement(d, *args)
             elif kind == "vnull":
                 statement = vertex_property_removal_statement(d, *args)
-            elif kind == "vnullif":
-                statement = vertex_property_removal_statement(d, *args, conditional=True)
-            elif kind == "enullif":
-                statement = edge_property_removal_statement(d, *args, conditional=True)
             elif kind == EDGE_UPSERT:
                 statement = edge_upsert_statement(d, *args)
             elif kind == EDGE_PROPS:
@@ -534,9 +517,5 @@ class Planner:
         elif props:
             put(UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props})
         for key in removed:
-            values = m.remove_if.get(key)
-            if values is None:
-                put(REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
-            else:
-                put(REMOVE_PROPERTY, (null_kind[0] + "if", *null_kind[1:], key), {"id": m.id, "v": values})
+            put(REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
         return parts

@@ -96,6 +96,7 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             on_malformed=cfg.on_malformed,
             follow=cfg.follow,
             poll_interval_seconds=cfg.poll_interval_seconds,
+            max_record_bytes=cfg.max_record_bytes,
             dead_letters=dead_letters,
         )
     if isinstance(cfg, DynamoDBSourceConfig):

@@ -5,8 +5,11 @@ engine shared by the module (one graph per test), reading capture files through 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,6 +44,14 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedFalkorD
 
 
 def write_lines(path: Path, records: list[Any]) -> Path:
+    """A capture file of `records`; hand-made records get `isLastOp` on the last op of each commit."""
+    if not any("isLastOp" in r for r in records):
+        records = [
+            {**r, "isLastOp": True}
+            if i + 1 == len(records) or records[i + 1]["eventId"]["commitNum"] != r["eventId"]["commitNum"]
+            else r
+            for i, r in enumerate(records)
+        ]
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     return path
 
@@ -400,3 +411,54 @@ def test_one_bad_value_does_not_take_its_coalesced_neighbours_down(engine: Embed
     lines = run.dead_letters()
     assert [tuple(line["position"]) for line in lines] == [(1, 3)], lines
     assert run.supervisor.summary.changes_applied == len(records) - 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bounds: a line over the cap is dead-lettered with its size, and never held in memory
+# ----------------------------------------------------------------------------------------------------
+
+_READ_ALL = """
+import asyncio, sys
+from pathlib import Path
+from daemon.deadletter import DeadLetterFile
+from daemon.sources.file import FileSource
+
+async def main():
+    source = FileSource("s", path=Path(sys.argv[1]), on_malformed="dead_letter", max_record_bytes=1 << 20,
+                        dead_letters=DeadLetterFile(Path(sys.argv[2])))
+    queue = asyncio.Queue()
+    task = asyncio.create_task(source.run(queue, {}))
+    changes = 0
+    while True:
+        batch = await queue.get()
+        changes += len(batch.changes)
+        if batch.caught_up:
+            break
+    task.cancel()
+    # VmHWM, not ru_maxrss: the latter keeps the peak of the forked parent across exec
+    peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(changes, peak_kib // 1024)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_huge_line_is_dead_lettered_with_its_size_in_bounded_memory(tmp_path: Path, compressed: bool) -> None:
+    good = [{**label(1, 1, "a", "Person"), "isLastOp": True}, {**prop(2, 1, "a", "name", "Ada"), "isLastOp": True}]
+    huge = 200 << 20
+    body = orjson.dumps(good[0]) + b"\n" + b'{"x": "' + b"y" * huge + b'"}\n' + orjson.dumps(good[1]) + b"\n"
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(gzip.compress(body, compresslevel=1) if compressed else body)
+    del body
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_ALL, str(capture), str(tmp_path / "dl.jsonl")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    changes, peak_mib = map(int, out.stdout.splitlines()[-1].split())
+    assert changes == 2
+    assert peak_mib < 120, f"peak RSS {peak_mib} MiB while reading a {huge >> 20} MiB line"
+    (entry,) = [orjson.loads(line) for line in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
+    assert entry["line"] == 2 and entry["size"] == huge + 9
+    assert "over max_record_bytes" in entry["reason"] and len(entry["text"]) <= 256

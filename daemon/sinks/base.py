@@ -43,7 +43,7 @@ from daemon.scheduler import EDGE_DELETE, EDGE_PROPS, EDGE_UPSERT, Batch, Mutati
 
 log = structlog.get_logger("daemon.sink")
 T = TypeVar("T")
-EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull", "enullif"})
+EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull"})
 Replan = Callable[[list[GraphChange]], Awaitable[Plan]]
 
 
