@@ -235,6 +235,9 @@ class SourceMetrics:
         METRICS.stream_expired.labels(source=source)
         METRICS.records_skipped.labels(source=source, reason="edge_not_in_target")
         METRICS.records_dead_lettered.labels(source=source, stage="apply")
+        METRICS.records_dead_lettered.labels(source=source, stage="plan")
+        for reason in ("vertex_missing", "endpoint_missing", "edge_missing"):
+            METRICS.records_no_effect.labels(source=source, reason=reason)
         METRICS.task_restarts.labels(source=source)  # so increase() sees the first restart
 
     def retried(self, reason: str, attempt: int) -> bool:
