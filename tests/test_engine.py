@@ -17,7 +17,7 @@ from daemon.engine import EmbeddedFalkorDB, EngineError, start_engine_in_thread
 
 
 def _graph(engine: EmbeddedFalkorDB):
-    return FalkorDB(host=engine.host, port=engine.port).select_graph("g")
+    return FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("g")
 
 
 async def test_write_survives_restart(tmp_path: Path) -> None:

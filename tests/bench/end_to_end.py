@@ -87,7 +87,7 @@ def engine_limit(stand: NeptuneStand, history: History, reps: int, tmp: Path, pr
     load_stand(stand, history)
     statements = list(planned_statements(history, falkordb_dialect()))
     types = edge_types_of(history)
-    db = falkordb.FalkorDB(host=stand.engine.host, port=stand.engine.port)
+    db = falkordb.FalkorDB(host=stand.engine.host, port=stand.engine.port, password=stand.engine.password)
     seconds: dict[str, list[float]] = {"daemon": [], "direct": []}
     for rep in range(reps):
         order = ("daemon", "direct") if rep % 2 == 0 else ("direct", "daemon")
