@@ -71,7 +71,7 @@ STATE_NAME = "engine.json"
 CONF_NAME = "engine.conf"
 AOF_DIR_NAME = "appendonlydir"
 AOF_REWRITE_PERCENTAGE = 25  # the tail replays ~3x slower a byte than the base loads: restart <= ~1.75x a load
-AOF_REWRITE_MIN_SIZE = "4mb"
+AOF_REWRITE_MIN_SIZE = "1mb"
 _COMPACT_MIN_BYTES = 64 << 10  # a tail this short replays in well under a second
 _STOP_COMPACT_TIMEOUT_S = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -310,6 +310,7 @@ class EmbeddedFalkorDB:
             if _aof_sizes(self.data_dir / AOF_DIR_NAME)[1] >= _COMPACT_MIN_BYTES:
                 await self.compact(wait=True, timeout=_STOP_COMPACT_TIMEOUT_S)
             with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) engine acts on SIGTERM only once resumed
                 process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), timeout)
