@@ -285,8 +285,23 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or _data_dir_problem(config, create=True):
         return EXIT_CONFIG
+    from daemon.datadir import DataDirBusy, DataDirLock
+
+    # A bootstrap writes the checkpoint store and may start the embedded engine: never beside a running daemon.
+    try:
+        lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator bootstrap").acquire()
+    except DataDirBusy as exc:
+        print(f"graph-replicator bootstrap: refused: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        return _bootstrap(args, config)
+    finally:
+        lock.release()
+
+
+def _bootstrap(args: argparse.Namespace, config: Config) -> int:
     from daemon.bootstrap import Bootstrap, BootstrapError
     from daemon.bootstrap.runner import bootstrap_error_text
     from daemon.observability import METRICS, HttpServer, configure_logging
