@@ -94,7 +94,7 @@ def engine_limit(stand: NeptuneStand, history: History, reps: int, tmp: Path, pr
         for contender in order:
             name = f"bench_{contender}_{rep}"
             if contender == "daemon":
-                sink = {"kind": "falkordb", "url": stand.engine.url, "graph": name}
+                sink = {"kind": "falkordb", "url": stand.engine.url, "password": stand.engine.password, "graph": name}
                 seconds["daemon"].append(run_daemon(tmp / f"e2e-{rep}", stand, sink))
             else:
                 seconds["direct"].append(_direct(db, name, statements, types))
