@@ -73,7 +73,7 @@ AOF_DIR_NAME = "appendonlydir"
 AOF_REWRITE_PERCENTAGE = 25  # the tail replays ~3x slower a byte than the base loads: restart <= ~1.75x a load
 AOF_REWRITE_MIN_SIZE = "1mb"
 _COMPACT_MIN_BYTES = 64 << 10  # a tail this short replays in well under a second
-_STOP_COMPACT_TIMEOUT_S = 20.0
+_STOP_COMPACT_TIMEOUT_S = 10.0  # inside the drain budget: TimeoutStopSec 60 > grace 20 + this + SIGTERM wait
 _PR_SET_PDEATHSIG = 1
 STALL_TIMEOUT_S = 60.0
 _PROBE_TIMEOUT_S = 2.0

@@ -35,6 +35,7 @@ from daemon.sinks.base import REJECTED, RETRY, ErrorClass, GraphSink
 
 log = structlog.get_logger("daemon.sink.falkordb")
 
+_RESTART_BACKOFF_MAX_S = 30.0
 _RETRYABLE_RESPONSES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 
 
@@ -141,13 +142,20 @@ class FalkorDBSink(GraphSink):
             status = await self.engine.wait_exited()
             exited_at = time.monotonic()
             log.error("embedded engine exited; starting it again", sink=self.name, status=status)
+            delay = 0.5
             while True:
                 try:
                     await self._restart_engine(exited_at)
                     break
-                except EngineError as exc:
-                    log.error("embedded engine did not start; trying again", sink=self.name, error=str(exc)[:500])
-                    await asyncio.sleep(1.0)
+                except EngineError as exc:  # e.g. the disk is still full: keep trying, less and less often
+                    log.error(
+                        "embedded engine did not start; trying again",
+                        sink=self.name,
+                        error=str(exc)[:500],
+                        retry_in_seconds=delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RESTART_BACKOFF_MAX_S)
 
     async def _restart_engine(self, exited_at: float) -> None:
         assert self.engine is not None
