@@ -173,6 +173,20 @@ def _aof_sizes(aof_dir: Path) -> tuple[int, int]:
     return base, incr
 
 
+def _activity(pid: int | None) -> tuple[int, int] | None:
+    """(CPU ticks used, bytes read) of a process, from /proc; None where /proc does not tell."""
+    try:
+        ticks = sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+        rchar = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines()
+            if line.startswith("rchar")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return ticks, rchar
+
+
 def _live_command(pid: int) -> str | None:
     """The command line of a live (non-zombie) process, or None if there is no such process."""
     proc = Path(f"/proc/{pid}")
@@ -222,6 +236,7 @@ class EmbeddedFalkorDB:
         self._port: int | None = port
         self._password: str | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._answered = False  # the running process has loaded its data and answered
         self.last_start_seconds: float | None = None  # spawn to answering PING, of the last successful start
 
     @property
@@ -295,6 +310,7 @@ class EmbeddedFalkorDB:
                 if not port_taken or attempt == attempts:
                     raise
                 continue
+            self._answered = True
             self.last_start_seconds = time.monotonic() - started
             _write_private(self.statefile, json.dumps({"pid": self.pid, "port": self.port}) + "\n")
             await self._compact_if_tail_is_long()
@@ -307,7 +323,7 @@ class EmbeddedFalkorDB:
         `_STOP_COMPACT_TIMEOUT_S`), so that the next start only loads the base."""
         process = self._process
         if process is not None and process.returncode is None:
-            if _aof_sizes(self.data_dir / AOF_DIR_NAME)[1] >= _COMPACT_MIN_BYTES:
+            if self._answered and _aof_sizes(self.data_dir / AOF_DIR_NAME)[1] >= _COMPACT_MIN_BYTES:
                 await self.compact(wait=True, timeout=_STOP_COMPACT_TIMEOUT_S)
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) engine acts on SIGTERM only once resumed
@@ -351,6 +367,7 @@ class EmbeddedFalkorDB:
         return path
 
     async def _spawn(self) -> None:
+        self._answered = False
         conf = self._write_conf()
         # Startup errors printed before the logfile is opened land in the same file.
         with self.logfile.open("ab") as output:
@@ -365,7 +382,12 @@ class EmbeddedFalkorDB:
         self.pidfile.write_text(f"{self._process.pid}\n")
 
     async def _wait_ready(self) -> None:
+        """Wait while the engine makes progress: what it reports while loading (`INFO persistence`), and what
+        /proc shows of it (CPU time used, bytes read). A replayed append-only file can keep the engine from
+        answering for a long time (it serves clients only between every 1024 replayed commands), so its own
+        report alone is not enough; a stopped or deadlocked engine does none of these."""
         client = self.client(socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        reported: object = None
         seen: object = None
         progress_at = logged_at = time.monotonic()
         try:
@@ -378,16 +400,23 @@ class EmbeddedFalkorDB:
                 probe = await self._probe(client)
                 if probe == "ready":
                     return
+                reported = probe if probe is not None else reported
+                mark = (reported, _activity(self.pid))
                 now = time.monotonic()
-                if probe is not None and probe != seen:
-                    seen, progress_at = probe, now
+                if mark != seen:
+                    seen, progress_at = mark, now
                     if now - logged_at >= _PROGRESS_LOG_INTERVAL_S:
                         logged_at = now
-                        log.info("engine loading its data", data_dir=str(self.data_dir), progress=probe)
+                        log.info(
+                            "engine loading its data",
+                            data_dir=str(self.data_dir),
+                            progress=reported,
+                            cpu_ticks_and_bytes_read=mark[1],
+                        )
                 elif now - progress_at > self.stall_timeout:
                     raise EngineError(
                         f"FalkorDB engine (pid {self.pid}, port {self.port}) made no loading progress for "
-                        f"{self.stall_timeout:.0f} s (last seen: {seen}); log tail:\n{self._log_tail()}"
+                        f"{self.stall_timeout:.0f} s (last report: {reported}); log tail:\n{self._log_tail()}"
                     )
                 await asyncio.sleep(0.05)
         finally:

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 import redis.exceptions
 from falkordb import FalkorDB
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from daemon.cypher import vertex_upsert_statement
-from daemon.engine import EmbeddedFalkorDB, EngineError, read_engine_state, start_engine_in_thread
+from daemon.engine import EmbeddedFalkorDB, EngineError, _aof_sizes, read_engine_state, start_engine_in_thread
 from daemon.sinks.falkordb import FalkorDBSink
 
 
@@ -198,6 +201,41 @@ async def test_start_gives_up_only_when_the_engine_makes_no_progress(tmp_path: P
     assert not engine.running
 
 
+async def test_start_follows_a_slow_replay_and_compacts_an_old_style_append_only_file(tmp_path: Path) -> None:
+    """A data directory as the old configuration left it (every statement in the append-only tail, the index
+    created there too, so the replay finds no index): the engine answers nothing until the replay is over, for
+    longer than `stall_timeout`, yet the start waits for it (it sees the engine work), and then rewrites the
+    file so the next start loads an RDB base."""
+    engine = EmbeddedFalkorDB(tmp_path)
+    await engine.start()
+    client = redis.asyncio.Redis(host=engine.host, port=engine.port, password=engine.password)
+    await client.execute_command("GRAPH.QUERY", "g", "CREATE INDEX FOR (n:Replicated) ON (n.`~id`)")
+    statement = vertex_upsert_statement(FalkorDBSink("x", url="redis://unused").dialect, True, True)
+    for i in range(800):
+        rows = ",".join(f"{{id: 'v{3 * i + j}', props: {{x: {j}}}}}" for j in range(3))
+        await client.execute_command("GRAPH.QUERY", "g", f"CYPHER rows=[{rows}] {statement}")
+    await client.aclose()
+    os.kill(engine.pid, signal.SIGKILL)
+    await engine.wait_exited()
+    base_before = _aof_sizes(tmp_path / "appendonlydir")[0]
+
+    slow = EmbeddedFalkorDB(tmp_path, stall_timeout=0.3)
+    await slow.start()
+    try:
+        assert slow.last_start_seconds is not None and slow.last_start_seconds > 1.0, slow.last_start_seconds
+        print(f"old-style replay: {slow.last_start_seconds:.2f} s with stall_timeout 0.3 s")
+        client = slow.client()
+        assert (await client.execute_command("GRAPH.QUERY", "g", "MATCH (n:Replicated) RETURN count(n)"))[1] == [[2400]]
+        for _ in range(200):  # the rewrite the start asked for runs in the background
+            if not (await client.info("persistence"))["aof_rewrite_in_progress"]:
+                break
+            await asyncio.sleep(0.05)
+        await client.aclose()
+        assert _aof_sizes(tmp_path / "appendonlydir")[0] > base_before  # the statements now live in an RDB base
+    finally:
+        await slow.stop()
+
+
 async def test_engine_requires_its_generated_password(tmp_path: Path) -> None:
     engine = EmbeddedFalkorDB(tmp_path)
     await engine.start()
@@ -208,7 +246,7 @@ async def test_engine_requires_its_generated_password(tmp_path: Path) -> None:
         with open(f"/proc/{engine.pid}/cmdline", "rb") as cmdline:  # noqa: ASYNC230
             assert engine.password.encode() not in cmdline.read()
         with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(host=engine.host, port=engine.port).ping()
+            redis.Redis(host=engine.host, port=engine.port, retry=Retry(NoBackoff(), 0)).ping()
         assert redis.Redis(host=engine.host, port=engine.port, password=engine.password).ping()
         state = read_engine_state(tmp_path)
         assert state is not None and (state.pid, state.port, state.password) == (
