@@ -21,8 +21,10 @@ Persistence (the engine's `engine.conf`, written at each start):
   data directory written by the old, AOF-only configuration).
 
 Start-up follows the engine's own loading progress (`INFO persistence`: `loading_loaded_bytes`,
-`loading_loaded_perc`, while PING answers LOADING): it gives up only when the engine exits, or when it made no
-visible progress for `stall_timeout` seconds, so a large graph is never killed half-loaded.
+`loading_loaded_perc`, while PING answers LOADING) and, because a replayed AOF keeps the engine from answering
+anyone until every 1024th command, what /proc shows of it (CPU time used, bytes read): it gives up only when
+the engine exits, or when none of these moved for `stall_timeout` seconds (a stopped or deadlocked engine), so
+a large graph is never killed half-loaded.
 
 Access: the engine requires a password, generated once per data directory and kept in `engine.password`
 (mode 0600; reused across restarts). Once it answers, its owner writes `engine.json` (pid and port, mode 0600)
