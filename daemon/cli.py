@@ -82,9 +82,11 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     applied = f"applied {summary.changes_applied:,} changes in {summary.seconds:.1f} s"
     if summary.changes_applied:
         applied += f" ({summary.changes_applied / max(summary.seconds, 1e-6):,.0f} changes/s)"
-    elif not summary.failed:
+    elif not summary.failed and not summary.dead_letters:
         applied += " (nothing new since the last checkpoint)"
     lines = [applied] + [f"source {name!r} stopped: {why}" for name, why in summary.failed.items()]
+    if summary.dead_letters:
+        lines.append(f"dead-lettered {summary.dead_letters:,} changes or records: see {summary.dead_letter_file}")
     for name, counts in summary.graphs.items():
         held = "could not be counted" if counts is None else f"holds {counts[0]:,} vertices and {counts[1]:,} edges"
         lines.append(f"target {name!r} {held}")

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,25 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 def mask_url(url: str) -> str:
-    """`redis://user:pass@host` -> `redis://user:***@host`; URLs without a password are returned unchanged."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
+    """The URL with its secrets masked: the password of `user:password@` and every query parameter that carries
+    one (`?password=...`, which redis-py also reads): `redis://user:***@host:6379/0?password=***`."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{urllib.parse.quote(k)}={MASK if _SECRET_PARAM.search(k) else urllib.parse.quote(v)}" for k, v in pairs
+        )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    return f"{scheme}://{userinfo.partition(':')[0]}:{MASK}@{host}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
@@ -227,7 +241,11 @@ class _SourceBase(_Model):
     sink: str = Field(description="Name of the `[sinks.NAME]` table this source replicates into.")
     queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
     window_max_changes: int = Field(
-        20000, ge=1, description="Most changes the scheduler splits into parallel lanes at once."
+        20000,
+        ge=1,
+        description="Most changes the scheduler splits into parallel lanes at once. A window always ends at the end "
+        "of a source commit (so a property update written as ADD and REMOVE in either order is never split), and may "
+        "grow past this for that, up to 10 times it; only a larger commit is split.",
     )
     edge_type_cache_size: int = Field(
         200000, ge=0, description="Edge id -> type entries kept to route edge-property records; 0 disables."
@@ -303,6 +321,12 @@ class FileSourceConfig(_SourceBase):
         description="After the end of the input, keep watching for appended lines and new files (like tail -f).",
     )
     poll_interval_seconds: float = Field(1.0, gt=0, description="With `follow`, pause between looks for new input.")
+    max_record_bytes: int = Field(
+        16 << 20,
+        ge=1024,
+        description="The longest line read, in bytes; a longer line is malformed (`on_malformed` decides), and its "
+        "dead letter keeps its size and first 256 bytes, so one huge line cannot exhaust memory.",
+    )
 
 
 class AttributeCondition(_Model):

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 
 from daemon.names import encode_falkordb_name, quote_falkordb, quote_opencypher
 
+# The tail of statements that find their element with MATCH: one row, the ids of the rows that found it.
+MATCHED = "RETURN collect(r.id) AS matched"
+
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
@@ -72,6 +75,12 @@ def vertex_upsert_statement(dialect: Dialect, create: bool, has_props: bool) -> 
     """Create (MERGE) or find (MATCH) vertices and set properties; rows carry `id` and `props`."""
     out = f"UNWIND $rows AS r {'MERGE' if create else 'MATCH'} {dialect.node('n', 'r.id')}"
     return out + (" SET n += r.props" if has_props else "")
+
+
+def vertex_set_statement(dialect: Dialect) -> str:
+    """Set properties of existing vertices; rows carry `id` and `props`. Reports the ids it found (`matched`):
+    a vertex that is not in the target takes no effect, and the applier says so."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n += r.props {MATCHED}"
 
 
 def vertex_create_statement(dialect: Dialect, label: str) -> str:
@@ -132,10 +141,11 @@ def edge_property_removal_statement(dialect: Dialect, edge_type: str, key: str) 
 
 
 def edge_upsert_statement(dialect: Dialect, edge_type: str, has_props: bool) -> str:
-    """Create (or find) an edge between two existing vertices; rows carry `id`, `from`, `to`, `props`."""
+    """Create (or find) an edge between two existing vertices; rows carry `id`, `from`, `to`, `props`. Reports
+    the ids of the edges it wrote: an edge whose endpoint is missing takes no effect."""
     rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
     out = f"UNWIND $rows AS r MATCH {dialect.node('a', 'r.from')}, {dialect.node('b', 'r.to')} MERGE (a)-{rel}->(b)"
-    return out + (" SET e += r.props" if has_props else "")
+    return out + (" SET e += r.props " if has_props else " ") + MATCHED
 
 
 def edge_replace_statement(dialect: Dialect, edge_type: str) -> str:
@@ -149,8 +159,9 @@ def edge_replace_statement(dialect: Dialect, edge_type: str) -> str:
 
 
 def edge_props_statement(dialect: Dialect, edge_type: str) -> str:
-    """Set / remove properties of an existing edge; rows carry `id`, `props`."""
-    return f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() SET e += r.props"
+    """Set / remove properties of an existing edge; rows carry `id`, `props`. Reports the ids it found."""
+    rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
+    return f"UNWIND $rows AS r MATCH ()-{rel}->() SET e += r.props {MATCHED}"
 
 
 def edge_delete_statement(dialect: Dialect, edge_type: str) -> str:

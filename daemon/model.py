@@ -85,6 +85,8 @@ class ChangeBatch:
     `position` is the position of the last record read in `partition`, which may be past the last change when
     records were dead-lettered or skipped at translation (None for a batch that only carries `caught_up`);
     `caught_up` says the source saw the head of every partition with this batch.
+    `commit_complete` is False when the batch ends inside a source commit (a page boundary fell between two
+    operations of one Neptune commit): the pipeline then waits for the rest of the commit before it applies.
     """
 
     partition: str
@@ -92,6 +94,7 @@ class ChangeBatch:
     position: Position | None
     caught_up: bool = False
     head_position: Position | None = None
+    commit_complete: bool = True
 
 
 class SourceStopped(RuntimeError):

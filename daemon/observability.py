@@ -68,6 +68,12 @@ class Metrics:
             ["source", "stage"],
             registry=r,
         )
+        self.records_no_effect = Counter(
+            p + "records_no_effect_total",
+            "Change records a sink ran that changed nothing, because what they needed was not in the target",
+            ["source", "reason"],
+            registry=r,
+        )
         self.batch_duration = Histogram(
             p + "batch_duration_seconds",
             "Time to execute one batch on a sink",

@@ -1,6 +1,8 @@
 """One source's pipeline: source task -> bounded queue -> apply loop -> checkpoint.
 
-The apply loop takes a window (everything queued, up to `window_max_changes`), plans it into layers of
+The apply loop takes a window (everything queued, up to `window_max_changes`, and on to the end of the source
+commit it is in: Neptune writes a property update as REMOVE old and ADD new in either order within a commit,
+and only whole commits make the result independent of page and window sizes), plans it into layers of
 batches, applies the plan, and only then writes each partition's last position in the window as its
 checkpoint: a low watermark that never passes an unapplied change (DESIGN rule 2). Then it tells the source
 what is applied (`acknowledge`), which is how a DynamoDB source learns that a parent shard is finished and its
@@ -23,6 +25,8 @@ from daemon.scheduler import Planner
 from daemon.sinks.base import PlanApplier
 
 log = structlog.get_logger("daemon.pipeline")
+
+COMMIT_WINDOW_FACTOR = 10  # a window grows to at most this many times `window_max_changes` to end on a commit
 
 
 class Source(Protocol):
@@ -60,6 +64,7 @@ class Pipeline:
         self.applying = False
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
+        self.crashed: str | None = None  # why the last run crashed, until a window is applied again
         self._stopping = asyncio.Event()
         self._latency_commit: dict[str, int] = {}  # partition -> commit time of its last applied change
         self._m_depth = METRICS.queue_depth.labels(source=self.name)
@@ -114,8 +119,31 @@ class Pipeline:
             batch = queue.get_nowait()
             window.append(batch)
             count += len(batch.changes)
+        # Finish the commit the window ends in (its rest is on the next page), unless it is huge.
+        while not window[-1].commit_complete and count < self.window_max * COMMIT_WINDOW_FACTOR:
+            batch = await self._next_batch(queue, source_task)
+            if batch is None:
+                break
+            window.append(batch)
+            count += len(batch.changes)
         self._m_depth.set(queue.qsize())
         return window
+
+    async def _next_batch(
+        self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None]
+    ) -> ChangeBatch | None:
+        """The next batch, or None when the pipeline is stopping or the source ended."""
+        if not queue.empty():
+            return queue.get_nowait()
+        getter = asyncio.ensure_future(queue.get())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({getter, stop, source_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not getter.done():
+                getter.cancel()
+        return getter.result() if getter in done else None
 
     async def _apply_window(self, window: list[ChangeBatch]) -> None:
         changes = [c for batch in window for c in batch.changes]
@@ -142,6 +170,7 @@ class Pipeline:
                 self.source.acknowledge(moved)
         finally:
             self.applying = False
+        self.crashed = None
         now = time.time()
         if changes:
             self.last_applied_commit_ms = max(c.commit_ms for c in changes)
@@ -190,6 +219,7 @@ class Pipeline:
             "changes_applied": self.changes_applied,
             "sink": self.applier.sink.name,
             "sink_healthy": self.applier.healthy,
+            "restarting_after": self.crashed,
         }
 
 

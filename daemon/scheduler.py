@@ -48,9 +48,11 @@ from daemon.cypher import (
     vertex_property_removal_statement,
     vertex_remove_label_statement,
     vertex_replace_statement,
+    vertex_set_statement,
     vertex_upsert_statement,
 )
 from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, WHOLE_EDGE, WHOLE_VERTEX, GraphChange
+from daemon.names import InvalidName
 
 EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, EDGE_NOOP = "upsert", "props", "delete", "noop"
 
@@ -117,7 +119,8 @@ def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> No
     """Fold one property change into a run's net properties (None = remove the key).
 
     A REMOVE of the value set earlier in the run, or of a value set before the run, removes the key; a REMOVE
-    of an older value after an ADD of a newer one (either order within a commit) keeps the new one.
+    of an older value after an ADD of a newer one (either order within a commit) keeps the new one. Windows hold
+    whole commits (see `daemon.pipeline`), so both halves of such an update are always in one run.
     `retyped` collects keys whose value changes type but not number inside the run (0.0 -> 0): FalkorDB skips
     an update to a numerically equal value, so those keys are removed before they are set.
     """
@@ -159,21 +162,32 @@ def _split_props(props: dict[str, Any], encode: Callable[[str], str] | None) -> 
 
 @dataclass(slots=True)
 class Batch:
-    """One statement shape's rows in one phase of one layer."""
+    """One statement shape's rows in one phase of one layer.
+
+    `no_effect` is set for statements that find their element with MATCH and report the ids they matched
+    (`RETURN collect(r.id) AS matched`): a row whose id is not reported took no effect, for that reason.
+    """
 
     shape: tuple[Any, ...]
     statement: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     mutations: list[Mutation] = field(default_factory=list)
+    no_effect: str | None = None
 
 
 @dataclass(slots=True)
 class Plan:
-    """Layers in order; each layer's phases in order; each phase's batches may run concurrently."""
+    """Layers in order; each layer's phases in order; each phase's batches may run concurrently.
+
+    `skipped`: changes that need not run (properties of an edge that is in neither the window nor the target).
+    `rejected`: changes the planner refuses, with the reason (a reserved name, a name no statement can hold);
+    they go to the dead-letter file and are not applied.
+    """
 
     layers: list[list[list[Batch]]]
     skipped: list[GraphChange]
     n_changes: int
+    rejected: list[tuple[GraphChange, str]] = field(default_factory=list)
 
     def batches(self) -> Iterator[Batch]:
         for layer in self.layers:
@@ -188,6 +202,9 @@ class Plan:
 # Phases of a layer, in execution order.
 RETYPE, CREATE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(7)
 _PHASES = 7
+
+# Statement kinds that MATCH their element and report what they matched; the reason a missed row took no effect.
+NO_EFFECT_REASONS = {"vset": "vertex_missing", EDGE_UPSERT: "endpoint_missing", EDGE_PROPS: "edge_missing"}
 
 
 EdgeTypeLookup = Callable[[list[str]], Awaitable[dict[str, str]]]
@@ -228,9 +245,31 @@ class Planner:
         self._statement_cache: dict[tuple[Any, ...], str] = {}
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
-        mutations, n_changes = self._coalesce_and_layer(changes)
+        rejected: list[tuple[GraphChange, str]] = []
+        mutations, n_changes = self._coalesce_and_layer(self._admissible(changes, rejected))
         skipped = await self._resolve_edge_types(mutations)
-        return Plan(self._group(mutations), skipped, n_changes)
+        layers = self._group(mutations, rejected)
+        return Plan(layers, skipped, n_changes + len(rejected), rejected)
+
+    def _admissible(
+        self, changes: Iterable[GraphChange], rejected: list[tuple[GraphChange, str]]
+    ) -> Iterator[GraphChange]:
+        """The changes that do not touch what identifies an element in the target; the others go to `rejected`.
+
+        The id property holds the element's source id (a record setting it would re-key the element, and later
+        records for the real id would miss it), and the base label is how FalkorDB finds a replicated vertex.
+        """
+        id_key, base = self.dialect.id_property, self.dialect.base_label
+        for c in changes:
+            kind = c.kind
+            if (kind == VERTEX_PROPERTY or kind == EDGE_PROPERTY) and c.key == id_key:
+                rejected.append((c, f"reserved_name: property key {id_key!r} is the id property of the target"))
+            elif (kind == WHOLE_VERTEX or kind == WHOLE_EDGE) and c.add and id_key in c.value:
+                rejected.append((c, f"reserved_name: property key {id_key!r} is the id property of the target"))
+            elif (kind == VERTEX_LABEL or kind == WHOLE_VERTEX) and base is not None and c.key == base:
+                rejected.append((c, f"reserved_name: label {base!r} is the base label of the target"))
+            else:
+                yield c
 
     def _coalesce_and_layer(self, changes: Iterable[GraphChange]) -> tuple[list[Mutation], int]:
         mutations: list[Mutation] = []
@@ -356,6 +395,8 @@ class Planner:
             kind, *args = shape
             if kind == "vupsert":
                 statement = vertex_upsert_statement(d, *args)
+            elif kind == "vset":
+                statement = vertex_set_statement(d)
             elif kind == "vlabel":
                 statement = vertex_add_label_statement(d, *args)
             elif kind == "vdrop":
@@ -384,88 +425,97 @@ class Planner:
             found = self._statement_cache[shape] = statement
         return found
 
-    def _group(self, mutations: list[Mutation]) -> list[list[list[Batch]]]:
-        encode = self.dialect.encode_name
-        gone_extra = [encode(self.dialect.base_label)] if self.dialect.base_label else []
-        identity = self.dialect.name == "neptune"
-        # What a bare placeholder vertex holds: FalkorDB its base label and id property; Neptune gives a vertex
-        # created without a label the label `vertex`, and `~id` is not a property.
-        bare_labels = gone_extra if not identity else ["vertex"]
-        bare_keys = [] if identity else [self.dialect.id_property]
-
-        # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
-        # keeps MERGE-then-label until creating with labels is verified there.
-        create_with_labels = not identity
-
-        def whole(m: Mutation, props: dict[str, Any]) -> dict[str, Any]:
-            return props if identity else {**props, self.dialect.id_property: m.id}
-
+    def _group(
+        self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]
+    ) -> list[list[list[Batch]]]:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
-
-        def put(m: Mutation, phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
-            while len(layers) <= m.layer:
-                layers.append([{} for _ in range(_PHASES)])
-            batches = layers[m.layer][phase]
-            batch = batches.get(shape)
-            if batch is None:
-                batch = batches[shape] = Batch(shape, self._statement(shape))
-            batch.rows.append(row)
-            batch.mutations.append(m)
-
         for m in mutations:
             if isinstance(m, EdgeMutation) and m.action == EDGE_NOOP:
                 continue
-            props, removed = _split_props(m.props, None if identity else encode)
-            null_kind: tuple[Any, ...] = ("vnull",) if isinstance(m, VertexMutation) else ("enull", m.type)
-            for key in m.retyped:
-                if m.props.get(key) is not None:
-                    put(m, RETYPE, (*null_kind, key), {"id": m.id})
-            if isinstance(m, VertexMutation) and m.add_labels and create_with_labels:
-                # one label: statements grow with names, not label combinations; the others are added after
-                put(m, CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id})
-            if isinstance(m, VertexMutation) and m.replace:
-                put(m, UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole(m, props)})
-                for label in m.add_labels:
-                    put(m, ADD_LABEL, ("vlabel", label), {"id": m.id})
-                if m.remove_labels:
-                    gone = [encode(label) for label in m.remove_labels] + bare_labels
-                    drop = "vorphan" if m.orphan_only else "vdrop"
-                    put(m, DROP, (drop,), {"id": m.id, "gone": gone, "keep": bare_keys})
-                    for label in m.remove_labels:
-                        put(m, REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
+            try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
+                parts = [(phase, shape, row, self._statement(shape)) for phase, shape, row in self._parts(m)]
+            except InvalidName as exc:
+                rejected.extend((c, f"invalid_name: {exc}") for c in m.changes)
                 continue
-            if isinstance(m, VertexMutation):
-                create = bool(m.add_labels)
-                if create or props:
-                    row: dict[str, Any] = {"id": m.id}
-                    if props:
-                        row["props"] = props
-                    put(m, UPSERT, ("vupsert", create, bool(props)), row)
-                for label in m.add_labels:
-                    put(m, ADD_LABEL, ("vlabel", label), {"id": m.id})
-                if m.remove_labels:
-                    gone = [encode(label) for label in m.remove_labels] + gone_extra
-                    put(m, DROP, ("vdrop",), {"id": m.id, "gone": gone})
-                    for label in m.remove_labels:
-                        put(m, REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
-            elif m.action == EDGE_DELETE:
-                put(m, UPSERT, (EDGE_DELETE, m.type), {"id": m.id})
-                if m.collect_endpoints:
-                    for end in dict.fromkeys((m.from_id, m.to_id)):
-                        put(m, DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys})
-                continue
-            elif m.replace:
-                row = {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole(m, props)}
-                put(m, UPSERT, ("ereplace", m.type), row)
-                continue
-            elif m.action == EDGE_UPSERT:
-                row = {"id": m.id, "from": m.from_id, "to": m.to_id}
-                if props:
-                    row["props"] = props
-                put(m, UPSERT, (EDGE_UPSERT, m.type, bool(props)), row)
-            elif props:
-                put(m, UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props})
-            for key in removed:
-                put(m, REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
+            while len(layers) <= m.layer:
+                layers.append([{} for _ in range(_PHASES)])
+            for phase, shape, row, statement in parts:
+                batches = layers[m.layer][phase]
+                batch = batches.get(shape)
+                if batch is None:
+                    batch = batches[shape] = Batch(shape, statement, no_effect=NO_EFFECT_REASONS.get(shape[0]))
+                batch.rows.append(row)
+                batch.mutations.append(m)
         out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
         return [layer for layer in out if layer]
+
+    def _parts(self, m: Mutation) -> list[tuple[int, tuple[Any, ...], dict[str, Any]]]:
+        """(phase, statement shape, row) of each statement a mutation needs."""
+        d = self.dialect
+        encode = d.encode_name
+        gone_extra = [encode(d.base_label)] if d.base_label else []
+        identity = d.name == "neptune"
+        # What a bare placeholder vertex holds: FalkorDB its base label and id property; Neptune gives a vertex
+        # created without a label the label `vertex`, and `~id` is not a property.
+        bare_labels = gone_extra if not identity else ["vertex"]
+        bare_keys = [] if identity else [d.id_property]
+        parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
+
+        def put(phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
+            parts.append((phase, shape, row))
+
+        def whole(props: dict[str, Any]) -> dict[str, Any]:
+            return props if identity else {**props, d.id_property: m.id}
+
+        props, removed = _split_props(m.props, None if identity else encode)
+        null_kind: tuple[Any, ...] = ("vnull",) if isinstance(m, VertexMutation) else ("enull", m.type)
+        for key in m.retyped:
+            if m.props.get(key) is not None:
+                put(RETYPE, (*null_kind, key), {"id": m.id})
+        if isinstance(m, VertexMutation):
+            # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
+            # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
+            # with names, not label combinations; the others are added after.
+            if m.add_labels and not identity:
+                put(CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id})
+            if m.replace:
+                put(UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole(props)})
+            elif m.add_labels or props:
+                row: dict[str, Any] = {"id": m.id}
+                if props:
+                    row["props"] = props
+                # a vertex that is only found (no label added) reports whether it was there
+                put(UPSERT, ("vupsert", True, bool(props)) if m.add_labels else ("vset",), row)
+            for label in m.add_labels:
+                put(ADD_LABEL, ("vlabel", label), {"id": m.id})
+            if m.remove_labels:
+                if m.replace:
+                    gone = [encode(label) for label in m.remove_labels] + bare_labels
+                    drop_row = {"id": m.id, "gone": gone, "keep": bare_keys}
+                    put(DROP, ("vorphan" if m.orphan_only else "vdrop",), drop_row)
+                else:
+                    gone = [encode(label) for label in m.remove_labels] + gone_extra
+                    put(DROP, ("vdrop",), {"id": m.id, "gone": gone})
+                for label in m.remove_labels:
+                    put(REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
+            if m.replace:
+                return parts
+        elif m.action == EDGE_DELETE:
+            put(UPSERT, (EDGE_DELETE, m.type), {"id": m.id})
+            if m.collect_endpoints:
+                for end in dict.fromkeys((m.from_id, m.to_id)):
+                    put(DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys})
+            return parts
+        elif m.replace:
+            put(UPSERT, ("ereplace", m.type), {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole(props)})
+            return parts
+        elif m.action == EDGE_UPSERT:
+            row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+            if props:
+                row["props"] = props
+            put(UPSERT, (EDGE_UPSERT, m.type, bool(props)), row)
+        elif props:
+            put(UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props})
+        for key in removed:
+            put(REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
+        return parts

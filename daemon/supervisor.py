@@ -1,7 +1,10 @@
 """The supervisor: builds sinks and pipelines from the config, keeps them running, drains on SIGTERM.
 
 * Each source's pipeline runs in its own task; a crash (anything but a stream expiry) is logged and the
-  pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`.
+  pipeline restarts from its checkpoint after an exponential backoff capped at `restart_backoff_max_seconds`;
+  the backoff starts again from 1 s after a run that stayed up `HEALTHY_RUN_SECONDS`. From a crash until the
+  pipeline applies a window again, readiness is false and says why (a poison change that keeps crashing it
+  is visible, not hidden behind restarts).
 * An expired stream stops that source for good (state `expired`, `graph_replicator_stream_expired` = 1,
   readiness false) while the process keeps serving metrics so the alert can fire; so does an unreadable line
   in a file source's input (`CaptureError`, state `failed`).
@@ -57,6 +60,7 @@ from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
 log = structlog.get_logger("daemon.supervisor")
 
 EXIT_OK, EXIT_SOURCE_FAILED = 0, 3
+HEALTHY_RUN_SECONDS = 60.0  # a pipeline run that lasted this long resets the restart backoff
 
 
 def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
@@ -98,6 +102,7 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             on_malformed=cfg.on_malformed,
             follow=cfg.follow,
             poll_interval_seconds=cfg.poll_interval_seconds,
+            max_record_bytes=cfg.max_record_bytes,
             dead_letters=dead_letters,
         )
     if isinstance(cfg, DynamoDBSourceConfig):
@@ -114,6 +119,8 @@ class Summary:
     seconds: float
     graphs: dict[str, tuple[int, int] | None]
     failed: dict[str, str]
+    dead_letters: int = 0  # lines this run wrote to the dead-letter file
+    dead_letter_file: str = ""
 
 
 class Supervisor:
@@ -169,6 +176,7 @@ class Supervisor:
             dead_letters=self.dead_letters,
         )
         planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
+        applier.replan = planner.plan
         return Pipeline(
             source,
             planner,
@@ -210,8 +218,11 @@ class Supervisor:
                 reasons.append(f"source {p.name}: {p.source.state}")
             elif not p.source.polling:
                 reasons.append(f"source {p.name}: not polling yet")
+            if p.crashed is not None:
+                reasons.append(f"source {p.name}: restarting after a crash ({p.crashed})")
             if not p.applier.healthy:
-                reasons.append(f"sink {p.applier.sink.name}: failing")
+                why = f" ({p.applier.failing_reason})" if p.applier.failing_reason else ""
+                reasons.append(f"sink {p.applier.sink.name}: failing{why}")
         return (not reasons, reasons)
 
     def status(self) -> dict[str, Any]:
@@ -305,7 +316,14 @@ class Supervisor:
         failed = dict(self.failed)
         for name, why in self.sink_not_ready.items():
             failed.setdefault(name, f"never started: its sink did not become ready ({why})")
-        return Summary(sum(p.changes_applied for p in self.pipelines), seconds, graphs, failed)
+        return Summary(
+            sum(p.changes_applied for p in self.pipelines),
+            seconds,
+            graphs,
+            failed,
+            self.dead_letters.count,
+            str(self.dead_letters.path),
+        )
 
     async def _keep_running(self, pipeline: Pipeline) -> None:
         sink = pipeline.applier.sink
@@ -314,6 +332,7 @@ class Supervisor:
         if not pipeline.positions:  # what /status and the `stopped` line show until the pipeline runs
             pipeline.positions = self.checkpoints.load(pipeline.name)
         while not pipeline.stopping:
+            started = time.monotonic()
             try:
                 try:
                     await sink.start()
@@ -333,6 +352,9 @@ class Supervisor:
                 raise
             except Exception as exc:
                 METRICS.task_restarts.labels(source=pipeline.name).inc()
+                pipeline.crashed = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if time.monotonic() - started >= HEALTHY_RUN_SECONDS:
+                    backoff = min(1.0, ceiling)
                 log.exception(
                     "pipeline crashed; restarting from its checkpoint",
                     source=pipeline.name,

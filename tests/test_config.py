@@ -448,6 +448,8 @@ def test_format_resolved_masks_secrets(tmp_path: Path) -> None:
     text = GOOD + 'url = "redis://admin:hunter2@db.internal:6379"\npassword = "s3cr3t-pw"\n'
     config = _load(tmp_path, text)
     out = format_resolved(config)
+    in_query = format_resolved(_load(tmp_path, GOOD + 'url = "redis://db.internal:6379?password=hunter3"\n'))
+    assert "hunter3" not in in_query and 'url = "redis://db.internal:6379?password=***"' in in_query
     assert "hunter2" not in out and "s3cr3t-pw" not in out
     assert 'url = "redis://admin:***@db.internal:6379"' in out and 'password = "***"' in out
     assert "hunter2" not in repr(config) and "s3cr3t-pw" not in repr(config)
@@ -467,6 +469,8 @@ def test_format_resolved_masks_secrets(tmp_path: Path) -> None:
         ("rediss://:pass@host", "rediss://:***@host"),
         ("redis://host:6379", "redis://host:6379"),
         ("redis://user@host", "redis://user@host"),
+        ("redis://host:6379/0?password=hunter2&db=1", "redis://host:6379/0?password=***&db=1"),
+        ("redis://host?Secret_Token=x", "redis://host?Secret_Token=***"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:

@@ -118,7 +118,7 @@ async def test_drop_waits_for_the_edges_it_detaches_and_later_edges_wait_for_the
 async def test_property_update_pattern_keeps_the_new_value() -> None:
     for changes in ([vp("a", "k", 1, add=False), vp("a", "k", 2)], [vp("a", "k", 2), vp("a", "k", 1, add=False)]):
         plan = await planner().plan(changes)
-        assert shapes(plan) == [[[(("vupsert", False, True), [{"id": "a", "props": {"k": 2}}])]]]
+        assert shapes(plan) == [[[(("vset",), [{"id": "a", "props": {"k": 2}}])]]]
 
 
 async def test_removals_are_one_statement_per_key_in_the_last_phase() -> None:
@@ -132,7 +132,7 @@ async def test_removals_are_one_statement_per_key_in_the_last_phase() -> None:
 async def test_numeric_retype_removes_before_setting() -> None:
     plan = await planner().plan([vp("a", "k", 0.0, add=False), vp("a", "k", 0)])
     assert shapes(plan) == [
-        [[(("vnull", "k"), [{"id": "a"}])], [(("vupsert", False, True), [{"id": "a", "props": {"k": 0}}])]]
+        [[(("vnull", "k"), [{"id": "a"}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]
     ]
 
 

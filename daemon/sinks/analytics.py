@@ -34,8 +34,8 @@ class NeptuneAnalyticsSink(AwsClientSink):
             body = await stream.read()
         return orjson.loads(body) if body else {}
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
-        await self._run(statement, {"rows": rows})
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list((await self._run(statement, {"rows": rows})).get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return list((await self._run(statement, params)).get("results", []))

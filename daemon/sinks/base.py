@@ -10,10 +10,17 @@ errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
   lose changes. After `attempts_before_split` failures a chunk is split in halves, because smaller batches
   conflict less;
 * a failure that rejects the data splits the chunk in halves until the single mutation that fails is found;
-  that one goes to the dead-letter file with every source change it came from, and the rest is applied;
+  a mutation of one change goes to the dead-letter file, and a mutation coalesced from several is applied
+  again one change at a time, so that exactly the changes the target refuses are dead-lettered and the good
+  parts apply; the rest of the chunk is applied;
 * any other failure (access denied, an unexpected exception) is raised: the supervisor restarts the pipeline
   from its checkpoint with backoff, and nothing is dead-lettered for it.
 Rows in one layer are independent, so splitting never reorders dependent changes.
+
+Nothing the applier gives up on counts as applied: changes the planner rejected (reserved or impossible names)
+and changes of an edge type the target cannot index are dead-lettered; statements that find their element with
+MATCH report the ids they matched, and a change whose element (or endpoint) is not in the target is counted in
+`records_no_effect_total` by reason and written to the dead-letter file.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ import structlog
 
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
+from daemon.model import GraphChange
 from daemon.observability import METRICS
 from daemon.scheduler import EDGE_DELETE, EDGE_PROPS, EDGE_UPSERT, Batch, Mutation, Plan
 
 log = structlog.get_logger("daemon.sink")
 T = TypeVar("T")
 EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull"})
+Replan = Callable[[list[GraphChange]], Awaitable[Plan]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,10 @@ RETRY = {
     )
 }
 REJECTED = ErrorClass(False, "rejected", data_rejected=True)
+# Retryable failures that say the target cannot take writes now (memory, disk): not ready from the first one.
+UNHEALTHY_AT_ONCE = frozenset({"resource"})
+RETRY["resource"] = ErrorClass(True, "resource")
+RETRY["unknown"] = ErrorClass(True, "unknown")
 
 
 class GraphSink(ABC):
@@ -84,8 +97,8 @@ class GraphSink(ABC):
         """Release connections (and stop an embedded engine)."""
 
     @abstractmethod
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
-        """Run `statement` with `$rows`; raise on any failure."""
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run `statement` with `$rows` and return its result rows; raise on any failure."""
 
     @abstractmethod
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -132,6 +145,7 @@ class PlanApplier:
         concurrency: asyncio.Semaphore,
         retry: RetryPolicy,
         dead_letters: DeadLetterFile,
+        replan: Replan | None = None,
     ) -> None:
         self.sink = sink
         self.source = source
@@ -139,31 +153,54 @@ class PlanApplier:
         self._slots = concurrency
         self.retry = retry
         self.dead_letters = dead_letters
+        # Plans one change on its own: a rejected mutation of several changes is retried change by change, so
+        # that only the changes the target refuses are dead-lettered (the planner's `plan`).
+        self.replan = replan
         self.healthy = True  # False while the sink keeps failing with retryable errors
-        self._dead_in_plan: dict[int, int] = {}  # mutation id -> changes dead-lettered, for the plan being applied
+        self.failing_reason: str | None = None  # why it is not healthy
+        self.not_applied: dict[int, GraphChange] = {}  # of the plan being applied: dead-lettered, no effect, skipped
+        self._decomposed: set[int] = set()  # mutations of the plan being applied that were retried change by change
         labels = {"source": source, "sink": sink.name}
         self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
         self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
         self._m_applied = METRICS.records_applied.labels(**labels)
-        self._m_dead = METRICS.records_dead_lettered.labels(source=source, stage="apply")
         self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
         self._m_up = METRICS.sink_up.labels(sink=sink.name)
 
     async def apply(self, plan: Plan) -> int:
-        """Apply every layer in order; return when every change is applied or dead-lettered.
-
-        Returns the number of changes applied (the plan's changes less the skipped and dead-lettered ones).
-        """
-        self._dead_in_plan.clear()
-        for layer in plan.layers:
-            edge_types = {b.shape[1] for phase in layer for b in phase if b.shape[0] in EDGE_SHAPES}
-            for edge_type in edge_types:
-                await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
-            for phase in layer:
-                await self._run_phase(phase)
-        applied = plan.n_changes - len(plan.skipped) - sum(self._dead_in_plan.values())
+        """Apply every layer in order; return when every change is applied, dead-lettered or found to take no
+        effect. Returns the number of changes applied (the plan's changes less all the others)."""
+        self.not_applied.clear()
+        self._decomposed.clear()
+        await self._apply_plan(plan)
+        applied = plan.n_changes - len(self.not_applied)
         self._m_applied.inc(applied)
         return applied
+
+    async def _apply_plan(self, plan: Plan) -> None:
+        for change in plan.skipped:
+            self.not_applied[id(change)] = change
+        for change, reason in plan.rejected:
+            self._dead_letter_changes([change], "plan", reason)
+        refused: set[str] = set()  # edge types the target cannot index: their changes are dead-lettered
+        for layer in plan.layers:
+            edge_types = {b.shape[1] for phase in layer for b in phase if b.shape[0] in EDGE_SHAPES} - refused
+            for edge_type in edge_types:
+                try:
+                    await self._with_retry(lambda t=edge_type: self.sink.ensure_edge_type(t), "ensure_edge_type")
+                except Exception as exc:
+                    if not self.sink.classify(exc).data_rejected:
+                        raise
+                    refused.add(edge_type)
+                    self._refuse_edge_type(plan, edge_type, exc)
+            for phase in layer:
+                await self._run_phase([b for b in phase if b.shape[0] not in EDGE_SHAPES or b.shape[1] not in refused])
+
+    def _refuse_edge_type(self, plan: Plan, edge_type: str, exc: BaseException) -> None:
+        mutations = {id(m): m for b in plan.batches() if b.shape[0] in EDGE_SHAPES and b.shape[1] == edge_type
+                     for m in b.mutations}  # fmt: skip
+        for m in mutations.values():
+            self._dead_letter_changes(m.changes, "apply", f"rejected: edge type cannot be indexed: {_short(exc)}", m.id)
 
     async def _run_phase(self, phase: list[Batch]) -> None:
         size = self.batch_size
@@ -188,8 +225,7 @@ class PlanApplier:
         while True:
             try:
                 result = await action()
-                self.healthy = True
-                self._m_up.set(1)
+                self._succeeded()
                 return result
             except Exception as exc:
                 cls = self.sink.classify(exc)
@@ -198,14 +234,18 @@ class PlanApplier:
                 attempt += 1
                 await self._backoff(cls, attempt, exc, what)
 
+    def _succeeded(self) -> None:
+        self.healthy, self.failing_reason = True, None
+        self._m_up.set(1)
+
     def _count_retry(self, cls: ErrorClass) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
         METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="apply").inc()
 
     async def _backoff(self, cls: ErrorClass, attempt: int, exc: BaseException, what: str) -> None:
         self._count_retry(cls)
-        if attempt >= self.retry.attempts_before_split:
-            self.healthy = False
+        if attempt >= self.retry.attempts_before_split or cls.reason in UNHEALTHY_AT_ONCE:
+            self.healthy, self.failing_reason = False, f"{cls.reason}: {_short(exc, 200)}"
             self._m_up.set(0)
         delay = self.retry.delay(attempt)
         log.warning(
@@ -227,13 +267,14 @@ class PlanApplier:
                     self._m_inflight.inc()
                     started = time.perf_counter()
                     try:
-                        await self.sink.execute(batch.statement, rows)
+                        results = await self.sink.execute(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
-                self.healthy = True
-                self._m_up.set(1)
+                self._succeeded()
+                if batch.no_effect is not None:
+                    self._check_effect(batch.no_effect, rows, mutations, results)
                 return
             except Exception as exc:
                 cls = self.sink.classify(exc)
@@ -251,7 +292,7 @@ class PlanApplier:
                 if len(rows) > 1:
                     await self._split(batch, rows, mutations)
                     return
-                self._dead_letter(batch, mutations[0], exc, cls)
+                await self._rejected(mutations[0], exc, cls)
                 return
 
     async def _split(self, batch: Batch, rows: list[dict[str, Any]], mutations: Sequence[Mutation]) -> None:
@@ -259,25 +300,64 @@ class PlanApplier:
         await self._run_chunk(batch, rows[:half], mutations[:half])
         await self._run_chunk(batch, rows[half:], mutations[half:])
 
-    def _dead_letter(self, batch: Batch, mutation: Mutation, exc: BaseException, cls: ErrorClass) -> None:
-        changes = mutation.changes
-        if id(mutation) in self._dead_in_plan:
-            return  # another of the mutation's statements already dead-lettered its changes
-        self._dead_in_plan[id(mutation)] = len(changes)
-        self.dead_letters.write(
-            stage="apply",
-            source=self.source,
-            reason=f"{cls.reason}: {_short(exc)}",
-            sink=self.sink.name,
-            entries=[{"position": list(c.position), "change": c.describe()} for c in changes],
-        )
-        self._m_dead.inc(len(changes))
-        log.error(
-            "change rejected by the sink, written to the dead-letter file",
+    def _check_effect(
+        self, reason: str, rows: list[dict[str, Any]], mutations: Sequence[Mutation], results: list[dict[str, Any]]
+    ) -> None:
+        """Rows a statement did not report as matched took no effect: say so, and do not count them as applied."""
+        matched = results[0].get("matched") if results else None
+        if not isinstance(matched, list):
+            return  # a sink that does not report (nothing to check)
+        if len(matched) == len(rows):
+            return
+        found = set(matched)
+        for row, mutation in zip(rows, mutations, strict=True):
+            if row["id"] not in found:
+                METRICS.records_no_effect.labels(source=self.source, reason=reason).inc(len(mutation.changes))
+                self._dead_letter_changes(mutation.changes, "apply", f"no_effect: {reason}", mutation.id, count=False)
+
+    async def _rejected(self, mutation: Mutation, exc: BaseException, cls: ErrorClass) -> None:
+        """The target refused a single mutation. One change: dead-letter it. Several (a coalesced run): apply them
+        one at a time, so that only the ones the target refuses are dead-lettered and the good parts apply."""
+        if id(mutation) in self._decomposed:
+            return  # its changes were already applied or dead-lettered one by one
+        if len(mutation.changes) == 1 or self.replan is None:
+            self._dead_letter_changes(mutation.changes, "apply", f"{cls.reason}: {_short(exc)}", mutation.id)
+            return
+        self._decomposed.add(id(mutation))
+        log.warning(
+            "a coalesced mutation was rejected; applying its changes one at a time",
             sink=self.sink.name,
             element=mutation.id,
-            positions=[list(c.position) for c in changes[:5]],
+            changes=len(mutation.changes),
             error=_short(exc),
+        )
+        for change in mutation.changes:
+            await self._apply_plan(await self.replan([change]))
+
+    def _dead_letter_changes(
+        self, changes: Sequence[GraphChange], stage: str, reason: str, element: str | None = None, *, count: bool = True
+    ) -> None:
+        """Write changes not applied yet to the dead-letter file (once each) and leave them out of "applied"."""
+        fresh = [c for c in changes if id(c) not in self.not_applied]
+        if not fresh:
+            return
+        for c in fresh:
+            self.not_applied[id(c)] = c
+        self.dead_letters.write(
+            stage=stage,
+            source=self.source,
+            reason=reason,
+            sink=self.sink.name,
+            entries=[{"position": list(c.position), "change": c.describe()} for c in fresh],
+        )
+        if count:
+            METRICS.records_dead_lettered.labels(source=self.source, stage=stage).inc(len(fresh))
+        log.error(
+            "change not applied, written to the dead-letter file",
+            sink=self.sink.name,
+            element=element or fresh[0].id,
+            positions=[list(c.position) for c in fresh[:5]],
+            reason=reason,
             dead_letter_file=str(self.dead_letters.path),
         )
 

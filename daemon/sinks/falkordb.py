@@ -37,6 +37,17 @@ log = structlog.get_logger("daemon.sink.falkordb")
 
 _RESTART_BACKOFF_MAX_S = 30.0
 _RETRYABLE_RESPONSES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+# The engine cannot take writes now: memory (maxmemory, a query's memory cap), persistence failing (a full disk).
+_RESOURCE_RESPONSES = ("OOM", "MISCONF", "Query's mem consumption", "Max pending queries", "Write error", "AOF")
+# Errors that are provably about the data: the statement templates are fixed, so a parse error comes from a name
+# or a value (a NUL byte ends the parameter text early), and the others from values the engine cannot hold.
+_DATA_RESPONSES = (
+    "errMsg: Invalid input",
+    "Property values can only be",
+    "Cannot merge node using null property value",
+    "Type mismatch",
+    "constraint violation",
+)
 
 
 class FalkorDBSink(GraphSink):
@@ -201,9 +212,13 @@ class FalkorDBSink(GraphSink):
         if self.engine is not None and (not self.engine.running or self._client_url != self.url):
             await self._restart_engine(time.monotonic())
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         await self._ensure_engine()
-        await self._graph.query(statement, {"rows": rows})
+        result = await self._graph.query(statement, {"rows": rows})
+        if not result.result_set:
+            return []
+        names = [column[1] for column in result.header]
+        return [dict(zip(names, row, strict=True)) for row in result.result_set]
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         await self._ensure_engine()
@@ -219,18 +234,34 @@ class FalkorDBSink(GraphSink):
         return {edge_id: decode_falkordb_name(t) for edge_id, t in found.items()}
 
     def classify(self, exc: BaseException) -> ErrorClass:
+        """Only errors about the data reject rows (bisect, dead-letter); resource and server-state errors, and
+        errors this sink does not know, are retried: a stalled, not-ready pipeline is loud, a skipped change is
+        not."""
         if isinstance(exc, EngineError):
             return RETRY["connection"]  # the embedded engine is down and did not start yet: wait for it
+        if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
+            return ErrorClass(False, "access_denied")
         if isinstance(exc, redis.exceptions.TimeoutError | asyncio.TimeoutError | TimeoutError):
             return RETRY["timeout"]
         if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
             return RETRY["connection"]
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            return RETRY["resource"]
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            return RETRY["read_only"]
         if isinstance(exc, redis.exceptions.ResponseError):
-            if str(exc).startswith(_RETRYABLE_RESPONSES):
-                return RETRY["server_busy"]
-            if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            message = str(exc)
+            if message.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
                 return ErrorClass(False, "access_denied")
-            return REJECTED  # a query error: these rows
+            if message.startswith(_RETRYABLE_RESPONSES) or isinstance(exc, redis.exceptions.BusyLoadingError):
+                return RETRY["server_busy"]
+            if any(marker in message for marker in _RESOURCE_RESPONSES):
+                return RETRY["resource"]
+            if "timed out" in message:
+                return RETRY["timeout"]
+            if message.startswith(_DATA_RESPONSES):
+                return REJECTED
+            return RETRY["unknown"]
         if isinstance(exc, ValueError):
-            return REJECTED  # the client refused a parameter value or key
+            return REJECTED  # the client refused a parameter value or key (UnicodeEncodeError included)
         return ErrorClass(False, "internal")

@@ -16,10 +16,11 @@ class NeptuneSink(AwsClientSink):
     kind = "neptune"
     service = "neptunedata"
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
-        await self._client.execute_open_cypher_query(
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        response = await self._client.execute_open_cypher_query(
             openCypherQuery=statement, parameters=orjson.dumps({"rows": rows}).decode()
         )
+        return list(response.get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"openCypherQuery": statement}

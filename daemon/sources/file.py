@@ -14,11 +14,13 @@ live stream: a restart skips every record at or before the checkpoint. Positions
 whole input.
 
 A malformed line (bad JSON, a truncated or corrupt gzip stream, a record `translate_record` rejects, a position
-not after the previous one) is never skipped silently: with `on_malformed = "stop"` the source raises
-`CaptureError` naming file:line and the reason, after handing over everything before it (the supervisor stops
-the source for good); with `"dead_letter"` the line goes to the dead-letter file with its file, line, position
-(when known) and reason, and reading goes on (after a gzip error, with the next file). Malformed lines before
-the checkpoint were handled by an earlier run and are not reported again.
+not after the previous one, a line longer than `max_record_bytes`) is never skipped silently: with
+`on_malformed = "stop"` the source raises `CaptureError` naming file:line and the reason, after handing over
+everything before it, and its checkpoint stays before the line, so a rerun after a repair reads it (the
+supervisor stops the source for good); with `"dead_letter"` the line goes to the dead-letter file with its file,
+line, position (when known) and reason, and reading goes on (after a gzip error, with the next file). Malformed
+lines before the checkpoint were handled by an earlier run and are not reported again. Of a line over the cap
+only its size and first bytes are ever held, so memory stays bounded whatever the input.
 
 At the end of the input the source hands over a caught-up marker (so `run --exit-when-idle` can exit), then
 idles; with `follow` it looks for appended lines and new files every `poll_interval_seconds`. While following,
@@ -48,6 +50,8 @@ log = structlog.get_logger("daemon.source.file")
 PARTITION = ""  # a capture of a Neptune stream is one totally ordered partition, like the stream
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20  # raw bytes read at once
+_GZIP_CHUNK = 1 << 16  # compressed bytes read at once: deflate expands at most ~1000x, so one read stays ~64 MiB
+_OVERSIZED_HEAD = 256  # bytes of an oversized line kept for its dead letter
 _FINE_STEP = 256  # compressed bytes fed at once to find where a corrupt gzip stream breaks
 
 
@@ -63,23 +67,35 @@ class _BadGzip(Exception):
         self.line, self.reason = line, reason
 
 
+@dataclass(slots=True)
+class _Oversized:
+    """A line longer than the cap: its size and its first bytes (the rest was never held in memory)."""
+
+    size: int
+    head: bytes
+
+
 class _LineReader:
     """The lines of one file as they become available, gunzipped when the file starts with the gzip magic.
+
+    A line longer than `max_bytes` comes out as `_Oversized`: past the cap its bytes are counted, not kept.
 
     `lines` may be called again after it ends to get lines appended since (following a growing file). A
     generator it returned must be used up before the next call: lines it holds are not handed out again.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.line_no = 0  # number of the last line handed out
         self.done = False  # read to its end as final, or broken: nothing more will come from this file
         self._file: BinaryIO | None = None
         self._gzip: bool | None = None  # unknown until the first two bytes are there
         self._inflate: Any = None  # zlib decompressor while inside a gzip member
         self._pending = b""  # bytes after the last newline
+        self._oversized: _Oversized | None = None  # the line being skipped because it is over the cap
 
-    def lines(self, final: bool) -> Iterator[tuple[int, bytes]]:
+    def lines(self, final: bool) -> Iterator[tuple[int, bytes | _Oversized]]:
         """(line number, line) for each complete line not handed out yet.
 
         `final`: the file will not grow, so an unterminated last line is a line too, and a gzip stream that
@@ -95,12 +111,9 @@ class _LineReader:
             if len(head) < 2 and not final:
                 return
             self._gzip = head == GZIP_MAGIC
-        while raw := self._file.read(_CHUNK):
+        while raw := self._file.read(_GZIP_CHUNK if self._gzip else _CHUNK):
             data, damage = self._gunzip(raw) if self._gzip else (raw, None)
-            *complete, self._pending = (self._pending + data).split(b"\n")
-            for line in complete:
-                self.line_no += 1
-                yield self.line_no, line
+            yield from self._split(data)
             if damage is not None:
                 self.done = True
                 raise _BadGzip(self.line_no + 1, damage)
@@ -109,10 +122,33 @@ class _LineReader:
         self.done = True
         if self._inflate is not None:
             raise _BadGzip(self.line_no + 1, "the gzip stream ends before its end marker (truncated file?)")
-        if self._pending.strip():
+        if self._oversized is not None:
+            self.line_no += 1
+            yield self.line_no, self._oversized
+            self._oversized = None
+        elif self._pending.strip():
             line, self._pending = self._pending, b""
             self.line_no += 1
             yield self.line_no, line
+
+    def _split(self, data: bytes) -> Iterator[tuple[int, bytes | _Oversized]]:
+        """The complete lines `data` ends; what follows the last newline waits (or is counted, past the cap)."""
+        if self._oversized is not None:
+            end = data.find(b"\n")
+            if end < 0:
+                self._oversized.size += len(data)
+                return
+            self._oversized.size += end
+            self.line_no += 1
+            yield self.line_no, self._oversized
+            self._oversized, data = None, data[end + 1 :]
+        *complete, self._pending = (self._pending + data).split(b"\n")
+        for line in complete:
+            self.line_no += 1
+            yield self.line_no, (line if len(line) <= self.max_bytes else _Oversized(len(line), line[:_OVERSIZED_HEAD]))
+        if len(self._pending) > self.max_bytes:
+            self._oversized = _Oversized(len(self._pending), self._pending[:_OVERSIZED_HEAD])
+            self._pending = b""
 
     def _gunzip(self, raw: bytes) -> tuple[bytes, str | None]:
         """Continue the gzip stream with `raw`: the bytes it gives, and why it breaks off if it is corrupt.
@@ -156,6 +192,7 @@ class _Item:
     text: bytes | None = None  # the raw line, when it is not JSON
     error: str | None = None
     where: str = ""  # "record N of the page: " for a record from a response page
+    size: int | None = None  # the line's size, when it was too long to read
 
 
 @dataclass(slots=True)
@@ -163,6 +200,7 @@ class _Batch:
     changes: list[GraphChange] = field(default_factory=list)
     position: Position | None = None  # the last in-order position taken, past the resume position
     taken: int = 0
+    commit_complete: bool = True  # the last record taken ends its commit (isLastOp)
     at_end: bool = False  # nothing more to read for now
     error: CaptureError | None = None  # reading stops here (on_malformed = "stop")
 
@@ -209,7 +247,7 @@ class _Reader:
         self._files = read + sorted(self._files[self._index + 1 :] + [p for p in new if p not in late])
         return late
 
-    def _next_line(self) -> tuple[_LineReader, int, bytes] | _Item | None:
+    def _next_line(self) -> tuple[_LineReader, int, bytes | _Oversized] | _Item | None:
         """The next line of the input; an `_Item` with an error for unreadable data; None at the end for now."""
         while True:
             if self._lines is None:
@@ -223,7 +261,7 @@ class _Reader:
                     if self._current is not None:
                         self._current.close()
                     self._index += 1
-                    self._current = _LineReader(self._files[self._index])
+                    self._current = _LineReader(self._files[self._index], self._source.max_record_bytes)
                 # Only the last file of a followed input may still grow.
                 final = not self._source.follow or self._index < len(self._files) - 1
                 self._lines = self._current.lines(final)
@@ -265,6 +303,10 @@ class _Reader:
             if got is None or isinstance(got, _Item):
                 return got
             reader, line_no, line = got
+            if isinstance(line, _Oversized):
+                cap = self._source.max_record_bytes
+                reason = f"the line is {line.size:,} bytes, over max_record_bytes ({cap:,}); it was not read"
+                return _Item(reader.path, line_no, text=line.head, error=reason, size=line.size)
             if not line.strip():
                 continue
             try:
@@ -304,6 +346,7 @@ class _Reader:
                     position, reason = exc.position, item.where + exc.reason
         previous, resume = self.position, self._resume
         before_resume = resume is not None and (previous is None or previous < resume)
+        reached = batch.position
         if position is not None and (previous is None or position > previous):
             self.position = position
             if resume is not None and position <= resume:
@@ -321,7 +364,11 @@ class _Reader:
         if reason is None:
             assert change is not None
             batch.changes.append(change)
+            batch.commit_complete = item.record.get("isLastOp") is True
             return True
+        if self._source.on_malformed == "stop":
+            # The checkpoint must stay before the bad record, so that a rerun after the repair reads it again.
+            batch.position, self.position = reached, previous
         return self._malformed(item, position, reason, batch)
 
     def _malformed(self, item: _Item, position: Position | None, reason: str, batch: _Batch) -> bool:
@@ -342,6 +389,8 @@ class _Reader:
             entry["record"] = item.record
         elif item.text is not None:
             entry["text"] = item.text.decode(errors="replace")
+        if item.size is not None:
+            entry["size"] = item.size
         source.dead_letter(reason, entry)
         return True
 
@@ -362,6 +411,7 @@ class FileSource:
         on_malformed: str = "stop",
         follow: bool = False,
         poll_interval_seconds: float = 1.0,
+        max_record_bytes: int = 16 << 20,
         dead_letters: DeadLetterFile,
     ) -> None:
         if on_malformed not in ("stop", "dead_letter"):
@@ -371,6 +421,7 @@ class FileSource:
         self.limit = limit
         self.on_malformed = on_malformed
         self.follow = follow
+        self.max_record_bytes = max_record_bytes
         self._poll_interval = poll_interval_seconds
         self._dead_letters = dead_letters
         self.state = "starting"
@@ -396,7 +447,9 @@ class FileSource:
                 self._m.read.inc(batch.taken)
                 if batch.position is not None:  # read past the resume position (changes come with one)
                     signalled_caught_up, self.state = False, "reading"
-                    await out.put(ChangeBatch(PARTITION, batch.changes, batch.position))
+                    await out.put(
+                        ChangeBatch(PARTITION, batch.changes, batch.position, commit_complete=batch.commit_complete)
+                    )
                 if batch.error is not None:
                     self.state, self.polling = "failed", False
                     self._m.up.set(0)

@@ -68,7 +68,9 @@ class NeptuneStreamSource:
                     self.state = "polling"
                     signalled_caught_up = False
                     self._m.read.inc(len(page.records))
-                    await out.put(ChangeBatch(PARTITION, self._translate(page.records), page.after))
+                    complete = page.records[-1].get("isLastOp") is True
+                    batch = ChangeBatch(PARTITION, self._translate(page.records), page.after, commit_complete=complete)
+                    await out.put(batch)
             except StreamExpired as exc:
                 self.state = "expired"
                 METRICS.stream_expired.labels(source=self.name).set(1)

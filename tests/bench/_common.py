@@ -108,10 +108,11 @@ class SerialisingSink(GraphSink):
         self.bytes_out = 0
         self.requests = 0
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         body = orjson.dumps({"query": statement, "parameters": orjson.dumps({"rows": rows}).decode()})
         self.bytes_out += len(body)
         self.requests += 1
+        return []
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return []

@@ -64,10 +64,10 @@ class _TimedApplier(PlanApplier):
 class _CountingSink(NeptuneSink):
     requests: list[float]
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> None:
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         try:
-            await super().execute(statement, rows)
+            return await super().execute(statement, rows)
         finally:
             self.requests.append(time.perf_counter() - started)
 

@@ -227,6 +227,7 @@ class ReferenceGraph:
             return
         if not values_equal(props[key], value):
             self._fail(f"{what} {element_id!r} property {key!r} removed with {value!r}, holds {props[key]!r}")
+            return  # a REMOVE of a value the element does not hold changes nothing
         del props[key]
 
     def _apply_edge(self, edge_id: str, type_: str, from_id: str, to_id: str, add: bool) -> None:
