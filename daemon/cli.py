@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from daemon.supervisor import Summary
 
 EXIT_CONFIG = 2
+EXIT_BUSY = 4  # another graph-replicator process owns the data directory
 LOOK_STATEMENT = "MATCH (n) RETURN n LIMIT 5"  # the query the run summary suggests
 
 
@@ -33,9 +34,19 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _data_dir_problem(config: Config, *, create: bool) -> bool:
+    """Print why `daemon.data_dir` is unusable (as a config error); True if it is."""
+    from daemon.datadir import DATA_DIR_KEY, check_data_dir
+
+    reason = check_data_dir(config.daemon.resolved_data_dir, create=create)
+    if reason is not None:
+        print(ConfigError([(DATA_DIR_KEY, reason)]), file=sys.stderr)
+    return reason is not None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or _data_dir_problem(config, create=False):
         return EXIT_CONFIG
     print(format_resolved(config), end="")
     print(f"# {args.config}: OK ({len(config.sources)} source(s), {len(config.sinks)} sink(s))", file=sys.stderr)
@@ -44,15 +55,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or _data_dir_problem(config, create=True):
         return EXIT_CONFIG
+    from daemon.datadir import DataDirBusy
     from daemon.observability import configure_logging
     from daemon.supervisor import Supervisor
 
     configure_logging(config.daemon.log_level, config.daemon.log_format)
 
     async def main() -> int:
-        supervisor = Supervisor(config, exit_when_idle=args.exit_when_idle)
+        try:
+            supervisor = Supervisor(config, exit_when_idle=args.exit_when_idle)
+        except DataDirBusy as exc:
+            print(f"graph-replicator run: refused: {exc}", file=sys.stderr)
+            return EXIT_BUSY
         code = await supervisor.run()
         if supervisor.summary is not None:
             print(_format_summary(supervisor.summary, args.config))
@@ -66,7 +82,7 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     applied = f"applied {summary.changes_applied:,} changes in {summary.seconds:.1f} s"
     if summary.changes_applied:
         applied += f" ({summary.changes_applied / max(summary.seconds, 1e-6):,.0f} changes/s)"
-    elif not summary.dead_letters:
+    elif not summary.failed and not summary.dead_letters:
         applied += " (nothing new since the last checkpoint)"
     lines = [applied] + [f"source {name!r} stopped: {why}" for name, why in summary.failed.items()]
     if summary.dead_letters:
@@ -173,7 +189,26 @@ def cmd_query(args: argparse.Namespace) -> int:
     if name not in config.sinks:
         print(f"no sink named {name!r} (defined: {', '.join(config.sinks)})", file=sys.stderr)
         return EXIT_CONFIG
-    sink = build_sink(name, config.sinks[name], config)
+    sink_cfg = config.sinks[name]
+    lock = None
+    if getattr(sink_cfg, "embedded", False):
+        # The embedded engine lives in the data directory: start one only if no daemon owns it, else use the
+        # daemon's engine read-only (stopping or restarting it would stop the daemon's writes).
+        from daemon.datadir import DataDirBusy, DataDirError, DataDirLock
+
+        try:
+            lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator query").acquire()
+        except DataDirBusy as busy:
+            sink = _attached_sink(name, sink_cfg, config, busy)
+            if sink is None:
+                return 1
+        except DataDirError as exc:
+            print(ConfigError([("daemon.data_dir", exc.reason)]), file=sys.stderr)
+            return EXIT_CONFIG
+        else:
+            sink = build_sink(name, sink_cfg, config)
+    else:
+        sink = build_sink(name, sink_cfg, config)
 
     async def main() -> list[dict[str, Any]]:
         await sink.start()
@@ -188,7 +223,45 @@ def cmd_query(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
         sys.stdout = open(os.devnull, "w")
+    except Exception as exc:
+        import redis.exceptions
+
+        if not isinstance(exc, redis.exceptions.ResponseError):
+            raise
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _attached_sink(name: str, sink_cfg: Any, config: Config, busy: Exception) -> Any:
+    """A read-only sink on the running daemon's engine for sink `name`, or None (reason printed)."""
+    from daemon.engine import read_engine_state
+    from daemon.sinks.falkordb import FalkorDBSink
+
+    engine_dir = config.daemon.resolved_data_dir / "falkordb" / name
+    state = read_engine_state(engine_dir)
+    if state is None:
+        print(
+            f"graph-replicator query: {busy}; its engine for sink {name!r} is not running yet "
+            f"(no {engine_dir / 'engine.json'}): try again once the daemon is ready",
+            file=sys.stderr,
+        )
+        return None
+    print(f"# read-only, on the running daemon's engine (pid {state.pid}, port {state.port})", file=sys.stderr)
+    return FalkorDBSink(
+        name,
+        url=state.url,
+        password=state.password,
+        graph=sink_cfg.graph,
+        id_property=sink_cfg.id_property,
+        base_label=sink_cfg.base_label,
+        timeout_seconds=sink_cfg.request_timeout_seconds,
+        concurrency=1,
+        read_only=True,
+    )
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -214,8 +287,23 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or _data_dir_problem(config, create=True):
         return EXIT_CONFIG
+    from daemon.datadir import DataDirBusy, DataDirLock
+
+    # A bootstrap writes the checkpoint store and may start the embedded engine: never beside a running daemon.
+    try:
+        lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator bootstrap").acquire()
+    except DataDirBusy as exc:
+        print(f"graph-replicator bootstrap: refused: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        return _bootstrap(args, config)
+    finally:
+        lock.release()
+
+
+def _bootstrap(args: argparse.Namespace, config: Config) -> int:
     from daemon.bootstrap import Bootstrap, BootstrapError
     from daemon.bootstrap.runner import bootstrap_error_text
     from daemon.observability import METRICS, HttpServer, configure_logging

@@ -170,6 +170,26 @@ class Metrics:
         self.task_restarts = Counter(
             p + "task_restarts_total", "Pipeline tasks restarted after a crash", ["source"], registry=r
         )
+        # The embedded FalkorDB engine (daemon.engine) of a sink without `url`.
+        self.engine_restarts = Counter(
+            p + "engine_restarts_total",
+            "Embedded engine processes that exited while the daemon ran and were started again",
+            ["sink"],
+            registry=r,
+        )
+        self.engine_recovery_seconds = Histogram(
+            p + "engine_recovery_seconds",
+            "From an embedded engine's exit to the sink connected to its replacement",
+            ["sink"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.engine_start_seconds = Gauge(
+            p + "engine_start_seconds",
+            "How long the embedded engine's last start took until it had loaded its data and answered",
+            ["sink"],
+            registry=r,
+        )
         # `graph-replicator bootstrap` (daemon.bootstrap): stage is read | csv | loaded | applied
         self.bootstrap_records = Counter(
             p + "bootstrap_records_total",

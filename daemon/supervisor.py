@@ -12,7 +12,12 @@
   all within `drain_grace_seconds`; then the process exits 0.
 * `--exit-when-idle`: exit 0 once every source is caught up with everything applied and checkpointed
   (exit 3 if a source stopped on an error instead); before the sinks close, `summary` records what was applied
-  and how many vertices and edges each target holds.
+  and how many vertices and edges each target holds, and which sources never started because their sink
+  never became ready.
+* The supervisor owns the data directory (`daemon.datadir.DataDirLock`) from construction to the end of
+  `run`; a second daemon on the same directory is refused. Each source's checkpoint is read before its sink
+  is started, so `/status` and the final `stopped` line show the stored positions even while a sink cannot
+  start.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from daemon.config import (
     NeptuneSinkConfig,
     SourceConfig,
 )
+from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
 from daemon.model import SourceStopped
 from daemon.observability import METRICS, HttpServer
@@ -119,6 +125,15 @@ class Summary:
 
 class Supervisor:
     def __init__(self, config: Config, *, exit_when_idle: bool = False) -> None:
+        # First of all: nothing under the data directory is touched before it is ours (raises DataDirBusy).
+        self.datadir_lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator run").acquire()
+        try:
+            self._init(config, exit_when_idle)
+        except BaseException:
+            self.datadir_lock.release()
+            raise
+
+    def _init(self, config: Config, exit_when_idle: bool) -> None:
         self.config = config
         self.exit_when_idle = exit_when_idle
         self.draining = False
@@ -133,6 +148,7 @@ class Supervisor:
         self.sinks: dict[str, GraphSink] = {}
         self.pipelines: list[Pipeline] = []
         self.failed: dict[str, str] = {}  # source -> why it stopped for good
+        self.sink_not_ready: dict[str, str] = {}  # source -> why its sink did not start (until it does)
         self.summary: Summary | None = None  # set by `run` with exit_when_idle
         self._drain = asyncio.Event()
         self._sink_slots: dict[str, asyncio.Semaphore] = {}
@@ -250,6 +266,7 @@ class Supervisor:
             if self.http is not None:
                 await self.http.stop()
             self.checkpoints.close()
+            self.datadir_lock.release()
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
                 await heartbeat
@@ -296,11 +313,14 @@ class Supervisor:
             except Exception as exc:
                 log.warning("cannot count the target graph", sink=name, error=str(exc)[:300])
                 graphs[name] = None
+        failed = dict(self.failed)
+        for name, why in self.sink_not_ready.items():
+            failed.setdefault(name, f"never started: its sink did not become ready ({why})")
         return Summary(
             sum(p.changes_applied for p in self.pipelines),
             seconds,
             graphs,
-            dict(self.failed),
+            failed,
             self.dead_letters.count,
             str(self.dead_letters.path),
         )
@@ -309,10 +329,17 @@ class Supervisor:
         sink = pipeline.applier.sink
         ceiling = self.config.daemon.restart_backoff_max_seconds
         backoff = min(1.0, ceiling)
+        if not pipeline.positions:  # what /status and the `stopped` line show until the pipeline runs
+            pipeline.positions = self.checkpoints.load(pipeline.name)
         while not pipeline.stopping:
             started = time.monotonic()
             try:
-                await sink.start()
+                try:
+                    await sink.start()
+                except Exception as exc:
+                    self.sink_not_ready[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    raise
+                self.sink_not_ready.pop(pipeline.name, None)
                 METRICS.sink_up.labels(sink=sink.name).set(1)
                 await pipeline.run()
                 return

@@ -168,7 +168,7 @@ def read_replica(tmp_path: Path) -> ReferenceGraph:
 
     engine, stop = start_engine_in_thread(tmp_path / "data" / "falkordb" / "graph")
     try:
-        graph = falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("graph")
+        graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("graph")
         return read_falkordb_graph(graph, allow_unlabelled=True)
     finally:
         stop()

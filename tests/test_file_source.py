@@ -264,7 +264,9 @@ def replica(data_dir: Path, sink: str = "target", graph: str = "replica") -> Ref
     """Read back what the daemon wrote into its embedded engine (after it exited)."""
     engine, stop = start_engine_in_thread(data_dir / "falkordb" / sink)
     try:
-        return read_falkordb_graph(falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph(graph))
+        return read_falkordb_graph(
+            falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph(graph)
+        )
     finally:
         stop()
 

@@ -65,7 +65,13 @@ class Run:
         self.graph = f"g{next(_graph_names)}"
         work.mkdir(parents=True, exist_ok=True)
         source = {"kind": "file", "path": str(input_path), **options.pop("source", {})}
-        sink = {"kind": "falkordb", "url": engine.url, "graph": self.graph, **options.pop("sink", {})}
+        sink = {
+            "kind": "falkordb",
+            "url": engine.url,
+            "password": engine.password,
+            "graph": self.graph,
+            **options.pop("sink", {}),
+        }
         self.config = write_config(
             work / "config.toml", data_dir=work / "data", source=source, sink=sink, daemon=options.pop("daemon", {})
         )
@@ -107,7 +113,9 @@ class Run:
 
     def replica(self) -> ReferenceGraph:
         return read_falkordb_graph(
-            falkordb.FalkorDB(host=self.engine.host, port=self.engine.port).select_graph(self.graph)
+            falkordb.FalkorDB(host=self.engine.host, port=self.engine.port, password=self.engine.password).select_graph(
+                self.graph
+            )
         )
 
     def dead_letters(self) -> list[dict[str, Any]]:
@@ -260,7 +268,7 @@ def test_out_of_memory_is_retried_until_it_clears_and_nothing_is_dead_lettered(
     engine: EmbeddedFalkorDB, tmp_path: Path
 ) -> None:
     records = list(generate_history(seed=4, n_changes=300).records())
-    admin = redis.Redis(host=engine.host, port=engine.port)
+    admin = redis.Redis(host=engine.host, port=engine.port, password=engine.password)
     run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records),
               sink={"retry_initial_seconds": 0.01, "retry_max_seconds": 0.2},
               daemon={"restart_backoff_max_seconds": 0.5})  # fmt: skip
@@ -309,7 +317,7 @@ def test_an_edge_type_the_engine_cannot_index_is_dead_lettered_once(engine: Embe
 
 
 def test_a_pipeline_that_keeps_crashing_is_not_ready_and_says_why(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
-    admin = redis.Redis(host=engine.host, port=engine.port)
+    admin = redis.Redis(host=engine.host, port=engine.port, password=engine.password)
     admin.execute_command("ACL", "SETUSER", "noperm", "on", ">secret", "+ping", "+hello", "+client|setinfo")
     records = [label(1, 1, "a", "Person")]
     user_url = f"redis://noperm:secret@{engine.host}:{engine.port}"

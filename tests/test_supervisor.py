@@ -10,7 +10,7 @@ from pathlib import Path
 import falkordb
 
 from daemon.config import load_config
-from daemon.engine import EmbeddedFalkorDB
+from daemon.engine import EmbeddedFalkorDB, engine_password
 from daemon.observability import METRICS
 from daemon.supervisor import Supervisor
 from tests.stand.comparator import assert_converged, read_falkordb_graph
@@ -32,12 +32,14 @@ async def test_unreachable_target_is_retried_until_it_appears(stand: NeptuneStan
     history = generate_history(seed=9, n_changes=1500)
     load_history(stand, history)
     port = free_port()
+    (tmp_path / "late-engine").mkdir()
+    password = engine_password(tmp_path / "late-engine")  # the engine started below reads the same one
     config = load_config(
         write_config(
             tmp_path / "c.toml",
             data_dir=tmp_path / "data",
             source=neptune_source(stand),
-            sink={"kind": "falkordb", "url": f"redis://127.0.0.1:{port}", "graph": "late"},
+            sink={"kind": "falkordb", "url": f"redis://127.0.0.1:{port}", "graph": "late", "password": password},
             daemon={"restart_backoff_max_seconds": 0.5, "http_address": ""},
         )
     )
@@ -54,7 +56,7 @@ async def test_unreachable_target_is_retried_until_it_appears(stand: NeptuneStan
     await engine.start()
     try:
         assert await asyncio.wait_for(run, 60) == 0
-        graph = falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("late")
+        graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=password).select_graph("late")
         assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))
     finally:
         await engine.stop()

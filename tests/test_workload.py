@@ -306,7 +306,7 @@ def test_diff_names_each_kind_of_difference() -> None:
 def falkordb_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalkorDB]:
     engine, stop = start_engine_in_thread(tmp_path_factory.mktemp("falkordb"), fsync="no")
     try:
-        yield FalkorDB(host=engine.host, port=engine.port)
+        yield FalkorDB(host=engine.host, port=engine.port, password=engine.password)
     finally:
         stop()
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio
-
 from daemon.deadletter import DeadLetterFile
 from daemon.model import GraphChange
 from daemon.scheduler import Planner
@@ -74,19 +72,6 @@ async def compact_embedded_engine(sink: GraphSink, max_seconds: float = COMPACT_
     wait for the rewrite: the AOF otherwise holds every statement of the copy, which the engine would replay
     (re-executing each query) on every start. Returns False when the sink is not an embedded engine."""
     engine: Any = getattr(sink, "engine", None)
-    url = getattr(sink, "url", None)
-    if engine is None or not url:
+    if engine is None or not engine.running:
         return False
-    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
-    try:
-        await client.bgrewriteaof()
-        deadline = time.monotonic() + max_seconds
-        while True:
-            await asyncio.sleep(0.1)
-            info = await client.info("persistence")
-            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
-                return info.get("aof_last_bgrewrite_status", "ok") == "ok"
-            if time.monotonic() > deadline:
-                return False
-    finally:
-        await client.aclose()
+    return bool(await engine.compact(wait=True, timeout=max_seconds))  # the engine's own client has its password

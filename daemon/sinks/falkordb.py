@@ -3,26 +3,39 @@
 Vertices carry the base label with an index on the id property; each relationship type gets an index on the
 id property the first time the daemon writes that type. With no `url` the sink starts `EmbeddedFalkorDB`
 under the daemon's data directory (append-only file, fsync per write by default, so a checkpoint never gets
-ahead of what the engine keeps), and restarts it if it dies.
+ahead of what the engine keeps) and connects with the engine's password. If the engine exits (killed, out of
+disk), a watcher task starts it again at once (on a new port) and the sink replaces its client with one for
+the new address; calls that failed meanwhile are retried by the applier, so the run converges. The time from
+the exit to the new connection is logged and exported (`graph_replicator_engine_recovery_seconds`).
+
+`read_only` is for `graph-replicator query` attached to a running daemon's engine: no engine is started, no
+index is created, and statements run as `GRAPH.RO_QUERY`, which the engine refuses to let write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
+import structlog
 from falkordb.asyncio.graph import AsyncGraph
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from daemon.cypher import falkordb_dialect
-from daemon.engine import EmbeddedFalkorDB
+from daemon.engine import EmbeddedFalkorDB, EngineError
 from daemon.names import decode_falkordb_name
+from daemon.observability import METRICS
 from daemon.sinks.base import REJECTED, RETRY, ErrorClass, GraphSink
 
+log = structlog.get_logger("daemon.sink.falkordb")
+
+_RESTART_BACKOFF_MAX_S = 30.0
 _RETRYABLE_RESPONSES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 # The engine cannot take writes now: memory (maxmemory, a query's memory cap), persistence failing (a full disk).
 _RESOURCE_RESPONSES = ("OOM", "MISCONF", "Query's mem consumption", "Max pending queries", "Write error", "AOF")
@@ -53,6 +66,7 @@ class FalkorDBSink(GraphSink):
         engine_fsync: str = "always",
         timeout_seconds: float = 60.0,
         concurrency: int = 4,
+        read_only: bool = False,
     ) -> None:
         self.name = name
         self.dialect = falkordb_dialect(id_property, base_label)
@@ -65,6 +79,9 @@ class FalkorDBSink(GraphSink):
         self._ready = False  # connected, base index in place, relationship indexes known
         self._indexed_types: set[str] = set()
         self._reconnect = asyncio.Lock()
+        self._read_only = read_only
+        self._client_url: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str | None:
@@ -80,33 +97,95 @@ class FalkorDBSink(GraphSink):
                 self.engine = EmbeddedFalkorDB(self._engine_dir, fsync=self._engine_fsync)
             if not self.engine.running:
                 await self.engine.start()
+                METRICS.engine_start_seconds.labels(sink=self.name).set(self.engine.last_start_seconds or 0)
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch_engine(), name=f"engine-watch:{self.name}")
+        await self._connect()
+        if not self._read_only:
+            await self._create_index(
+                f"CREATE INDEX FOR (n:{self.dialect.quote(self.dialect.base_label or '')}) ON (n.{self.dialect.id_key})"
+            )
+        for row in await self.query("CALL db.indexes() YIELD label, entitytype RETURN label, entitytype"):
+            if row["entitytype"] == "RELATIONSHIP":
+                self._indexed_types.add(decode_falkordb_name(row["label"]))
+        self._ready = True
+
+    async def _connect(self) -> None:
+        """A client for the current address (the embedded engine's port changes when it is restarted)."""
+        if self._db is not None and self._client_url == self.url:
+            return
+        old, self._db = self._db, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()
         # redis-py's own retries are off: the daemon's classified retry, metrics and bisection see every failure.
         kwargs: dict[str, Any] = {
             "socket_timeout": self._timeout,
             "max_connections": self._connections,
             "retry": Retry(NoBackoff(), 0),
         }
-        if self._password:
-            kwargs["password"] = self._password
+        password = self.engine.password if self.engine is not None else self._password
+        if password:
+            kwargs["password"] = password
         # Not falkordb's own FalkorDB.from_url: it makes a blocking INFO call (cluster detection) in the event loop.
-        if self._db is None:
-            self._db = redis.asyncio.Redis.from_url(self.url, decode_responses=True, **kwargs)
-            self._graph = AsyncGraph(self._db, self._graph_name)
-        await self._create_index(
-            f"CREATE INDEX FOR (n:{self.dialect.quote(self.dialect.base_label or '')}) ON (n.{self.dialect.id_key})"
-        )
-        for row in await self.query("CALL db.indexes() YIELD label, entitytype RETURN label, entitytype"):
-            if row["entitytype"] == "RELATIONSHIP":
-                self._indexed_types.add(decode_falkordb_name(row["label"]))
-        self._ready = True
+        self._client_url = self.url
+        self._db = redis.asyncio.Redis.from_url(self._client_url, decode_responses=True, **kwargs)
+        self._graph = AsyncGraph(self._db, self._graph_name)
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._db is not None:
             await self._db.aclose()
         self._db = self._graph = None
+        self._client_url = None
         self._ready = False
         if self.engine is not None:
             await self.engine.stop()
+
+    async def _watch_engine(self) -> None:
+        """Start the embedded engine again as soon as it exits, rather than at the next failed call."""
+        assert self.engine is not None
+        while True:
+            status = await self.engine.wait_exited()
+            exited_at = time.monotonic()
+            log.error("embedded engine exited; starting it again", sink=self.name, status=status)
+            delay = 0.5
+            while True:
+                try:
+                    await self._restart_engine(exited_at)
+                    break
+                except EngineError as exc:  # e.g. the disk is still full: keep trying, less and less often
+                    log.error(
+                        "embedded engine did not start; trying again",
+                        sink=self.name,
+                        error=str(exc)[:500],
+                        retry_in_seconds=delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RESTART_BACKOFF_MAX_S)
+
+    async def _restart_engine(self, exited_at: float) -> None:
+        assert self.engine is not None
+        async with self._reconnect:
+            if not self.engine.running:
+                await self.engine.start()
+                METRICS.engine_restarts.labels(sink=self.name).inc()
+                METRICS.engine_start_seconds.labels(sink=self.name).set(self.engine.last_start_seconds or 0)
+            if self._client_url != self.url:
+                await self._connect()
+                seconds = time.monotonic() - exited_at
+                METRICS.engine_recovery_seconds.labels(sink=self.name).observe(seconds)
+                log.warning(
+                    "embedded engine restarted",
+                    sink=self.name,
+                    url=self.url,
+                    pid=self.engine.pid,
+                    recovery_seconds=round(seconds, 3),
+                )
 
     async def _create_index(self, statement: str) -> None:
         try:
@@ -114,6 +193,9 @@ class FalkorDBSink(GraphSink):
         except redis.exceptions.ResponseError as exc:
             if "already indexed" not in str(exc):
                 raise
+            return
+        if self.engine is not None:
+            await self.engine.compact()  # so the index is in the AOF base, in use while a restart replays the tail
 
     async def ensure_edge_type(self, edge_type: str) -> None:
         if edge_type in self._indexed_types:
@@ -125,11 +207,10 @@ class FalkorDBSink(GraphSink):
         self._indexed_types.add(edge_type)
 
     async def _ensure_engine(self) -> None:
-        """Restart a dead embedded engine (its data is on disk) before the next call."""
-        if self.engine is not None and not self.engine.running:
-            async with self._reconnect:
-                if not self.engine.running:
-                    await self.engine.start()
+        """Restart a dead embedded engine (its data is on disk) before the next call, if the watcher has not
+        yet, and make sure the client points at the running one."""
+        if self.engine is not None and (not self.engine.running or self._client_url != self.url):
+            await self._restart_engine(time.monotonic())
 
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         await self._ensure_engine()
@@ -141,7 +222,10 @@ class FalkorDBSink(GraphSink):
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         await self._ensure_engine()
-        result = await self._graph.query(statement, params)
+        if self._read_only:
+            result = await self._graph.ro_query(statement, params)
+        else:
+            result = await self._graph.query(statement, params)
         names = [column[1] for column in result.header]
         return [dict(zip(names, row, strict=True)) for row in result.result_set]
 
@@ -153,6 +237,8 @@ class FalkorDBSink(GraphSink):
         """Only errors about the data reject rows (bisect, dead-letter); resource and server-state errors, and
         errors this sink does not know, are retried: a stalled, not-ready pipeline is loud, a skipped change is
         not."""
+        if isinstance(exc, EngineError):
+            return RETRY["connection"]  # the embedded engine is down and did not start yet: wait for it
         if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
             return ErrorClass(False, "access_denied")
         if isinstance(exc, redis.exceptions.TimeoutError | asyncio.TimeoutError | TimeoutError):

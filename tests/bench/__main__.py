@@ -35,6 +35,7 @@ MODULES: list[tuple[str, str]] = [
     ("concurrency", "5. Conflicts and concurrency"),
     ("latency", "6. Latency at 2,000 changes/s"),
     ("memory", "7. Memory under back-pressure"),
+    ("engine_restart", "8. Embedded engine restart with a large graph"),
 ]
 DOC = ROOT / "docs" / "performance.md"
 

@@ -219,23 +219,23 @@ def plot_path(name: str) -> Path:
     return PLOTS / name
 
 
-def engine_port(daemon_pid: int) -> int:
-    """The TCP port the daemon's embedded FalkorDB engine (its child process) listens on."""
-    import psutil
+def engine_db(daemon: DaemonProcess, sink: str = "target") -> Any:
+    """A FalkorDB client on the running daemon's embedded engine (found through the state file its owner
+    writes in the data directory; `tests.stand.harness.config_for` puts the data directory beside the config)."""
+    import falkordb
 
-    for child in psutil.Process(daemon_pid).children(recursive=True):
-        for conn in child.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN:
-                return conn.laddr.port
-    raise AssertionError(f"no listening engine under pid {daemon_pid}")
+    from daemon.engine import read_engine_state
+
+    state = read_engine_state(daemon.config.parent / "data" / "falkordb" / sink)
+    if state is None:
+        raise AssertionError(f"no running engine for sink {sink!r} of the daemon with config {daemon.config}")
+    return falkordb.FalkorDB(host="127.0.0.1", port=state.port, password=state.password)
 
 
 def read_embedded_replica(daemon: DaemonProcess, graph: str = "replica") -> Any:
     """Read the daemon's embedded FalkorDB graph while the daemon runs (reading it after exit would replay the
     engine's whole append-only file first)."""
-    import falkordb
 
     from tests.stand.comparator import read_falkordb_graph
 
-    port = engine_port(daemon.proc.pid)
-    return read_falkordb_graph(falkordb.FalkorDB(host="127.0.0.1", port=port).select_graph(graph))
+    return read_falkordb_graph(engine_db(daemon).select_graph(graph))

@@ -87,14 +87,14 @@ def engine_limit(stand: NeptuneStand, history: History, reps: int, tmp: Path, pr
     load_stand(stand, history)
     statements = list(planned_statements(history, falkordb_dialect()))
     types = edge_types_of(history)
-    db = falkordb.FalkorDB(host=stand.engine.host, port=stand.engine.port)
+    db = falkordb.FalkorDB(host=stand.engine.host, port=stand.engine.port, password=stand.engine.password)
     seconds: dict[str, list[float]] = {"daemon": [], "direct": []}
     for rep in range(reps):
         order = ("daemon", "direct") if rep % 2 == 0 else ("direct", "daemon")
         for contender in order:
             name = f"bench_{contender}_{rep}"
             if contender == "daemon":
-                sink = {"kind": "falkordb", "url": stand.engine.url, "graph": name}
+                sink = {"kind": "falkordb", "url": stand.engine.url, "password": stand.engine.password, "graph": name}
                 seconds["daemon"].append(run_daemon(tmp / f"e2e-{rep}", stand, sink))
             else:
                 seconds["direct"].append(_direct(db, name, statements, types))

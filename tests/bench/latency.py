@@ -32,7 +32,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from tests.bench._b_common import (
-    engine_port,
+    engine_db,
     fmt_int,
     fmt_s,
     get,
@@ -78,9 +78,8 @@ CONFIGS: dict[str, Setup] = {
 
 def prefill(daemon: DaemonProcess, n: int) -> None:
     """Put `n` unrelated vertices (label `Prefill`, ids `prefill-<i>`) into the daemon's embedded replica."""
-    import falkordb
 
-    graph = falkordb.FalkorDB(host="127.0.0.1", port=engine_port(daemon.proc.pid)).select_graph("replica")
+    graph = engine_db(daemon).select_graph("replica")
     for lo in range(0, n, 20_000):
         graph.query(
             "UNWIND range($lo, $hi - 1) AS i CREATE (:Replicated:Prefill {`~id`: 'prefill-' + toString(i), i: i})",
@@ -89,9 +88,8 @@ def prefill(daemon: DaemonProcess, n: int) -> None:
 
 
 def drop_prefill(daemon: DaemonProcess) -> None:
-    import falkordb
 
-    graph = falkordb.FalkorDB(host="127.0.0.1", port=engine_port(daemon.proc.pid)).select_graph("replica")
+    graph = engine_db(daemon).select_graph("replica")
     while graph.query("MATCH (n:Prefill) WITH n LIMIT 20000 DELETE n RETURN count(n)").result_set[0][0]:
         pass
 

@@ -54,7 +54,7 @@ def _table(settings: dict[str, object]) -> str:
 def replica(data_dir: Path) -> ReferenceGraph:
     engine, stop = start_engine_in_thread(data_dir / "falkordb" / "graph")
     try:
-        graph = falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("graph")
+        graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("graph")
         return read_falkordb_graph(graph, allow_unlabelled=True)
     finally:
         stop()

@@ -167,8 +167,8 @@ class EngineWire:
     replaced once; a connection whose command did not finish normally is closed, never reused.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, password: str | None = None) -> None:
+        self.host, self.port, self.password = host, port, password
         self._idle: list[_Connection] = []
 
     async def _connect(self) -> _Connection:
@@ -179,6 +179,8 @@ class EngineWire:
             raise redis.exceptions.ConnectionError(
                 f"Error {exc.errno} connecting to {self.host}:{self.port}. {exc.strerror or exc}."
             ) from None
+        if self.password is not None:
+            await connection.request(_pack(b"AUTH", self.password.encode()))
         return connection
 
     async def graph_query(self, graph: str, query: str) -> Any:

@@ -59,7 +59,9 @@ def replica(kind: str, stand: NeptuneStand, data_dir: Path) -> ReferenceGraph:
         )
     engine, stop = start_engine_in_thread(data_dir / "falkordb" / "target")
     try:
-        return read_falkordb_graph(falkordb.FalkorDB(host=engine.host, port=engine.port).select_graph("replica"))
+        return read_falkordb_graph(
+            falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("replica")
+        )
     finally:
         stop()
 

@@ -654,7 +654,9 @@ class NeptuneStand:
 
     def falkordb_graph(self) -> falkordb.Graph:
         """A sync handle on the target graph as FalkorDB stores it (encoded names, hidden label)."""
-        return falkordb.FalkorDB(host=self.engine.host, port=self.engine.port).select_graph(self.graph_name)
+        return falkordb.FalkorDB(
+            host=self.engine.host, port=self.engine.port, password=self.engine.password
+        ).select_graph(self.graph_name)
 
     def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         if self._loop is None:
@@ -664,9 +666,9 @@ class NeptuneStand:
     async def _start(self) -> None:
         self._index_lock = asyncio.Lock()
         await self.engine.start()
-        self._db = AsyncFalkorDB(host=self.engine.host, port=self.engine.port)
+        self._db = AsyncFalkorDB(host=self.engine.host, port=self.engine.port, password=self.engine.password)
         self._graph = self._db.select_graph(self.graph_name)
-        self._wire = EngineWire(self.engine.host, self.engine.port)
+        self._wire = EngineWire(self.engine.host, self.engine.port, self.engine.password)
         await self._ensure_vertex_index()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         for route, path in _PATH_KEYS.items():
