@@ -332,9 +332,7 @@ class DynamoDBStreamSource:
         ]
         for shard_id in gone:
             del self._resume[shard_id]
-            shard = self._shards.pop(shard_id, None)
-            if shard is not None:
-                shard.finished.set()  # (already set: a finished shard) nothing may wait on a forgotten parent
+            self._shards.pop(shard_id, None)  # finished: its children found it so, and now find no parent
         if gone:
             log.info("forgetting finished shards past the stream's retention", source=self.name, shards=gone)
             self._forgotten.extend(gone)
