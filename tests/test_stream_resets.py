@@ -135,7 +135,8 @@ def test_the_daemon_stops_loudly_on_a_stream_reset(stand: NeptuneStand, tmp_path
 
     stopped = DaemonProcess(config)
     assert stopped.wait(60) == EXIT_SOURCE_FAILED, stopped.log_tail()
-    assert any("Bootstrap the target again" in str(line.get("error", "")) for line in stopped.log_lines())
+    stops = [line for line in stopped.log_lines() if line.get("event") == "source stopped: stream reset"]
+    assert stops and "Bootstrap the target again" in stops[0]["error"], stopped.log_tail()
 
     stand.stream.clear()  # re-created and empty
     empty = DaemonProcess(config)
