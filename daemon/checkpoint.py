@@ -51,10 +51,15 @@ class SQLiteCheckpointStore:
             await asyncio.to_thread(self._save, source, positions)
 
     async def forget(self, source: str, partitions: list[str]) -> None:
-        """Drop the rows of partitions that no longer exist (DynamoDB shards trimmed after they were finished)."""
+        """Drop the rows of partitions that no longer exist (DynamoDB shards trimmed after they were finished),
+        in one transaction. The pipeline calls it with what the source's `take_forgotten` hands out."""
         async with self._lock:
-            await asyncio.to_thread(
-                self._db.executemany,
+            await asyncio.to_thread(self._forget, source, partitions)
+
+    def _forget(self, source: str, partitions: list[str]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
                 "DELETE FROM checkpoints WHERE source = ? AND partition = ?",
                 [(source, partition) for partition in partitions],
             )

@@ -167,6 +167,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.stream_reset = Gauge(
+            p + "stream_reset",
+            "1 when the stream's head is behind the source's checkpoint (a restored or re-created Neptune cluster)",
+            ["source"],
+            registry=r,
+        )
         self.task_restarts = Counter(
             p + "task_restarts_total", "Pipeline tasks restarted after a crash", ["source"], registry=r
         )
@@ -253,6 +259,7 @@ class SourceMetrics:
         self.up = METRICS.source_up.labels(source=source)
         # Series that exist from the start at 0, so that rate() and `== 1` alerts see them before any event.
         METRICS.stream_expired.labels(source=source)
+        METRICS.stream_reset.labels(source=source)
         METRICS.records_skipped.labels(source=source, reason="edge_not_in_target")
         METRICS.records_dead_lettered.labels(source=source, stage="apply")
         METRICS.records_dead_lettered.labels(source=source, stage="plan")

@@ -168,6 +168,7 @@ class Pipeline:
                 for partition, position in moved.items():
                     self._export_checkpoint(partition, position)
                 self.source.acknowledge(moved)
+            await self._forget(getattr(self.source, "take_forgotten", None))
         finally:
             self.applying = False
         self.crashed = None
@@ -179,6 +180,15 @@ class Pipeline:
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
         self._export_latency(window, now)
+
+    async def _forget(self, take_forgotten: Any) -> None:
+        """Delete the checkpoint rows of partitions the source says are gone for good (a DynamoDB source's
+        finished shards past the stream's retention)."""
+        gone = take_forgotten() if take_forgotten is not None else []
+        if gone:
+            await self.checkpoints.forget(self.name, gone)
+            for partition in gone:
+                self.positions.pop(partition, None)
 
     def _export_latency(self, window: list[ChangeBatch], now: float) -> None:
         """Per partition: now minus the commit time of its last applied change; 0 for all once caught up. A

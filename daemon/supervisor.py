@@ -55,7 +55,7 @@ from daemon.sinks.falkordb import FalkorDBSink
 from daemon.sinks.neptune import NeptuneSink
 from daemon.sources.dynamodb import DynamoDBStreamSource, StreamTrimmed
 from daemon.sources.file import FileSource
-from daemon.sources.neptune import NeptuneStreamSource, StreamExpired
+from daemon.sources.neptune import NeptuneStreamSource, StreamExpired, StreamReset
 
 log = structlog.get_logger("daemon.supervisor")
 
@@ -346,6 +346,7 @@ class Supervisor:
             except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
                 reason = "stream expired" if isinstance(exc, StreamExpired | StreamTrimmed) else "cannot go on"
+                reason = "stream reset" if isinstance(exc, StreamReset) else reason
                 log.error(f"source stopped: {reason}", source=pipeline.name, error=str(exc))
                 return
             except asyncio.CancelledError:

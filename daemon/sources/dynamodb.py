@@ -4,7 +4,16 @@
   every `discovery_interval_seconds`, and as soon as a shard is finished.
 * Lineage: a shard is read only when its parent is finished: read to its end *and* applied and checkpointed
   (`SHARD_END`, learnt through `acknowledge`), or no longer listed by the stream (trimmed after 24 h). So a
-  child's record never reaches the sink before a record of its parent, whatever the shards' interleaving.
+  child's record never reaches the sink before a record of its parent, whatever the shards' interleaving. A
+  listed shard without a checkpoint whose child has one (or is being read) counts as finished: a parent is never
+  read after its child (a parent whose row was forgotten, or a closed shard skipped by `start = "latest"`).
+* Late children: DescribeStream may list a closed shard before its children. While the stream is `ENABLED` (or
+  `ENABLING`), a finished shard with no known child keeps the source "not caught up" and the shards are listed
+  again soon, backing off from `CHILD_WAIT_FIRST_SECONDS` to `CHILD_WAIT_MAX_SECONDS` (at most the discovery
+  interval), until a child is listed. A `DISABLED` / `DISABLING` stream (stream turned off, table deleted) gets
+  no more shards: there a finished shard's end is the end.
+* Finished shards' checkpoint rows (`SHARD_END`) are forgotten once the stream no longer lists the shard (it is
+  past the 24-hour retention) and lists one of its children; the pipeline deletes them (`take_forgotten`).
 * A reader follows `NextShardIterator`; an empty page is not the end of a shard, only a missing
   `NextShardIterator` is. Calls on one shard are at least `min_get_records_interval_seconds` apart, and
   `poll_interval_seconds` after an empty page. Throttling (`LimitExceededException`), 5xx and connection
@@ -13,7 +22,8 @@
   (back-pressure) is renewed, and so is one refused with `ExpiredIteratorException`, from the last sequence
   number read (`AFTER_SEQUENCE_NUMBER`), so nothing is skipped and nothing read twice.
 * A shard position that the stream no longer holds (`TrimmedDataAccessException`, or a checkpointed shard that
-  vanished before its end was read) is a loud stop: `StreamTrimmed`, `graph_replicator_stream_expired` = 1.
+  vanished before its end was read: a sequence-number or `SHARD_START` checkpoint the stream no longer lists,
+  at start as while running) is a loud stop: `StreamTrimmed`, `graph_replicator_stream_expired` = 1.
 * Positions are `(zero-padded sequence number,)` per shard (`daemon.model`); `SHARD_START` (a bootstrap's
   hand-off for the shards open when it began) reads the shard from `TRIM_HORIZON`.
 * Records arrive as the service's JSON (the daemon's botocore model extras declare `GetRecords`' records a
@@ -48,6 +58,11 @@ log = structlog.get_logger("daemon.source.dynamodb")
 SEQUENCE_WIDTH = 40  # DynamoDB sequence numbers have 21 to 40 digits
 CAUGHT_UP = ""  # the partition of the batch that only says "caught up"
 CAUGHT_UP_EMPTY_PAGES = 2  # empty pages in a row after which an open shard counts as read to its head
+CHILD_WAIT_FIRST_SECONDS = 0.1  # first re-listing for the children of a finished shard (DescribeStream: 10/s)
+CHILD_WAIT_MAX_SECONDS = 5.0  # ... doubling up to this (or the discovery interval, if shorter)
+CHILD_WAIT_WARN_SECONDS = 120.0  # a finished shard still without a child after this long is logged as a warning
+VANISHED_CONFIRM_SECONDS = (0.5, 2.0)  # re-listings before a checkpointed shard that is not listed stops the source
+ENDED_STREAM = ("DISABLED", "DISABLING")  # stream statuses under which no new shard appears
 
 
 class StreamTrimmed(SourceStopped):
@@ -110,6 +125,10 @@ class DynamoDBStreamSource:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._rediscover = False  # a shard finished since the last discovery: its children may not be known yet
+        self._childless: dict[str, float] = {}  # finished shards with no known child -> since when (monotonic)
+        self._child_wait = CHILD_WAIT_FIRST_SECONDS
+        self._warned_childless: set[str] = set()
+        self._forgotten: list[str] = []  # checkpoint rows the pipeline should delete (`take_forgotten`)
         self._signalled_caught_up = False
         self._failing: set[str] = set()
         self._stream_arn = ""
@@ -126,6 +145,7 @@ class DynamoDBStreamSource:
         self._resume = dict(resume)
         self._shards, self._readers = {}, {}
         self._signalled_caught_up = False
+        self._childless, self._child_wait, self._forgotten = {}, CHILD_WAIT_FIRST_SECONDS, []
         first_start = not resume
         async with AsyncExitStack() as stack:
             common = {"region": cfg.region, "profile": cfg.profile, "timeout_seconds": cfg.request_timeout_seconds}
@@ -163,13 +183,26 @@ class DynamoDBStreamSource:
                 self._rediscover = True
                 self._wake.set()
 
+    def take_forgotten(self) -> list[str]:
+        """Partitions whose checkpoint rows may be deleted now (finished shards past the stream's retention);
+        each is handed out once."""
+        gone, self._forgotten = self._forgotten, []
+        return gone
+
     async def _wait_for_work(self) -> None:
-        """Until the next discovery is due, a shard finished, or a reader failed (its error is raised)."""
+        """Until the next discovery is due, a shard finished, or a reader failed (its error is raised). While a
+        finished shard waits for its children to be listed, the next discovery is due sooner (with backoff)."""
+        timeout = self._cfg.discovery_interval_seconds
+        if self._childless:
+            timeout = min(self._child_wait, timeout)
+            self._child_wait = min(self._child_wait * 2, CHILD_WAIT_MAX_SECONDS)
+        else:
+            self._child_wait = CHILD_WAIT_FIRST_SECONDS
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait(
                 [waker, *self._readers.values()],
-                timeout=self._cfg.discovery_interval_seconds,
+                timeout=timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -212,12 +245,17 @@ class DynamoDBStreamSource:
     async def _discover(self, *, latest: bool) -> None:
         """Refresh the shard map from DescribeStream (every page)."""
         rediscovering = self._rediscover
-        listed, description = await list_shards(
-            lambda params: self._call(self._streams.describe_stream, **params), self._stream_arn
-        )
+        listed, description = await self._list_shards()
+        for delay in VANISHED_CONFIRM_SECONDS:
+            if not self._vanished(listed):
+                break
+            # A loud stop makes the operator bootstrap again: make sure the shard is gone, not missed by a listing.
+            await asyncio.sleep(delay)
+            listed, description = await self._list_shards()
         status = description.get("StreamStatus")
-        if status in ("DISABLED", "DISABLING") and not listed:
+        if status in ENDED_STREAM and not listed:
             raise SourceStopped(f"source {self.name!r}: the stream {self._stream_arn} is {status}")
+        added = []
         for shard_id, raw in listed.items():
             closed = shard_closed(raw)
             known = self._shards.get(shard_id)
@@ -225,23 +263,103 @@ class DynamoDBStreamSource:
                 known.closed = closed
                 continue
             shard = self._shards[shard_id] = Shard(shard_id, raw.get("ParentShardId"), closed)
+            added.append(shard)
             if self._resume.get(shard_id) == SHARD_END:
-                shard.state = "finished"
-                shard.finished.set()
+                self._finish(shard)
             elif latest and shard_id not in self._resume:
                 if closed:  # "latest" at the first start: what closed shards hold is history
-                    shard.state = "finished"
-                    shard.finished.set()
+                    self._finish(shard)
                 else:
                     self._resume[shard_id] = ("LATEST",)
-        for shard_id, shard in self._shards.items():
-            if shard_id not in listed and shard.state in ("waiting", "reading"):
-                position = self._resume.get(shard_id)
-                if position is not None and position != ("LATEST",):
-                    raise self._trimmed(shard_id, "the stream no longer lists the shard")
+        self._finish_parents_of_started_children(added)
+        for shard_id in self._vanished(listed):
+            raise self._trimmed(shard_id, "the stream no longer lists the shard, and its end was not read")
+        self._forget_trimmed_finished(listed)
+        self._note_childless(status)
         if rediscovering:
             self._rediscover = False
         self._export_shard_counts()
+
+    async def _list_shards(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        return await list_shards(lambda params: self._call(self._streams.describe_stream, **params), self._stream_arn)
+
+    def _vanished(self, listed: dict[str, dict[str, Any]]) -> list[str]:
+        """Checkpointed shards that the stream stopped listing before their end was read: their records after the
+        checkpoint were trimmed (DynamoDB Streams keeps 24 hours), during an outage or while this process ran."""
+        vanished = []
+        for shard_id, position in self._resume.items():
+            if shard_id in listed or position in (SHARD_END, ("LATEST",)):
+                continue
+            known = self._shards.get(shard_id)
+            if known is None or known.state in ("waiting", "reading"):
+                vanished.append(shard_id)
+        return vanished
+
+    def _finish(self, shard: Shard) -> None:
+        shard.state = "finished"
+        shard.finished.set()
+
+    def _finish_parents_of_started_children(self, added: list[Shard]) -> None:
+        """A newly listed shard without a checkpoint is finished when one of its children has a checkpoint or is
+        already read: reading it now would apply its older records after the child's newer ones."""
+        changed = True
+        while changed:  # up the lineage: a grandparent is finished through its finished parent
+            changed = False
+            for shard in added:
+                if shard.state != "waiting" or shard.id in self._resume:
+                    continue
+                for child in self._shards.values():
+                    if child.parent == shard.id and (child.id in self._resume or child.state != "waiting"):
+                        log.info(
+                            "shard without a checkpoint after its child was read; counted as finished",
+                            source=self.name,
+                            shard=shard.id,
+                            child=child.id,
+                        )
+                        self._finish(shard)
+                        changed = True
+                        break
+
+    def _forget_trimmed_finished(self, listed: dict[str, dict[str, Any]]) -> None:
+        """`SHARD_END` rows of shards the stream no longer lists (past its retention) and whose child it lists
+        are handed to the pipeline to delete. Nothing needs them: a parent that is not listed blocks no child, and
+        a child that was read keeps its parent from being read again if it ever reappears."""
+        parents = {raw.get("ParentShardId") for raw in listed.values()}
+        gone = [
+            shard_id
+            for shard_id, position in self._resume.items()
+            if position == SHARD_END and shard_id not in listed and shard_id in parents
+        ]
+        for shard_id in gone:
+            del self._resume[shard_id]
+            self._shards.pop(shard_id, None)  # finished: its children found it so, and now find no parent
+        if gone:
+            log.info("forgetting finished shards past the stream's retention", source=self.name, shards=gone)
+            self._forgotten.extend(gone)
+
+    def _note_childless(self, status: str | None) -> None:
+        """Track finished shards whose children are not listed yet (see the module notes)."""
+        if status in ENDED_STREAM:
+            self._childless.clear()
+            return
+        parents = {shard.parent for shard in self._shards.values()}
+        now = time.monotonic()
+        childless = {
+            shard.id: self._childless.get(shard.id, now)
+            for shard in self._shards.values()
+            if shard.state == "finished" and shard.id not in parents
+        }
+        self._childless = childless
+        for shard_id, since in childless.items():
+            if now - since > CHILD_WAIT_WARN_SECONDS and shard_id not in self._warned_childless:
+                self._warned_childless.add(shard_id)
+                log.warning(
+                    "a finished shard's children are still not listed; waiting for them (the stream is enabled)",
+                    source=self.name,
+                    shard=shard_id,
+                    waited_seconds=round(now - since),
+                    stream_status=status,
+                )
 
     def _start_readers(self, out: asyncio.Queue[ChangeBatch]) -> None:
         for shard in self._shards.values():
@@ -318,7 +436,7 @@ class DynamoDBStreamSource:
 
     async def _maybe_caught_up(self, out: asyncio.Queue[ChangeBatch]) -> None:
         """Say "caught up" once every shard that can be read is read to its head."""
-        if self._signalled_caught_up or not self._shards or self._rediscover:
+        if self._signalled_caught_up or not self._shards or self._rediscover or self._childless:
             return
         for shard in self._shards.values():
             if shard.state == "finished":

@@ -6,7 +6,9 @@ start) and hands `ChangeBatch`es to the pipeline.
 * The first "caught up" after data puts a marker batch on the queue (what `--exit-when-idle` and the latency
   gauge wait for).
 * Read failures are counted by reason; a source that failed three reads in a row is not ready.
-* An expired position (`StreamExpired`) stops the source for good with `graph_replicator_stream_expired` = 1.
+* An expired position (`StreamExpired`) stops the source for good with `graph_replicator_stream_expired` = 1;
+  a stream whose head is behind the checkpoint (`StreamReset`: a restored or re-created cluster) stops it with
+  state `reset` and `graph_replicator_stream_reset` = 1.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import ErrorClass
 from daemon.sources.pgjson import MalformedRecord, translate_record
-from daemon.sources.stream_reader import StreamExpired, StreamReader, open_stream_reader
+from daemon.sources.stream_reader import StreamExpired, StreamReader, StreamReset, open_stream_reader
 
-__all__ = ["PARTITION", "NeptuneStreamSource", "StreamExpired"]
+__all__ = ["PARTITION", "NeptuneStreamSource", "StreamExpired", "StreamReset"]
 
 log = structlog.get_logger("daemon.source.neptune")
 
@@ -75,6 +77,16 @@ class NeptuneStreamSource:
                 self.state = "expired"
                 METRICS.stream_expired.labels(source=self.name).set(1)
                 raise StreamExpired(f"source {self.name!r}: {exc}") from exc
+            except StreamReset as exc:
+                self.state = "reset"
+                METRICS.stream_reset.labels(source=self.name).set(1)
+                log.error(
+                    "stream reset: its head is behind the checkpoint",
+                    source=self.name,
+                    head=exc.head,
+                    checkpoint=exc.after,
+                )
+                raise StreamReset(f"source {self.name!r}: {exc}", head=exc.head, after=exc.after) from exc
             except SourceStopped:
                 self.state = "failed"
                 raise

@@ -10,6 +10,10 @@ both read through it.
   other failures are raised. botocore's own retries are off (see `daemon.aws`).
 * `ExpiredStreamException`: the position is older than the stream's retention, changes are lost to whoever
   reads from here, so it raises `StreamExpired` (DESIGN rule 4): a loud stop, never a restart from the horizon.
+* "From the future" after a position names the stream's last valid event id. Equal to the position: caught up.
+  Behind it (an empty stream, commitNum 0, included): the stream is not the one the checkpoint was taken on (the
+  cluster was restored from a snapshot or re-created), so it raises `StreamReset`, a loud stop: idling as
+  "caught up" would wait for commit numbers that the new stream reuses for other changes, or never reaches.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ RetryHook = Callable[[ErrorClass, int, float, BaseException], None]  # class, at
 
 class StreamExpired(SourceStopped):
     """The requested position is older than the stream's retention window."""
+
+
+class StreamReset(SourceStopped):
+    """The stream's head is behind the position read up to: the stream was reset (restore, re-creation)."""
+
+    def __init__(self, message: str, *, head: Position, after: Position) -> None:
+        super().__init__(message)
+        self.head, self.after = head, after
 
 
 @dataclass(slots=True)
@@ -72,6 +84,7 @@ class StreamReader:
             except Exception as exc:
                 code = error_code(exc)
                 if code == "StreamRecordsNotFoundException":
+                    _check_not_reset(params, str(exc))
                     self._failures = 0
                     yield Page([], _after(params), caught_up=True)
                     await asyncio.sleep(idle)
@@ -189,6 +202,31 @@ def _last_valid_event_id(message: str) -> Position | None:
     if match is None or int(match.group(1)) == 0:
         return None
     return (int(match.group(1)), int(match.group(2)))
+
+
+def _check_not_reset(params: dict[str, Any], message: str) -> None:
+    """Raise `StreamReset` when a "from the future" answer to a read after a position names a last valid event id
+    behind that position. A message without one cannot be compared and counts as caught up."""
+    if params.get("iteratorType") != "AFTER_SEQUENCE_NUMBER":
+        return
+    match = _LAST_VALID.search(message)
+    if match is None:
+        return
+    head = (int(match.group(1)), int(match.group(2)))
+    after = (int(params["commitNum"]), int(params["opNum"]))
+    if head >= after:
+        return
+    empty = " (the stream is empty)" if head[0] == 0 else ""
+    raise StreamReset(
+        f"the stream's head is commitNum {head[0]}, opNum {head[1]}{empty}, behind the position already read "
+        f"and checkpointed, commitNum {after[0]}, opNum {after[1]}: the stream was reset (the cluster was restored "
+        "from a snapshot or re-created), and the commit numbers it hands out from here may name other changes. "
+        "Bootstrap the target again from a full copy of the source (graph-replicator bootstrap --force), then "
+        "restart; or, only if the target already matches the source as it is now, rewind the checkpoint to the "
+        "stream's head and restart (see docs/operations.md, GraphReplicatorStreamReset).",
+        head=head,
+        after=after,
+    )
 
 
 def _after(params: dict[str, Any]) -> Position:

@@ -4,9 +4,11 @@ throttling, none of which moto serves (one shard per table, never closed).
 It speaks the service's JSON 1.0 protocol (`X-Amz-Target: DynamoDBStreams_20120810.<Operation>`, errors as
 `{"__type": "...#Code", "message": ...}` with HTTP 400), so the daemon's production aiobotocore client talks to
 it unchanged. The script is a set of shards (`ScriptedShard`): records, a parent, whether the shard is closed,
-and when DescribeStream starts listing it. Faults are seeded: a share of GetRecords calls answer
-`LimitExceededException`, a share of iterators are refused once with `ExpiredIteratorException`, and some pages
-come back empty although records follow (as DynamoDB does).
+and when DescribeStream starts listing it (once another shard was read to its end, and optionally only after
+more listings than that). `status` is the stream's `StreamStatus`; `trimmed` shards are gone as after 24
+hours (not listed; GetShardIterator answers `ResourceNotFoundException`). Faults are seeded: a share of
+GetRecords calls answer `LimitExceededException`, a share of iterators are refused once with
+`ExpiredIteratorException`, and some pages come back empty although records follow (as DynamoDB does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ScriptedShard:
     closed: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
     listed_after_end_of: str | None = None  # DescribeStream lists this shard only once that shard was read to its end
+    listed_after_listings: int = 0  # ... and only after this many more listings (DescribeStream without a start id)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Calls:
     get_records: list[tuple[str, int]] = field(default_factory=list)  # (shard, records returned)
     ended: dict[str, int] = field(default_factory=dict)  # shard -> index in get_records where its end was read
     first_read: dict[str, int] = field(default_factory=dict)  # shard -> index of its first GetRecords
+    listings: int = 0  # DescribeStream calls without ExclusiveStartShardId (each starts a listing)
+    ended_at_listing: dict[str, int] = field(default_factory=dict)  # shard -> `listings` when its end was read
     throttled: int = 0
     expired: int = 0
     empty_injected: int = 0
@@ -59,6 +64,8 @@ class ScriptedStreams:
         self.rng = random.Random(seed)
         self.throttle_rate, self.expire_rate, self.empty_rate = throttle_rate, expire_rate, empty_rate
         self.describe_page_size = describe_page_size
+        self.status = "ENABLED"
+        self.trimmed: set[str] = set()
         self.calls = Calls()
         self._expired_once: set[str] = set()
         self._emptied: set[tuple[str, int]] = set()
@@ -105,12 +112,10 @@ class ScriptedStreams:
             return _error(fault.code, fault.message)
 
     def _op_DescribeStream(self, body: dict[str, Any]) -> dict[str, Any]:
-        visible = [
-            sid
-            for sid in self.order
-            if self.shards[sid].listed_after_end_of is None or self.shards[sid].listed_after_end_of in self.calls.ended
-        ]
         start = body.get("ExclusiveStartShardId")
+        if start is None:
+            self.calls.listings += 1
+        visible = [sid for sid in self.order if sid not in self.trimmed and self._listed(self.shards[sid])]
         if start is not None:
             visible = visible[visible.index(start) + 1 :] if start in visible else []
         limit = min(int(body.get("Limit", 100)), self.describe_page_size)
@@ -129,7 +134,7 @@ class ScriptedStreams:
         description: dict[str, Any] = {
             "StreamArn": STREAM_ARN,
             "StreamLabel": "2026-01-01T00:00:00.000",
-            "StreamStatus": "ENABLED",
+            "StreamStatus": self.status,
             "StreamViewType": "NEW_AND_OLD_IMAGES",
             "TableName": "scripted",
             "KeySchema": [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
@@ -139,9 +144,19 @@ class ScriptedStreams:
             description["LastEvaluatedShardId"] = page[-1]
         return {"StreamDescription": description}
 
+    def _listed(self, shard: ScriptedShard) -> bool:
+        after = shard.listed_after_end_of
+        if after is None:
+            return True
+        if after not in self.calls.ended:
+            return False
+        if not shard.listed_after_listings:
+            return True
+        return self.calls.listings - self.calls.ended_at_listing[after] > shard.listed_after_listings
+
     def _op_GetShardIterator(self, body: dict[str, Any]) -> dict[str, Any]:
         shard = self.shards.get(body["ShardId"])
-        if shard is None:
+        if shard is None or shard.id in self.trimmed:
             raise _Fault("ResourceNotFoundException", f"shard {body['ShardId']} not found")
         kind = body["ShardIteratorType"]
         if kind == "TRIM_HORIZON":
@@ -186,6 +201,7 @@ class ScriptedStreams:
         out: dict[str, Any] = {"Records": records}
         if shard.closed and after >= len(shard.records):
             self.calls.ended.setdefault(shard_id, call)
+            self.calls.ended_at_listing.setdefault(shard_id, self.calls.listings)
         else:
             out["NextShardIterator"] = self._token(shard_id, after)
         return out
