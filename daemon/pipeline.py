@@ -99,40 +99,29 @@ class Pipeline:
     async def _next_window(
         self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None]
     ) -> list[ChangeBatch] | None:
-        getter = asyncio.ensure_future(queue.get())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait({getter, stop, source_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            window = [getter.result()]
-        elif source_task in done:
-            source_task.result()  # raises what the source raised
+        first = await self._next_batch(queue, source_task)
+        if first is None:
             return None
-        else:
-            return None
-        count = len(window[0].changes)
+        window = [first]
+        count = len(first.changes)
         while count < self.window_max and not queue.empty():
             batch = queue.get_nowait()
             window.append(batch)
             count += len(batch.changes)
         # Finish the commit the window ends in (its rest is on the next page), unless it is huge.
         while not window[-1].commit_complete and count < self.window_max * COMMIT_WINDOW_FACTOR:
-            batch = await self._next_batch(queue, source_task)
+            batch = await self._next_batch(queue, source_task, raise_source_error=False)
             if batch is None:
-                break
+                break  # apply what was read; the source's error comes with the next window
             window.append(batch)
             count += len(batch.changes)
         self._m_depth.set(queue.qsize())
         return window
 
     async def _next_batch(
-        self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None]
+        self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None], *, raise_source_error: bool = True
     ) -> ChangeBatch | None:
-        """The next batch, or None when the pipeline is stopping or the source ended."""
+        """The next batch; None when the pipeline is stopping or the source ended (raising what it raised)."""
         if not queue.empty():
             return queue.get_nowait()
         getter = asyncio.ensure_future(queue.get())
@@ -143,7 +132,11 @@ class Pipeline:
             stop.cancel()
             if not getter.done():
                 getter.cancel()
-        return getter.result() if getter in done else None
+        if getter in done:
+            return getter.result()
+        if source_task in done and raise_source_error:
+            source_task.result()  # raises what the source raised
+        return None
 
     async def _apply_window(self, window: list[ChangeBatch]) -> None:
         changes = [c for batch in window for c in batch.changes]
