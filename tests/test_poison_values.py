@@ -4,8 +4,11 @@ refused at translation with the reason, so the source dead-letters it with its p
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from daemon.config import load_config
@@ -13,6 +16,7 @@ from daemon.mapping import ItemMapper, UnmappableItem
 from daemon.names import InvalidName, decode_falkordb_name, encode_falkordb_name, quote_falkordb, quote_opencypher
 from daemon.sources.pgjson import MalformedRecord, translate_record
 from daemon.values import UnsupportedValue, dynamodb_number, from_dynamodb, from_pg_json
+from tests.stand.daemon_process import DaemonProcess
 from tests.test_mapping import SHIPPED
 
 
@@ -182,3 +186,37 @@ def test_names_with_nul_are_encoded_and_lone_surrogates_refused() -> None:
     for quote in (quote_falkordb, quote_opencypher, encode_falkordb_name):
         with pytest.raises(InvalidName, match="lone surrogate U\\+D800"):
             quote("L\ud800")
+
+
+# -- end to end: names with NUL reach FalkorDB encoded; values no target can hold are dead-lettered ----------
+
+
+def test_names_with_nul_replicate_into_falkordb_and_poison_values_are_dead_lettered(tmp_path: Path) -> None:
+    from tests.test_file_source import file_config, replica  # the replica's names are decoded
+
+    def rec(n: int, kind: str, element: str, key: str, value: Any, data_type: str = "String", **extra: Any) -> dict:
+        data = {"id": element, "type": kind, "key": key, "value": {"value": value, "dataType": data_type}, **extra}
+        return {"commitTimestamp": 1, "eventId": {"commitNum": n, "opNum": 1}, "data": data, "op": "ADD"}
+
+    records = [
+        rec(1, "vl", "a", "label", "Per\x00son"),
+        rec(2, "vl", "b", "label", "X"),
+        rec(3, "vp", "a", "k\x00y", "v"),
+        rec(4, "e", "e1", "label", "R\x00S", **{"from": "a", "to": "b"}),
+        rec(5, "ep", "e1", "w\x00", 5, "Int"),
+        rec(6, "vp", "b", "bad", "nul\x00value"),  # dead-lettered: FalkorDB cannot hold it
+        rec(7, "vp", "b", "when", 10**18, "Date"),  # dead-lettered: no such date
+    ]
+    body = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    body += b'{"eventId": {"commitNum": 8, "opNum": 1}, "data": {"id": "\\ud800"}}\n'  # a lone surrogate: not JSON
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(body)
+    daemon = DaemonProcess(file_config(tmp_path, capture, on_malformed="dead_letter"))
+    assert daemon.wait(60) == 0, daemon.log_tail()
+    dead = [orjson.loads(x) for x in (tmp_path / "data" / "dead-letter.jsonl").read_bytes().splitlines()]
+    assert [d["line"] for d in dead] == [6, 7, 8], dead
+    assert "NUL" in dead[0]["reason"] and "outside the years" in dead[1]["reason"]
+    graph = replica(tmp_path / "data")
+    assert graph.vertices["a"].labels == {"Per\x00son"} and graph.vertices["a"].props == {"k\x00y": "v"}
+    (edge,) = graph.edges.values()
+    assert (edge.type, edge.props) == ("R\x00S", {"w\x00": 5})
