@@ -163,9 +163,8 @@ def _key_text(rule: str, attr: str, value: Any) -> str:
             except UnsupportedValue as exc:
                 raise UnmappableItem(rule, f"attribute {attr!r}: {exc}") from None
         return raw
-    raise UnmappableItem(
-        rule, f"attribute {attr!r} is {tag if tag.__class__ is str else show(tag)}, not a string or number"
-    )
+    shown = tag if tag.__class__ is str and tag.isascii() and tag.isalpha() else show(tag)
+    raise UnmappableItem(rule, f"attribute {attr!r} is {shown}, not a string or number")
 
 
 class _CompiledRule:

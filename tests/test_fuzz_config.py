@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from daemon.config import ENV_PREFIX, Config, ConfigError, _toml_key, _toml_value, format_resolved, parse_config
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HEAVY = settings(FUZZ, max_examples=max(30, EXAMPLES * 2 // 3))  # a pydantic validation and a print per example
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {path.name: tomllib.loads(path.read_text()) for path in sorted((ROOT / "config").glob("*.toml"))}
 
@@ -134,7 +135,7 @@ def outcome(text: str, environ: dict[str, str]) -> Config | None:
     return config
 
 
-@FUZZ
+@HEAVY
 @given(mutated_configs())
 def test_mutated_examples_load_or_fail_with_key_and_reason(data: dict[str, Any]) -> None:
     outcome(render(data), {})

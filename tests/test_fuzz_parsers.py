@@ -37,10 +37,12 @@ from daemon.values import (
     dynamodb_number,
     from_dynamodb,
     from_pg_json,
+    show,
 )
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HEAVY = settings(FUZZ, max_examples=max(30, EXAMPLES * 2 // 3))  # inputs that take hypothesis long to build
 SHIPPED = Path(__file__).parent.parent / "config" / "dynamodb-social.toml"
 
 # -- hostile building blocks ----------------------------------------------------------------------------
@@ -164,6 +166,7 @@ def translate_outcome(record: Any) -> tuple[str, Any]:
         change = translate_record(record, "p")
     except MalformedRecord as exc:
         assert exc.reason and isinstance(exc.reason, str)
+        exc.reason.encode("utf-8")  # logged and dead-lettered as UTF-8 JSON
         assert exc.position is None or (len(exc.position) == 2 and all(p.__class__ is int for p in exc.position))
         return "rejected", exc.position
     assert_holdable_change(change)
@@ -177,7 +180,7 @@ def careful_outcome(record: Any) -> tuple[str, Any]:
         return "rejected", exc.position
 
 
-@FUZZ
+@HEAVY
 @given(pg_records())
 @example(
     {
@@ -229,6 +232,7 @@ def test_pg_json_value_rule_converts_or_rejects(data_type: Any, raw: Any) -> Non
         value = from_pg_json(data_type, raw)
     except UnsupportedValue as exc:
         assert str(exc) and len(str(exc)) < 400
+        str(exc).encode("utf-8")
         return
     assert_holdable_value(value)
 
@@ -305,6 +309,7 @@ def value_outcome(value: Any) -> Any:
         got = from_dynamodb(value)
     except UnsupportedValue as exc:
         assert str(exc) and len(str(exc)) < 600
+        str(exc).encode("utf-8")
         return UnsupportedValue
     if got is not ABSENT:
         assert_holdable_value(got)
@@ -359,7 +364,7 @@ def images(draw: st.DrawFn) -> Any:
     return draw(st.one_of(st.just(item), st.just(item), st.just(item), json_like))
 
 
-@FUZZ
+@HEAVY
 @given(
     st.sampled_from(["INSERT", "MODIFY", "REMOVE", "", None]),
     st.one_of(st.none(), images()),
@@ -377,6 +382,7 @@ def test_dynamodb_hostile_items_map_or_are_rejected(event: Any, new: Any, old: A
             )
         except UnmappableItem as exc:
             assert exc.reason
+            exc.reason.encode("utf-8")
             continue
         assert isinstance(outcome, Outcome)
         for change in outcome.changes:
@@ -418,7 +424,7 @@ line_values = st.one_of(
 )
 
 
-@settings(max_examples=max(50, EXAMPLES // 4), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(FUZZ, max_examples=max(30, EXAMPLES // 3))
 @given(st.lists(line_values, max_size=6), st.sampled_from(["plain", "gzip", "gzip-truncated"]), st.booleans())
 def test_capture_lines_become_changes_dead_letters_or_a_capture_error(
     lines: list[bytes], packing: str, dead_letter: bool
@@ -455,3 +461,24 @@ def test_capture_lines_become_changes_dead_letters_or_a_capture_error(
             for line in dead.path.read_bytes().splitlines():
                 entry = orjson.loads(line)
                 assert entry["reason"] and entry["stage"] == "translate"
+
+
+# -- the dead-letter file: whatever a rejected record holds -----------------------------------------------
+
+
+@settings(FUZZ, max_examples=max(30, EXAMPLES // 4))
+@given(st.lists(json_like, min_size=1, max_size=8), hostile_text)
+def test_dead_letters_are_written_whatever_the_record_holds(records: list[Any], reason: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="fuzz-dead-") as tmp:
+        dead = DeadLetterFile(Path(tmp) / "dead.jsonl")
+        entries = [{"record": record, "position": None} for record in records]
+        dead.write(stage="translate", source="s", reason=show(reason), entries=entries)  # one fsync
+        lines = dead.path.read_bytes().splitlines()
+        assert len(lines) == len(records) and all(json.loads(line)["stage"] == "translate" for line in lines)
+
+
+def test_dead_letters_of_deep_records_are_written() -> None:
+    with tempfile.TemporaryDirectory(prefix="fuzz-dead-") as tmp:
+        dead = DeadLetterFile(Path(tmp) / "dead.jsonl")
+        dead.write(stage="translate", source="s", reason="r", entries=[{"record": deep(5000, 10**5000)}])
+        assert json.loads(dead.path.read_bytes())["record"].startswith("[[")

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from daemon.config import load_config
+from daemon.deadletter import DeadLetterFile
 from daemon.mapping import ItemMapper, UnmappableItem
 from daemon.names import InvalidName, decode_falkordb_name, encode_falkordb_name, quote_falkordb, quote_opencypher
 from daemon.sources.pgjson import MalformedRecord, translate_record
@@ -220,3 +221,12 @@ def test_names_with_nul_replicate_into_falkordb_and_poison_values_are_dead_lette
     assert graph.vertices["a"].labels == {"Per\x00son"} and graph.vertices["a"].props == {"k\x00y": "v"}
     (edge,) = graph.edges.values()
     assert (edge.type, edge.props) == ("R\x00S", {"w\x00": 5})
+
+
+@pytest.mark.parametrize("record", [{"id": "\ud800"}, {"value": 10**20}, {"value": 10**5000}])
+def test_records_the_json_module_parses_can_be_dead_lettered(record: dict[str, Any], tmp_path: Path) -> None:
+    # botocore parses stream pages with the json module: a lone surrogate or a 65-bit integer in a rejected
+    # record made the dead-letter write raise TypeError (orjson), so the source failed on it after every restart
+    dead = DeadLetterFile(tmp_path / "dead.jsonl")
+    dead.write(stage="translate", source="s", reason="r", entries=[{"record": record}])
+    assert json.loads(dead.path.read_bytes())["source"] == "s"
