@@ -302,6 +302,8 @@ class ItemMapper:
     def element(self, item: Item | None, *, keys_only: bool = False, with_properties: bool = True) -> Element | None:
         if item is None:
             return None
+        if item.__class__ is not dict:
+            raise UnmappableItem(None, f"an item is a map of attribute values, got {type(item).__name__}")
         rule = self.match(item, keys_only)
         return None if rule is None else rule.element(item, with_properties)
 

@@ -89,7 +89,7 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
                 if key.__class__ is str and key and key.isascii():
                     if data_type == "String" and raw.__class__ is str and raw.isascii() and "\x00" not in raw:
                         value = raw
-                    elif data_type.__class__ is str and data_type != "String":
+                    elif data_type.__class__ is str:  # String too: text that is not plain ASCII is checked there
                         try:
                             value = from_pg_json(data_type, raw)
                         except UnsupportedValue as exc:
