@@ -424,6 +424,7 @@ def _dump(value: Any) -> bytes:
 line_values = st.one_of(
     pg_records().map(_dump),
     st.lists(pg_records(), max_size=3).map(lambda rs: _dump({"records": rs, "lastEventId": {}})),
+    st.lists(json_like, max_size=3).map(lambda rs: _dump({"records": rs})),
     json_like.map(_dump),
     st.binary(max_size=40),
     st.sampled_from([b"", b"   ", b"\xff\xfe", b'{"records": 5}', b'"\\ud800"', b"[" * 5000, b'{"a": 1e999}']),
@@ -431,16 +432,26 @@ line_values = st.one_of(
 
 
 @settings(FUZZ, max_examples=max(30, EXAMPLES // 3))
-@given(st.lists(line_values, max_size=6), st.sampled_from(["plain", "gzip", "gzip-truncated"]), st.booleans())
+@given(
+    st.lists(line_values, max_size=6),
+    st.sampled_from(["plain", "gzip", "gzip-truncated", "gzip-corrupt", "gzip-members"]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
 def test_capture_lines_become_changes_dead_letters_or_a_capture_error(
-    lines: list[bytes], packing: str, dead_letter: bool
+    lines: list[bytes], packing: str, dead_letter: bool, seed: int
 ) -> None:
     body = b"\n".join(lines)
-    if packing != "plain":
+    if packing == "gzip-members":
+        body = b"".join(gzip.compress(line + b"\n") for line in lines)
+    elif packing != "plain":
         body = gzip.compress(body)
+        assume(len(body) > 12)
         if packing == "gzip-truncated":
-            assume(len(body) > 12)
             body = body[: len(body) // 2]
+        elif packing == "gzip-corrupt":
+            at = 10 + seed % (len(body) - 10)
+            body = body[:at] + bytes([body[at] ^ (1 + seed % 255)]) + body[at + 1 :]
     with tempfile.TemporaryDirectory(prefix="fuzz-capture-") as tmp:
         path = Path(tmp) / "capture.jsonl"
         path.write_bytes(body)

@@ -230,3 +230,24 @@ def test_records_the_json_module_parses_can_be_dead_lettered(record: dict[str, A
     dead = DeadLetterFile(tmp_path / "dead.jsonl")
     dead.write(stage="translate", source="s", reason="r", entries=[{"record": record}])
     assert json.loads(dead.path.read_bytes())["source"] == "s"
+
+
+def test_capture_writes_records_orjson_refuses_as_the_stream_sent_them(tmp_path: Path) -> None:
+    from daemon.capture import json_line
+    from daemon.sources.file import FileSource, _Reader
+
+    # was TypeError out of `graph-replicator capture` (a traceback, and the capture stopped there)
+    records = [record() | {"eventId": {"commitNum": 1, "opNum": 1}, "data": {"id": "\ud800"}}]
+    records.append(record() | {"eventId": {"commitNum": 2, "opNum": 1}, "data": {"id": "v", "value": {"value": 2**64}}})
+    records.append(record() | {"eventId": {"commitNum": 3, "opNum": 1}})
+    path = tmp_path / "capture.jsonl"
+    path.write_bytes(b"".join(json_line(r) for r in records))
+    assert json.loads(path.read_bytes().splitlines()[0])["data"]["id"] == "\ud800"
+    dead = DeadLetterFile(tmp_path / "dead.jsonl")
+    source = FileSource("f", path=path, on_malformed="dead_letter", dead_letters=dead)
+    reader = _Reader(source, path, None)
+    batch = reader.next_batch()
+    reader.close()
+    assert batch.error is None and [c.position for c in batch.changes] == [(3, 1)]
+    reasons = [json.loads(line)["reason"] for line in dead.path.read_bytes().splitlines()]
+    assert len(reasons) == 2 and "not valid JSON" in reasons[0], reasons
