@@ -110,19 +110,6 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-def text_ok(text: str) -> bool:
-    """Whether `check_text` accepts `text`: the cheap test for fast paths (ASCII without NUL passes at once)."""
-    if text.isascii():
-        return "\x00" not in text
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def encode_float(value: float) -> float | str:
     """A float as every target can hold it."""
     if math.isfinite(value):

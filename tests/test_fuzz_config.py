@@ -124,7 +124,9 @@ def outcome(text: str, environ: dict[str, str]) -> Config | None:
         str(exc)
         return None
     assert isinstance(config, Config)
-    tomllib.loads(format_resolved(config))  # check-config prints it, as TOML
+    text = format_resolved(config)  # check-config prints it, as TOML
+    tomllib.loads(text)
+    text.encode("utf-8")  # every string in it is Unicode: names and values reach the engines and the logs
     paths = [config.daemon.resolved_data_dir, config.dead_letter_path, config.checkpoint_path]
     paths += [Path(source.path) for source in config.sources if source.kind == "file"]
     for path in paths:
@@ -234,6 +236,7 @@ ODD_NAMES = [ENV_PREFIX, "GRAPH_REPLICATOR_X", "graph_replicator__daemon__log_le
 @example(("quickstart.toml", {ENV_PREFIX + "SOURCES__0__KIND__X": "1"}))
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__LOG_LEVEL__X": "1"}))
 @example(("quickstart.toml", {ENV_PREFIX + "SINKS__LOCAL__URL": "a\udcff"}))
+@example(("quickstart.toml", {ENV_PREFIX + "SINKS__LOCAL__BASE_LABEL": "L\udcff"}))  # pydantic refuses it
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__DATA_DIR": "data\x00"}))  # was a ValueError at start
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__DATA_DIR": "a\n[daemon]"}))  # check-config printed bad TOML
 def test_env_overrides_apply_or_fail_with_key_and_reason(case: tuple[str, dict[str, str]]) -> None:
