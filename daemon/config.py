@@ -769,6 +769,11 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[t
         except ValueError as exc:
             problems.append((var, str(exc)))
             continue
+        try:
+            environ[var].encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, as Python decodes them (surrogateescape)
+            problems.append((var, "the value is not valid UTF-8 text"))
+            continue
         node[path[-1]] = parse_env_value(environ[var])
         overrides[path] = _Override(var, environ[var], node, path[-1])
     return overrides, problems

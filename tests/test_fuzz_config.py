@@ -236,7 +236,8 @@ ODD_NAMES = [ENV_PREFIX, "GRAPH_REPLICATOR_X", "graph_replicator__daemon__log_le
 @example(("quickstart.toml", {ENV_PREFIX + "SOURCES__0__KIND__X": "1"}))
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__LOG_LEVEL__X": "1"}))
 @example(("quickstart.toml", {ENV_PREFIX + "SINKS__LOCAL__URL": "a\udcff"}))
-@example(("quickstart.toml", {ENV_PREFIX + "SINKS__LOCAL__BASE_LABEL": "L\udcff"}))  # pydantic refuses it
+@example(("quickstart.toml", {ENV_PREFIX + "SINKS__LOCAL__BASE_LABEL": "L\udcff"}))
+@example(("neptune-to-analytics.toml", {ENV_PREFIX + "SOURCES__0__START__COMMIT_NUM": "a\udcff"}))  # UnicodeEncodeError
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__DATA_DIR": "data\x00"}))  # was a ValueError at start
 @example(("quickstart.toml", {ENV_PREFIX + "DAEMON__DATA_DIR": "a\n[daemon]"}))  # check-config printed bad TOML
 def test_env_overrides_apply_or_fail_with_key_and_reason(case: tuple[str, dict[str, str]]) -> None:
