@@ -43,15 +43,28 @@ def check_name(name: str, what: str = "label, type or property key") -> str:
 
 def quote_opencypher(name: str) -> str:
     """Backtick-quote `name` for openCypher, doubling backticks inside it."""
-    return "`" + check_name(name).replace("`", "``") + "`"
+    if name.__class__ is not str or not name or not name.isascii():
+        check_name(name)
+    return "`" + name.replace("`", "``") + "`"
+
+
+_ENCODED: dict[str, str] = {}  # names repeat in every batch: each is checked and encoded once
+_ENCODED_MAX = 100_000
 
 
 def encode_falkordb_name(name: str) -> str:
     """The name as FalkorDB stores it (see module doc)."""
+    try:
+        return _ENCODED[name]
+    except (KeyError, TypeError):  # TypeError: not a string, refused below
+        pass
     check_name(name)
+    stored = name
     if "%" in name or "`" in name or "\x00" in name:
-        return name.replace("%", "%25").replace("`", "%60").replace("\x00", "%00")
-    return name
+        stored = name.replace("%", "%25").replace("`", "%60").replace("\x00", "%00")
+    if len(_ENCODED) < _ENCODED_MAX:
+        _ENCODED[name] = stored
+    return stored
 
 
 def decode_falkordb_name(stored: str) -> str:
