@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -42,6 +43,20 @@ def wire_record(record: dict[str, Any]) -> dict[str, Any]:
     if "commitTimestampInMillis" not in record:
         return record
     return {("commitTimestamp" if key == "commitTimestampInMillis" else key): value for key, value in record.items()}
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    """One record as a JSON line. botocore parses pages with the json module, so a record may hold what orjson
+    refuses (an integer beyond 64 bits, a lone surrogate from a `\\ud800` escape): those are written by the json
+    module, as the stream sent them, and the replay sets them aside as it would from the live stream."""
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:
+        pass
+    try:
+        return json.dumps(record).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CaptureFailed(f"record {record.get('eventId')!r} cannot be written as JSON: {exc}") from None
 
 
 def _show(position: Position | None) -> str:
@@ -155,7 +170,7 @@ class Capture:
                             return "caught up"
                         self._progress.update(self.records, self.last_event)
                         continue
-                    out.write(b"".join(orjson.dumps(wire_record(r)) + b"\n" for r in page.records))
+                    out.write(b"".join(json_line(wire_record(r)) for r in page.records))
                     out.flush()
                     self.records += len(page.records)
                     self.last_event = page.after

@@ -87,6 +87,12 @@ def _check_url(value: str, schemes: tuple[str, ...], example: str) -> str:
     return value
 
 
+def _check_path(value: str) -> str:
+    if "\x00" in value:  # the file system calls refuse it (ValueError) when the daemon starts
+        raise ValueError("should be a file system path; it contains a NUL character")
+    return value
+
+
 def _check_http_url(value: str) -> str:
     return _check_url(value, ("http", "https"), "https://my-cluster.cluster-abc.us-east-1.neptune.amazonaws.com:8182")
 
@@ -137,6 +143,7 @@ HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 Profile = Annotated[str, annotated_types.MinLen(1)]
 GraphId = Annotated[str, AfterValidator(_check_graph_id)]
+PathText = Annotated[str, AfterValidator(_check_path)]
 
 
 def _secret(kind: str = "value") -> dict[str, Any]:
@@ -162,7 +169,7 @@ class DaemonConfig(_Model):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log rendering; auto = console on a terminal, JSON lines otherwise."
     )
-    data_dir: str = Field(
+    data_dir: PathText = Field(
         "./data",
         min_length=1,
         description="Directory for checkpoints, dead letters and the embedded FalkorDB engine; created if absent.",
@@ -173,7 +180,7 @@ class DaemonConfig(_Model):
         description="On SIGTERM, how long in-flight batches may finish and checkpoint before exit; keep it "
         "below the platform's kill timeout (ECS stopTimeout, systemd TimeoutStopSec).",
     )
-    dead_letter_path: str | None = Field(
+    dead_letter_path: PathText | None = Field(
         None,
         min_length=1,
         description="JSON-lines file of changes that could not be applied; default `<data_dir>/dead-letter.jsonl`.",
@@ -211,7 +218,7 @@ class SqliteCheckpointConfig(_Model):
     """`[checkpoint] kind = "sqlite"`: positions in a local SQLite file."""
 
     kind: Literal["sqlite"] = Field("sqlite", description="Checkpoint store kind.")
-    path: str | None = Field(
+    path: PathText | None = Field(
         None, min_length=1, description="SQLite database file; default `<data_dir>/checkpoints.sqlite3`."
     )
 
@@ -304,7 +311,7 @@ class FileSourceConfig(_SourceBase):
     """`[[sources]] kind = "file"`: Neptune stream records read from a capture file or a directory of them."""
 
     kind: Literal["file"] = Field(description="Source kind.")
-    path: str = Field(
+    path: PathText = Field(
         min_length=1,
         description="A capture file, or a directory whose files are read in name order: JSON lines of "
         "GetPropertygraphStream records or whole response pages, optionally gzipped.",
@@ -786,6 +793,11 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[t
         except ValueError as exc:
             problems.append((var, str(exc)))
             continue
+        try:
+            environ[var].encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, as Python decodes them (surrogateescape)
+            problems.append((var, "the value is not valid UTF-8 text"))
+            continue
         node[path[-1]] = parse_env_value(environ[var])
         overrides[path] = _Override(var, environ[var], node, path[-1])
     return overrides, problems
@@ -1025,14 +1037,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _comment(value: Any) -> str:
+    """Text for a TOML comment: control characters (a newline would end the comment) as escapes."""
+    return "".join(c if " " <= c != "\x7f" else f"\\u{ord(c):04X}" for c in str(value))
+
+
 def format_resolved(config: Config) -> str:
     """The config with every default filled in, as TOML, secrets masked; derived paths as comments."""
     data = _plain(config)
     lines = [
         "# resolved graph-replicator config (secrets masked)",
-        f"# data_dir resolves to {config.daemon.resolved_data_dir}",
-        f"# checkpoint file: {config.checkpoint_path or '-'}",
-        f"# dead-letter file: {config.dead_letter_path}",
+        f"# data_dir resolves to {_comment(config.daemon.resolved_data_dir)}",
+        f"# checkpoint file: {_comment(config.checkpoint_path or '-')}",
+        f"# dead-letter file: {_comment(config.dead_letter_path)}",
     ]
 
     def table(header: str, body: dict[str, Any]) -> None:

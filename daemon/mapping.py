@@ -13,8 +13,11 @@ the scheduler orders and the sinks apply like any other change.
   (`"detach"`); an edge is deleted, and endpoints left as bare placeholders go with it.
 * TTL deletions (`userIdentity` of the DynamoDB service) are removes, or marks (`ttl_deletes = "mark"`).
 * An item that matches no rule is skipped and counted; one that matches but cannot be mapped (a required
-  attribute missing, a template attribute that is not a string or number, a template part that is not there)
-  raises `UnmappableItem`, which the source writes to the dead-letter file.
+  attribute missing, a template attribute that is not a string or number, a template part that is not there,
+  an id or value no target can hold, an attribute value the value rule refuses, an attribute name that is not
+  valid Unicode) raises `UnmappableItem`, which the source writes to the dead-letter file. So does an image
+  that is not a map of attribute values: whatever the record holds, `ItemMapper.changes` returns an `Outcome`
+  or raises `UnmappableItem`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from daemon.model import (
     GraphChange,
     Position,
 )
-from daemon.values import ABSENT, UnsupportedValue, from_dynamodb
+from daemon.names import InvalidName, check_name
+from daemon.values import ABSENT, INT64_MAX, UnsupportedValue, check_text, dynamodb_number, from_dynamodb, show
 
 Item = dict[str, dict[str, Any]]  # attribute name -> DynamoDB attribute value ({"S": "x"})
 
@@ -43,12 +47,13 @@ TTL_PRINCIPAL = "dynamodb.amazonaws.com"
 
 
 class UnmappableItem(ValueError):
-    """An item matched a rule but cannot become its element; `reason` says why."""
+    """An item matched a rule (None: before any rule, the record's shape) but cannot become its element;
+    `reason` says why."""
 
-    def __init__(self, rule: str, reason: str) -> None:
-        super().__init__(f"rule {rule!r}: {reason}")
+    def __init__(self, rule: str | None, reason: str) -> None:
         self.rule = rule
-        self.reason = f"rule {rule!r}: {reason}"
+        self.reason = reason if rule is None else f"rule {rule!r}: {reason}"
+        super().__init__(self.reason)
 
 
 class Element(NamedTuple):
@@ -117,7 +122,9 @@ class _Ids:
         for attr, index in self.refs:
             value = item.get(attr)
             # the common case inline: a string attribute (what `_key_text` accepts first)
-            text = value["S"] if value is not None and "S" in value else _key_text(self.rule, attr, value)
+            text = value.get("S") if value.__class__ is dict else None
+            if text.__class__ is not str:
+                text = _key_text(self.rule, attr, value)
             if index is not None:
                 pieces = text.split(self.separator)
                 if index >= len(pieces):
@@ -127,21 +134,37 @@ class _Ids:
                     )
                 text = pieces[index]
             values.append(text)
-        return [pattern.format(*values) for pattern in self.patterns]
+        ids = [pattern.format(*values) for pattern in self.patterns]
+        for element_id in ids:
+            if not (element_id.isascii() and "\x00" not in element_id):
+                try:
+                    check_text(element_id, "id")
+                except UnsupportedValue as exc:
+                    raise UnmappableItem(self.rule, str(exc)) from None
+        return ids
 
 
 def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def _key_text(rule: str, attr: str, value: dict[str, Any] | None) -> str:
+def _key_text(rule: str, attr: str, value: Any) -> str:
     if value is None:
         raise UnmappableItem(rule, f"attribute {attr!r} is missing")
-    if "S" in value:
-        return str(value["S"])
-    if "N" in value:
-        return str(value["N"])
-    raise UnmappableItem(rule, f"attribute {attr!r} is {next(iter(value), '?')}, not a string or number")
+    if value.__class__ is not dict or len(value) != 1:
+        raise UnmappableItem(rule, f"attribute {attr!r} is not a DynamoDB attribute value: {show(value)}")
+    ((tag, raw),) = value.items()
+    if tag == "S" or tag == "N":
+        if raw.__class__ is not str:
+            raise UnmappableItem(rule, f"attribute {attr!r}: {tag} value is {type(raw).__name__}")
+        if tag == "N":
+            try:
+                dynamodb_number(raw)
+            except UnsupportedValue as exc:
+                raise UnmappableItem(rule, f"attribute {attr!r}: {exc}") from None
+        return raw
+    shown = tag if tag.__class__ is str and tag.isascii() and tag.isalpha() else show(tag)
+    raise UnmappableItem(rule, f"attribute {attr!r} is {shown}, not a string or number")
 
 
 class _CompiledRule:
@@ -196,13 +219,18 @@ class _CompiledRule:
             if attr in skip:
                 continue
             value = item[attr]
-            if len(value) == 1 and "S" in value:  # the common case inline; the rest by the value rule
-                out[rename.get(attr, attr)] = value["S"]
-                continue
+            # the common case inline: a plain string (ASCII without NUL) under an ASCII name; the rest by the
+            # value rule and the name rule
+            if value.__class__ is dict and len(value) == 1 and "S" in value:
+                text = value["S"]
+                if text.__class__ is str and text.isascii() and "\x00" not in text and attr.isascii():
+                    out[rename.get(attr, attr)] = text
+                    continue
             try:
+                check_name(attr, "attribute name")
                 value = from_dynamodb(value)
-            except UnsupportedValue as exc:
-                raise UnmappableItem(self.name, f"attribute {attr!r}: {exc}") from None
+            except (UnsupportedValue, InvalidName) as exc:
+                raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
             if value is not ABSENT:
                 out[rename.get(attr, attr)] = value
         return out
@@ -213,22 +241,27 @@ def _test(cond: Any) -> Callable[[dict[str, Any] | None], bool]:
     if exists is None and expected is None and prefix is not None:  # the common test, specialised
 
         def begins_with(value: dict[str, Any] | None) -> bool:
-            return value is not None and "S" in value and str(value["S"]).startswith(prefix)
+            if value.__class__ is not dict:
+                return False
+            text = value.get("S")
+            return text.__class__ is str and text.startswith(prefix)
 
         return begins_with
     if exists is None and prefix is None and isinstance(expected, str):
 
         def equals_string(value: dict[str, Any] | None) -> bool:
-            return value is not None and value.get("S") == expected
+            return value.__class__ is dict and value.get("S") == expected
 
         return equals_string
 
     def test(value: dict[str, Any] | None) -> bool:
         if exists is not None and (value is not None) != exists:
             return False
-        if prefix is not None and not (value is not None and "S" in value and str(value["S"]).startswith(prefix)):
-            return False
-        return expected is None or (value is not None and _equals(value, expected))
+        if prefix is not None:
+            text = value.get("S") if value.__class__ is dict else None
+            if text.__class__ is not str or not text.startswith(prefix):
+                return False
+        return expected is None or (value.__class__ is dict and _equals(value, expected))
 
     return test
 
@@ -238,10 +271,11 @@ def _equals(value: dict[str, Any], expected: Any) -> bool:
         return value.get("BOOL") is expected
     if isinstance(expected, str):
         return value.get("S") == expected
-    if "N" not in value:
+    number = value.get("N")
+    if number.__class__ is not str:
         return False
     try:
-        return Decimal(value["N"]) == Decimal(str(expected))
+        return Decimal(number) == Decimal(str(expected))
     except InvalidOperation:
         return False
 
@@ -268,6 +302,8 @@ class ItemMapper:
     def element(self, item: Item | None, *, keys_only: bool = False, with_properties: bool = True) -> Element | None:
         if item is None:
             return None
+        if item.__class__ is not dict:
+            raise UnmappableItem(None, f"an item is a map of attribute values, got {type(item).__name__}")
         rule = self.match(item, keys_only)
         return None if rule is None else rule.element(item, with_properties)
 
@@ -296,6 +332,17 @@ class ItemMapper:
                 kind = WHOLE_VERTEX
             return GraphChange(kind, False, el.id, el.name, None, el.from_id, el.to_id, position, commit_ms, partition)
 
+        if (
+            keys.__class__ is not dict
+            or (new is not None and new.__class__ is not dict)
+            or (old is not None and old.__class__ is not dict)
+        ):
+            shapes = ", ".join(
+                f"{n} is {type(v).__name__}" for n, v in (("Keys", keys), ("NewImage", new), ("OldImage", old))
+            )
+            raise UnmappableItem(None, f"the record's item images must be maps of attribute values ({shapes})")
+        if commit_ms.__class__ is not int or not 0 <= commit_ms <= INT64_MAX:
+            commit_ms = 0  # unknown, as when the record does not say (GraphChange.commit_ms)
         if event == "REMOVE":
             before = self.element(old, with_properties=False) if old is not None else None
             if before is None and old is None:
@@ -303,7 +350,12 @@ class ItemMapper:
             if before is None:
                 return Outcome([], "no_rule")
             if ttl and self.ttl_deletes == "mark":
-                stamp = datetime.fromtimestamp(commit_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                try:
+                    stamp = datetime.fromtimestamp(commit_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                except (OverflowError, ValueError, OSError):
+                    raise UnmappableItem(
+                        before.rule, f"the record's creation time {show(commit_ms)} ms is out of range"
+                    ) from None
                 kind = VERTEX_PROPERTY if before.vertex else EDGE_PROPERTY
                 mark = GraphChange(
                     kind,
@@ -322,7 +374,11 @@ class ItemMapper:
 
         if new is None:  # a keys-only record whose item is gone now: its REMOVE record follows
             return Outcome([], "item_gone")
-        if old is not None and old == new:
+        try:
+            unchanged = old is not None and old == new
+        except RecursionError:  # nested deeper than Python compares; the value rule refuses it below
+            unchanged = False
+        if unchanged:
             return Outcome([], "unchanged")
         rule = self.match(new)
         after = rule.element(new, True) if rule is not None else None

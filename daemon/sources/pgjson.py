@@ -4,7 +4,14 @@ Neptune's property-graph change log (GetPropertygraphStream, and captures of it)
 `{"commitTimestamp", "eventId": {"commitNum", "opNum"}, "data": {"id", "type", "key", "value": {"value",
 "dataType"}, "from", "to"}, "op": "ADD" | "REMOVE", "isLastOp"}`. boto3 renames `commitTimestamp` to
 `commitTimestampInMillis`; both spellings are accepted. A record that does not fit raises `MalformedRecord`,
-which the source sends to the dead-letter file with its position.
+which the source sends to the dead-letter file with its position (when it has one).
+
+Every field is checked, whatever the JSON holds: commitNum and opNum are integers from 0 to 2**63 - 1 (what the
+checkpoint store holds), ids are non-empty strings that every target can hold as values (no NUL, no lone
+surrogate: `daemon.values.check_text`), labels and keys non-empty names by `daemon.names.check_name` (no lone
+surrogate; a NUL is encoded by the FalkorDB name rule), values follow `daemon.values.from_pg_json`. A commit
+timestamp that is not such an integer reads as 0 (unknown), as when it is absent. No other exception leaves
+`translate_record`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange, Position
-from daemon.values import UnsupportedValue, from_pg_json
+from daemon.names import InvalidName, check_name
+from daemon.values import INT64_MAX, UnsupportedValue, check_text, from_pg_json, show
 
 
 class MalformedRecord(ValueError):
@@ -26,12 +34,16 @@ class MalformedRecord(ValueError):
 
 def record_position(record: dict[str, Any]) -> Position:
     """The (commitNum, opNum) of a record, or MalformedRecord."""
+    if not isinstance(record, dict):
+        raise MalformedRecord(f"a record is a JSON object, got {type(record).__name__}")
     event = record.get("eventId")
     if not isinstance(event, dict):
         raise MalformedRecord("record has no eventId object")
     commit, op = event.get("commitNum"), event.get("opNum")
-    if not isinstance(commit, int) or not isinstance(op, int) or isinstance(commit, bool):
-        raise MalformedRecord(f"eventId must hold integer commitNum and opNum, got {event!r}")
+    if commit.__class__ is not int or op.__class__ is not int:
+        raise MalformedRecord(f"eventId must hold integer commitNum and opNum, got {show(event)}")
+    if not (0 <= commit <= INT64_MAX and 0 <= op <= INT64_MAX):
+        raise MalformedRecord(f"eventId commitNum and opNum must be from 0 to 2**63 - 1, got {show(event)}")
     return (commit, op)
 
 
@@ -51,11 +63,17 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
     except (KeyError, TypeError):
         pass
     else:
+        # Ids and values that are ASCII without NUL, names that are ASCII, are what every target holds; anything
+        # else is checked the careful way.
+        # `(a | b) >> 63 == 0`: both are from 0 to 2**63 - 1, in three cheap operations.
         if (
             commit.__class__ is int
             and op_num.__class__ is int
+            and not (commit | op_num) >> 63
             and element_id.__class__ is str
             and element_id
+            and element_id.isascii()
+            and "\x00" not in element_id
             and value_obj.__class__ is dict
             and data.__class__ is dict
             and (op == "ADD" or op == "REMOVE")
@@ -63,15 +81,15 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
             commit_ms = (
                 record["commitTimestamp"] if "commitTimestamp" in record else record.get("commitTimestampInMillis", 0)
             )
-            if not isinstance(commit_ms, int):
+            if commit_ms.__class__ is not int or commit_ms >> 63:
                 commit_ms = 0
             if kind == VERTEX_PROPERTY or kind == EDGE_PROPERTY:
                 key = data.get("key")
                 data_type = value_obj.get("dataType", "String")
-                if key.__class__ is str and key:
-                    if data_type == "String" and raw.__class__ is str:
+                if key.__class__ is str and key and key.isascii():
+                    if data_type == "String" and raw.__class__ is str and raw.isascii() and "\x00" not in raw:
                         value = raw
-                    elif data_type.__class__ is str:
+                    elif data_type.__class__ is str:  # String too: text that is not plain ASCII is checked there
                         try:
                             value = from_pg_json(data_type, raw)
                         except UnsupportedValue as exc:
@@ -81,13 +99,21 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
                     return GraphChange(
                         kind, op == "ADD", element_id, key, value, None, None, (commit, op_num), commit_ms, partition
                     )
-            elif kind == VERTEX_LABEL and raw.__class__ is str and raw:
+            elif kind == VERTEX_LABEL and raw.__class__ is str and raw and raw.isascii():
                 return GraphChange(
                     VERTEX_LABEL, op == "ADD", element_id, raw, None, None, None, (commit, op_num), commit_ms, partition
                 )
-            elif kind == EDGE and raw.__class__ is str and raw:
+            elif kind == EDGE and raw.__class__ is str and raw and raw.isascii():
                 source, target = data.get("from"), data.get("to")
-                if source.__class__ is str and target.__class__ is str and source and target:
+                if (
+                    source.__class__ is str
+                    and target.__class__ is str
+                    and source
+                    and target
+                    and (source + target).isascii()
+                    and "\x00" not in source
+                    and "\x00" not in target
+                ):
                     return GraphChange(
                         EDGE, op == "ADD", element_id, raw, None, source, target, (commit, op_num), commit_ms, partition
                     )
@@ -106,42 +132,58 @@ def _careful(record: dict[str, Any], partition: str) -> GraphChange:
         raise MalformedRecord(str(exc), position) from exc
 
 
+def _text(value: Any, what: str) -> str:
+    """A non-empty id string every target can hold, or MalformedRecord naming `what`."""
+    if value.__class__ is not str or not value:
+        raise MalformedRecord(f"{what} must be a non-empty string, got {show(value)}")
+    return check_text(value, what)
+
+
+def _name(value: Any, what: str) -> str:
+    """A label or key every target can hold (`daemon.names.check_name`), or MalformedRecord naming `what`."""
+    if value.__class__ is not str or not value:
+        raise MalformedRecord(f"{what} must be a non-empty string, got {show(value)}")
+    try:
+        return check_name(value, what)
+    except InvalidName as exc:
+        raise MalformedRecord(str(exc)) from None
+
+
 def _translate(record: dict[str, Any], position: Position, partition: str) -> GraphChange:
     op = record.get("op")
-    if op not in ("ADD", "REMOVE"):
-        raise MalformedRecord(f"op must be ADD or REMOVE, got {op!r}")
+    if op.__class__ is not str or op not in ("ADD", "REMOVE"):
+        raise MalformedRecord(f"op must be ADD or REMOVE, got {show(op)}")
     data = record.get("data")
     if not isinstance(data, dict):
         raise MalformedRecord("record has no data object")
     kind = data.get("type")
-    element_id = data.get("id")
-    if not isinstance(element_id, str) or not element_id:
-        raise MalformedRecord(f"data.id must be a non-empty string, got {element_id!r}")
+    if kind not in _KINDS:
+        raise MalformedRecord(f"unknown record type {show(kind)} (expected vl, vp, e or ep)")
+    element_id = _text(data.get("id"), "data.id")
     value_obj = data.get("value")
     if not isinstance(value_obj, dict) or "value" not in value_obj:
         raise MalformedRecord("data.value must be an object with a value field")
     raw = value_obj["value"]
     data_type = value_obj.get("dataType", "String")
     commit_ms = record.get("commitTimestamp", record.get("commitTimestampInMillis", 0))
-    if not isinstance(commit_ms, int):
+    if commit_ms.__class__ is not int or not 0 <= commit_ms <= INT64_MAX:
         commit_ms = 0
     add = op == "ADD"
 
     if kind == VERTEX_LABEL or kind == EDGE:
-        if not isinstance(raw, str) or not raw:
-            raise MalformedRecord(f"{kind} record needs a non-empty label string, got {raw!r}")
+        label = _name(raw, "label" if kind == VERTEX_LABEL else "edge type")
         if kind == VERTEX_LABEL:
-            return GraphChange(VERTEX_LABEL, add, element_id, raw, None, None, None, position, commit_ms, partition)
+            return GraphChange(VERTEX_LABEL, add, element_id, label, None, None, None, position, commit_ms, partition)
         source, target = data.get("from"), data.get("to")
-        if not isinstance(source, str) or not isinstance(target, str) or not source or not target:
+        if source.__class__ is not str or target.__class__ is not str or not source or not target:
             raise MalformedRecord("e record needs string from and to vertex ids")
-        return GraphChange(EDGE, add, element_id, raw, None, source, target, position, commit_ms, partition)
-    if kind == VERTEX_PROPERTY or kind == EDGE_PROPERTY:
-        key = data.get("key")
-        if not isinstance(key, str) or not key:
-            raise MalformedRecord(f"{kind} record needs a non-empty property key, got {key!r}")
-        if not isinstance(data_type, str):
-            raise MalformedRecord(f"dataType must be a string, got {data_type!r}")
-        value = from_pg_json(data_type, raw)
-        return GraphChange(kind, add, element_id, key, value, None, None, position, commit_ms, partition)
-    raise MalformedRecord(f"unknown record type {kind!r} (expected vl, vp, e or ep)")
+        source, target = _text(source, "data.from"), _text(target, "data.to")
+        return GraphChange(EDGE, add, element_id, label, None, source, target, position, commit_ms, partition)
+    key = _name(data.get("key"), f"{kind} record's property key")
+    if data_type.__class__ is not str:
+        raise MalformedRecord(f"dataType must be a string, got {show(data_type)}")
+    value = from_pg_json(data_type, raw)
+    return GraphChange(kind, add, element_id, key, value, None, None, position, commit_ms, partition)
+
+
+_KINDS = (VERTEX_LABEL, VERTEX_PROPERTY, EDGE, EDGE_PROPERTY)
