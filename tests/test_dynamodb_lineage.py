@@ -404,3 +404,38 @@ async def test_a_parent_is_never_read_after_its_child(tmp_path: Path, monkeypatc
     assert (await replicate(tmp_path, again, monkeypatch))[0] == 0
     assert not {shard_id(0, "P0"), shard_id(1, "P")} & set(again.calls.first_read), again.calls.first_read
     assert_converged(expected, await asyncio.to_thread(read_replica, tmp_path))
+
+
+async def test_hostile_records_are_dead_lettered_once_and_the_shard_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records no real stream sends (an endpoint gone wrong, a proxy, a bug): each is dead-lettered with its
+    position where it has one, and the good records around them converge, on the first run and on a rerun."""
+    shard = ScriptedShard(shard_id(0, "H"))
+    script = Script()
+    script.put(shard, "a", 1)
+    good = shard.records[-1]
+    hostile = [
+        {**good, "dynamodb": {**good["dynamodb"], "SequenceNumber": None}},  # no position
+        {
+            **good,
+            "dynamodb": {**good["dynamodb"], "SequenceNumber": str(BASE + 100), "ApproximateCreationDateTime": 1e300},
+        },
+        {
+            **good,
+            "dynamodb": {**good["dynamodb"], "SequenceNumber": str(BASE + 101), "ApproximateCreationDateTime": "x"},
+        },
+        {"eventName": "INSERT"},  # no dynamodb body at all
+    ]
+    shard.records.extend(hostile)
+    script.sequence = BASE + 200
+    script.put(shard, "b", 2)
+    code, _ = await replicate(tmp_path, ScriptedStreams([shard]), monkeypatch)
+    assert code == 0
+    lines = (tmp_path / "data" / "dead-letter.jsonl").read_text().splitlines()
+    assert len(lines) == 2, lines  # the two records without a sequence number; the others map (time read as 0)
+    replica = read_replica(tmp_path)
+    assert {"user:a", "user:b"} <= set(replica.vertices)
+    code, _ = await replicate(tmp_path, ScriptedStreams([shard]), monkeypatch)
+    assert code == 0
+    assert len((tmp_path / "data" / "dead-letter.jsonl").read_text().splitlines()) == 2  # not again

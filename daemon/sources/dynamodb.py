@@ -413,7 +413,7 @@ class DynamoDBStreamSource:
                 self._signalled_caught_up = False
                 self.state = "polling"
                 self._m.read.inc(len(records))
-                last_read = records[-1]["dynamodb"]["SequenceNumber"]
+                last_read = _last_sequence_number(records, shard.id)
                 changes = await self._translate(shard.id, records)
                 await out.put(ChangeBatch(shard.id, changes, position_of(last_read)))
             if following is None:
@@ -465,8 +465,12 @@ class DynamoDBStreamSource:
         fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
         changes: list[GraphChange] = []
         for record in records:
+            sequence = _sequence_number(record)
+            if sequence is None:
+                self._dead_letter(shard_id, record, None, "the record has no dynamodb.SequenceNumber (a digit string)")
+                continue
             body = record["dynamodb"]
-            position = position_of(body["SequenceNumber"])
+            position = position_of(sequence)
             commit_ms = _epoch_ms(body.get("ApproximateCreationDateTime"))
             keys = body.get("Keys") or {}
             event = record.get("eventName", "")
@@ -488,6 +492,12 @@ class DynamoDBStreamSource:
                 )
             except UnmappableItem as exc:
                 self._dead_letter(shard_id, record, position, exc.reason)
+                continue
+            except (MemoryError, RecursionError):
+                raise
+            except Exception as exc:  # a record no rule foresaw must not stop the shard on every restart
+                reason = f"internal error while mapping the record: {type(exc).__name__}: {str(exc)[:300]}"
+                self._dead_letter(shard_id, record, position, reason)
                 continue
             if outcome.skipped is not None:
                 METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
@@ -519,19 +529,19 @@ class DynamoDBStreamSource:
                 pending.extend(unprocessed)
         return found
 
-    def _dead_letter(self, shard_id: str, record: dict[str, Any], position: Position, reason: str) -> None:
+    def _dead_letter(self, shard_id: str, record: Any, position: Position | None, reason: str) -> None:
         self._dead_letters.write(
             stage="translate",
             source=self.name,
             reason=reason,
-            entries=[{"position": list(position), "partition": shard_id, "record": record}],
+            entries=[{"position": list(position) if position else None, "partition": shard_id, "record": record}],
         )
         self._m.dead_lettered.inc()
         log.error(
             "stream record cannot be mapped; written to the dead-letter file",
             source=self.name,
             shard=shard_id,
-            position=position[0],
+            position=position[0] if position else None,
             reason=reason,
             dead_letter_file=str(self._dead_letters.path),
         )
@@ -611,9 +621,33 @@ def _binary_keys(keys: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _epoch_ms(created: Any) -> int:
     """`ApproximateCreationDateTime`: epoch seconds on the wire (the records are a JSON document, see
-    `daemon.aws.MODEL_EXTRAS`); a datetime if a client parsed it."""
-    if created is None:
+    `daemon.aws.MODEL_EXTRAS`); a datetime if a client parsed it. Anything unreadable is 0 (no commit time)."""
+    try:
+        if isinstance(created, int | float) and not isinstance(created, bool):
+            millis = int(created * 1000)
+        elif hasattr(created, "timestamp"):
+            millis = int(created.timestamp() * 1000)
+        else:
+            return 0
+    except (OverflowError, ValueError, TypeError, OSError):
         return 0
-    if isinstance(created, int | float):
-        return int(created * 1000)
-    return int(created.timestamp() * 1000)
+    return millis if 0 <= millis < 2**63 else 0
+
+
+def _sequence_number(record: Any) -> str | None:
+    """A record's sequence number, or None when it has no readable one."""
+    body = record.get("dynamodb") if isinstance(record, dict) else None
+    sequence = body.get("SequenceNumber") if isinstance(body, dict) else None
+    if isinstance(sequence, str) and sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_WIDTH:
+        return sequence
+    return None
+
+
+def _last_sequence_number(records: list[Any], shard_id: str) -> str:
+    """Where a page ends: the sequence number of its last record that has one (the next read starts after it)."""
+    for record in reversed(records):
+        sequence = _sequence_number(record)
+        if sequence is not None:
+            return sequence
+    # Without a position the shard cannot be followed past this page; re-reading it would loop.
+    raise SourceStopped(f"shard {shard_id}: a GetRecords page had no record with a readable SequenceNumber")

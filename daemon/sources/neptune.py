@@ -24,7 +24,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.model import ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
 from daemon.sinks.base import ErrorClass
-from daemon.sources.pgjson import MalformedRecord, translate_record
+from daemon.sources.pgjson import MalformedRecord, record_position, translate_record
 from daemon.sources.stream_reader import StreamExpired, StreamReader, StreamReset, open_stream_reader
 
 __all__ = ["PARTITION", "NeptuneStreamSource", "StreamExpired", "StreamReset"]
@@ -119,6 +119,11 @@ class NeptuneStreamSource:
                 changes.append(translate_record(record, PARTITION))
             except MalformedRecord as exc:
                 self._dead_letter(record, exc)
+            except (MemoryError, RecursionError):
+                raise
+            except Exception as exc:  # a record the parser did not foresee must not stop the source on every restart
+                reason = f"internal error while translating the record: {type(exc).__name__}: {str(exc)[:300]}"
+                self._dead_letter(record, MalformedRecord(reason, _readable_position(record)))
         return changes
 
     def _on_retry(self, cls: ErrorClass, attempt: int, delay: float, exc: BaseException) -> None:
@@ -148,6 +153,13 @@ class NeptuneStreamSource:
             reason=exc.reason,
             dead_letter_file=str(self._dead_letters.path),
         )
+
+
+def _readable_position(record: Any) -> Position | None:
+    try:
+        return record_position(record)
+    except Exception:
+        return None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -24,6 +24,14 @@ STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/scripted/stream/2026
 _ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
 
+def _sequence(record: dict[str, Any]) -> int | None:
+    """A scripted record's sequence number; None for the hostile records some tests script."""
+    try:
+        return int(record["dynamodb"]["SequenceNumber"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 @dataclass
 class ScriptedShard:
     id: str
@@ -123,7 +131,7 @@ class ScriptedStreams:
         shards = []
         for sid in page:
             shard = self.shards[sid]
-            sequences = [int(r["dynamodb"]["SequenceNumber"]) for r in shard.records] or [1]
+            sequences = [n for r in shard.records if (n := _sequence(r)) is not None] or [1]
             seq_range = {"StartingSequenceNumber": str(min(sequences))}
             if shard.closed:
                 seq_range["EndingSequenceNumber"] = str(max(sequences))
@@ -165,7 +173,7 @@ class ScriptedStreams:
             index = len(shard.records)
         else:
             sequence = int(body["SequenceNumber"])
-            sequences = [int(r["dynamodb"]["SequenceNumber"]) for r in shard.records]
+            sequences = [_sequence(r) for r in shard.records]
             if sequence not in sequences:
                 raise _Fault("TrimmedDataAccessException", f"sequence number {sequence} is not in the shard")
             index = sequences.index(sequence) + (1 if kind == "AFTER_SEQUENCE_NUMBER" else 0)
