@@ -403,14 +403,17 @@ def test_changes_that_take_no_effect_are_counted_and_dead_lettered(engine: Embed
 
 
 def test_one_bad_value_does_not_take_its_coalesced_neighbours_down(engine: EmbeddedFalkorDB, tmp_path: Path) -> None:
+    """The target-side half (a sink rejecting one change of a coalesced mutation) is proven on the Neptune stand
+    by `test_replication.py::test_poison_change_goes_to_dead_letters_and_the_rest_converges`: FalkorDB holds
+    every value the value rule lets through."""
     records = [
         label(1, 1, "a", "Person"),
         prop(1, 2, "a", "name", "Ada"),
-        prop(1, 3, "a", "bad", "cut\x00here"),  # FalkorDB's parameter text ends at a NUL byte: the engine refuses it
+        prop(1, 3, "a", "bad", "cut\x00here"),  # no target can hold a NUL value: refused at translation
         prop(1, 4, "a", "age", 36),
         label(1, 5, "a", "Admin"),
     ]
-    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records))
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), source={"on_malformed": "dead_letter"})
     assert run.run() == 0
     vertex = run.replica().vertices["a"]
     assert vertex.labels == {"Person", "Admin"}
