@@ -101,6 +101,9 @@ class SQLiteLeaseStore:
         self, source: str, positions: dict[str, Position], leases: Mapping[str, Lease] | None = None
     ) -> None:
         await self.store.save_many(source, positions)
+        for partition, position in positions.items():
+            if leases and partition in leases:
+                leases[partition].position = tuple(position)
 
     async def forget(self, source: str, partitions: list[str], leases: Mapping[str, Lease] | None = None) -> None:
         await self.store.forget(source, partitions)

@@ -74,14 +74,19 @@ class LeaseRenewer:
         return deadline is not None and self.clock() < deadline
 
     async def renew_all(self) -> list[str]:
-        """Renew every held lease (concurrently); return the partitions dropped (lost, handed over, or past
-        their deadline after a failed renewal)."""
+        """Renew every held lease (concurrently); return the partitions dropped (lost, handed over, finished
+        at `SHARD_END`, or past their deadline after a failed renewal)."""
         partitions = list(self.held)
         results = await asyncio.gather(*(self._renew(p) for p in partitions))
         return [p for p, kept in zip(partitions, results, strict=True) if not kept]
 
     async def _renew(self, partition: str) -> bool:
         lease = self.held[partition]
+        if lease.shard_end:  # read to its end and checkpointed: free it, so its children become ready
+            self.drop(partition)
+            with suppress(LeaseLost):
+                await self.store.release(lease)
+            return False
         sent = self.clock()
         try:
             await self.store.renew(lease)

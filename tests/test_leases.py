@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -356,3 +356,55 @@ def test_config_timing_rule() -> None:
         DynamoDBCheckpointConfig.model_validate(
             {"kind": "dynamodb", "table": "t", "region": "us-east-1", "renew_interval_seconds": 7.0}
         )
+
+
+async def test_a_finished_parent_is_released_and_its_child_taken(store: DynamoDBCheckpointStore) -> None:
+    await store.ensure_leases("src", {"parent": (), "child": ("parent",)})
+    c = await coordinator(store, "me")
+    await c.take_once()
+    assert set(c.held) == {"parent"}, "a child waits for its parent's SHARD_END"
+    renewing, saving = (
+        c.held["parent"],
+        asyncio.gather(c.renew_once(), store.save_many("src", {"parent": ("5".zfill(40),)}, c.held)),
+    )
+    await saving  # a renewal and a checkpoint in flight together do not fail each other
+    assert renewing.position == ("5".zfill(40),) and c.may_write("parent")
+    await store.save_many("src", {"parent": SHARD_END}, c.held)
+    await c.renew_once()
+    assert not c.held and (await store.get_lease("src", "parent")).owner is None  # type: ignore[union-attr]
+    await c.take_once()
+    assert set(c.held) == {"child"} and await store.load("src") == {"parent": SHARD_END}
+
+
+async def test_coordinators_on_timers_never_share_a_writable_lease(
+    stack: AsyncExitStack, moto_server: str, table: str
+) -> None:
+    """Three instances on their timers; one is then paused (its tasks stop, nothing released). Sampled all
+    along: no partition is writable by two instances at once, and the survivors end up with everything."""
+    stores = [await open_store(stack, moto_server, table) for _ in range(3)]
+    await stores[0].ensure_leases("src", {f"shard-{i:02}": () for i in range(8)})
+    timing = {"lease_duration": 0.8, "renew_interval": 0.15, "take_interval": 0.1, "margin": 0.3}
+    coordinators = [LeaseCoordinator(s, "src", f"instance-{i}", **timing) for i, s in enumerate(stores)]
+    for c in coordinators:
+        await c.start()
+
+    def shares(group: list[LeaseCoordinator]) -> list[int]:
+        return sorted(len(c.held) for c in group)
+
+    async def sample_until(done: Callable[[], bool], seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not done():
+            writers = Counter(p for c in coordinators for p in c.held if c.may_write(p))
+            assert not writers or max(writers.values()) == 1, writers
+            assert time.monotonic() < end, [sorted(c.held) for c in coordinators]
+            await asyncio.sleep(0.01)
+
+    await sample_until(lambda: shares(coordinators) == [2, 3, 3], 5.0)
+    paused, survivors = coordinators[0], coordinators[1:]
+    for task in paused._tasks:  # a pause: nothing renews, nothing is released
+        task.cancel()
+    await sample_until(lambda: shares(survivors) == [4, 4], 5.0)
+    assert not any(paused.may_write(p) for p in paused.held)
+    assert sorted(p for c in survivors for p in c.held) == [f"shard-{i:02}" for i in range(8)]
+    for c in coordinators:
+        await c.stop()
