@@ -408,3 +408,19 @@ async def test_coordinators_on_timers_never_share_a_writable_lease(
     assert sorted(p for c in survivors for p in c.held) == [f"shard-{i:02}" for i in range(8)]
     for c in coordinators:
         await c.stop()
+
+
+async def test_a_neptune_source_is_active_standby(store: DynamoDBCheckpointStore) -> None:
+    """One partition (""): one instance holds it, the other waits without asking for it, and takes it as soon
+    as the holder drains (releases) it."""
+    await store.ensure_leases("src", {"": ()})
+    active, standby = await coordinator(store, "active"), await coordinator(store, "standby")
+    for _ in range(3):
+        for c in (active, standby):
+            await c.take_once()
+            await c.renew_once()
+    assert set(active.held) == {""} and not standby.held and standby.taker.steals == 0
+    await store.save_many("src", {"": (42, 1)}, active.held)
+    await active.stop()
+    await standby.take_once()
+    assert set(standby.held) == {""} and await store.load("src") == {"": (42, 1)}
