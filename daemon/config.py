@@ -249,8 +249,8 @@ class DynamoDBCheckpointConfig(_Model):
     steal_tolerance: int = Field(
         1,
         ge=0,
-        description="Steal only when the most loaded instance holds more than this many leases above ours plus "
-        "one; 1 gives an even share plus or minus one without thrashing.",
+        description="Ask for a lease only when the most loaded instance holds more than this many leases above "
+        "our count; 1 gives an even share plus or minus one without thrashing.",
     )
 
     @model_validator(mode="after")
@@ -1101,7 +1101,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[daemon]`", DaemonConfig, None),
     ('`[checkpoint]` kind = "sqlite" (the default)', SqliteCheckpointConfig, None),
     (
-        '`[checkpoint]` kind = "dynamodb" (validated; `run` refuses it until multi-instance running is wired)',
+        '`[checkpoint]` kind = "dynamodb" (refused by `check-config` and `run` until multi-instance running is wired)',
         DynamoDBCheckpointConfig,
         None,
     ),
