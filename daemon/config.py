@@ -224,12 +224,51 @@ class SqliteCheckpointConfig(_Model):
 
 
 class DynamoDBCheckpointConfig(_Model):
-    """`[checkpoint] kind = "dynamodb"`: shared positions with leases (not available in this version)."""
+    """`[checkpoint] kind = "dynamodb"`: shared positions with leases, for several instances of the daemon
+    (the store and its lease coordinator exist; `run` does not use them yet). The timing rule is explained in
+    docs/architecture.md, "Leases and self-fencing"."""
 
     kind: Literal["dynamodb"] = Field(description="Checkpoint store kind.")
-    table: Name = Field(description="DynamoDB table holding positions and leases.")
+    table: Name = Field(description="DynamoDB table holding positions and leases; created (on-demand) if absent.")
     region: Region = Field(description="AWS region of the table.")
     endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore (local stand-ins); default AWS.")
+    lease_duration_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How long a lease whose counter stopped moving stays its owner's: another instance takes it "
+        "only after watching it unchanged this long on its own clock.",
+    )
+    renew_interval_seconds: float = Field(
+        3.0, gt=0, description="How often an instance heartbeats (renews) the leases it holds."
+    )
+    take_interval_seconds: float = Field(
+        5.0, gt=0, description="How often an instance looks for free, expired or stealable leases."
+    )
+    fencing_margin_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="An instance stops writing a partition this long before the earliest moment another "
+        "instance may take it (covers clock-rate drift and the gap between the check and the write).",
+    )
+    max_steal: int = Field(
+        1, ge=0, description="At most this many leases asked from the most loaded instance per take round."
+    )
+    steal_tolerance: int = Field(
+        1,
+        ge=0,
+        description="Ask for a lease only when the most loaded instance holds more than this many leases above "
+        "our count; 1 gives an even share plus or minus one without thrashing.",
+    )
+
+    @model_validator(mode="after")
+    def _timing(self) -> DynamoDBCheckpointConfig:
+        budget = self.lease_duration_seconds - self.fencing_margin_seconds
+        if 2 * self.renew_interval_seconds > budget:
+            raise ValueError(
+                "renew_interval_seconds should be at most half of lease_duration_seconds - fencing_margin_seconds "
+                f"({budget / 2:g}), so one late heartbeat does not stop the writes"
+            )
+        return self
 
 
 class StartPosition(_Model):
@@ -854,7 +893,11 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     checkpoint = data.get("checkpoint")
     if isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
         problems.append(
-            ("checkpoint.kind", 'dynamodb checkpoints are not available in this version; use kind = "sqlite"')
+            (
+                "checkpoint.kind",
+                "the dynamodb checkpoint store exists, but running several instances on it is not wired into "
+                '`run` yet; use kind = "sqlite"',
+            )
         )
     sources = data.get("sources")
     sinks = data.get("sinks") if isinstance(data.get("sinks"), dict) else {}
@@ -1075,7 +1118,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[daemon]`", DaemonConfig, None),
     ('`[checkpoint]` kind = "sqlite" (the default)', SqliteCheckpointConfig, None),
     (
-        '`[checkpoint]` kind = "dynamodb" (refused until DynamoDB leases arrive)',
+        '`[checkpoint]` kind = "dynamodb" (refused by `check-config` and `run` until multi-instance running is wired)',
         DynamoDBCheckpointConfig,
         None,
     ),
