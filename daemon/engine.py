@@ -465,10 +465,14 @@ class EmbeddedFalkorDB:
                     return info.get("aof_last_bgrewrite_status") == "ok"
                 try:
                     await client.bgrewriteaof()
-                except redis.exceptions.ResponseError as exc:  # a rewrite or save began meanwhile
-                    log.info("engine append-only file rewrite not started yet", error=str(exc))
-                    await asyncio.sleep(0.05)
-                    continue
+                except redis.exceptions.ResponseError as exc:
+                    if "in progress" in str(exc) or "scheduled" in str(exc):  # a rewrite or save began meanwhile
+                        await asyncio.sleep(0.05)
+                        continue
+                    # The engine cannot rewrite now (a full disk, say): retrying here would only hold up the
+                    # sink; the tail stays as it is and the next stop or start tries again.
+                    log.warning("engine append-only file rewrite refused", data_dir=str(self.data_dir), error=str(exc))
+                    return False
                 started = True
                 if not wait:
                     return True

@@ -28,7 +28,8 @@ from daemon.config import load_config
 from daemon.engine import EmbeddedFalkorDB, start_engine_in_thread
 from daemon.supervisor import Supervisor
 from tests.stand.comparator import assert_converged, read_falkordb_graph
-from tests.stand.daemon_process import write_config
+from tests.stand.daemon_process import DaemonProcess, write_config
+from tests.stand.harness import wait_for
 from tests.stand.workload import ReferenceGraph, generate_history
 
 _graph_names = itertools.count()
@@ -472,3 +473,61 @@ def test_a_huge_line_is_dead_lettered_with_its_size_in_bounded_memory(tmp_path: 
     (entry,) = [orjson.loads(line) for line in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
     assert entry["line"] == 2 and entry["size"] == huge + 9
     assert "over max_record_bytes" in entry["reason"] and len(entry["text"]) <= 256
+
+
+# ----------------------------------------------------------------------------------------------------
+# A full disk under the embedded engine: not ready, saying so; nothing dead-lettered; converges once freed
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 400 KiB tmpfs (root only: skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount_point)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stalls_loudly_and_converges_once_space_is_freed(small_disk: Path, tmp_path: Path) -> None:
+    history = generate_history(seed=9, n_changes=30_000)
+    capture = write_lines(tmp_path / "capture.jsonl", list(history.records()))
+    data_dir = small_disk / "data"
+    config = write_config(
+        tmp_path / "config.toml",
+        data_dir=data_dir,
+        source={"kind": "file", "path": str(capture), "limit": 500},
+        sink={"kind": "falkordb", "graph": "g", "retry_max_seconds": 1.0},
+        daemon={"restart_backoff_max_seconds": 2},
+    )
+    daemon = DaemonProcess(config)
+    try:
+        reasons = wait_for(
+            lambda: [r for r in daemon_reasons(daemon) if "No space left on device" in r], 60, "not ready: disk full"
+        )
+        assert any(r.startswith("sink target: failing (resource:") for r in reasons), reasons
+        subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
+        assert daemon.wait(120) == 0, daemon.log_tail()
+    finally:
+        daemon.kill()
+    assert not (data_dir / "dead-letter.jsonl").exists()
+    engine, stop = start_engine_in_thread(data_dir / "falkordb" / "target")
+    try:
+        graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("g")
+        assert_converged(history.reference, read_falkordb_graph(graph))
+    finally:
+        stop()
+
+
+def daemon_reasons(daemon: DaemonProcess) -> list[str]:
+    try:
+        code, body = daemon.get("/readyz")
+    except OSError:
+        return []
+    return orjson.loads(body).get("reasons", []) if code == 503 else []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,8 @@ class FalkorDBSink(GraphSink):
             return ErrorClass(False, "access_denied")
         if isinstance(exc, redis.exceptions.TimeoutError | asyncio.TimeoutError | TimeoutError):
             return RETRY["timeout"]
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return RETRY["resource"]  # the embedded engine's data directory is full
         if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError | OSError):
             return RETRY["connection"]
         if isinstance(exc, redis.exceptions.OutOfMemoryError):
