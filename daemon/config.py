@@ -1125,7 +1125,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[daemon]`", DaemonConfig, None),
     ('`[checkpoint]` kind = "sqlite" (the default)', SqliteCheckpointConfig, None),
     (
-        '`[checkpoint]` kind = "dynamodb" (refused by `check-config` and `run` until multi-instance running is wired)',
+        '`[checkpoint]` kind = "dynamodb" (several instances, active/standby; neptune and file sources only)',
         DynamoDBCheckpointConfig,
         None,
     ),
