@@ -188,6 +188,7 @@ class Supervisor:
                 raise ValueError("only SQLite and DynamoDB checkpoints are available in this version")
             self.checkpoints = SQLiteCheckpointStore(checkpoint_path)
         self.coordinators: dict[str, LeaseCoordinator] = {}  # source -> its lease coordinator (DynamoDB store)
+        self.lease_trouble: dict[str, str] = {}  # source -> why its coordinator could not start (until it does)
         self._stack = AsyncExitStack()
         self.sinks: dict[str, GraphSink] = {}
         self.pipelines: list[Pipeline] = []
@@ -260,6 +261,8 @@ class Supervisor:
         for p in self.pipelines:
             if p.name in self.failed:
                 reasons.append(f"source {p.name}: {p.source.state}")
+            elif p.name in self.lease_trouble:
+                reasons.append(f"source {p.name}: lease table unreachable ({self.lease_trouble[p.name]})")
             elif not p.source.polling and not p.standby:
                 reasons.append(f"source {p.name}: not polling yet")
             if p.crashed is not None:
@@ -281,6 +284,14 @@ class Supervisor:
         }
 
     async def run(self) -> int:
+        if self.shared is not None:
+            try:
+                await self._open_shared_store()  # the table is created (and waited for) when missing
+            except BaseException:
+                with suppress(Exception):
+                    await self._stack.aclose()
+                self.datadir_lock.release()
+                raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(NotImplementedError, RuntimeError):
@@ -288,11 +299,7 @@ class Supervisor:
         if self.http is not None:
             await self.http.start()
             log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
-        if self.shared is not None:
-            await self._open_shared_store()
-            keep = self._keep_running_leased
-        else:
-            keep = self._keep_running
+        keep = self._keep_running_leased if self.shared is not None else self._keep_running
         tasks = {asyncio.create_task(keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
         # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
         heartbeat = asyncio.create_task(
@@ -447,8 +454,10 @@ class Supervisor:
             while not pipeline.stopping:
                 try:
                     await coordinator.start()
+                    self.lease_trouble.pop(pipeline.name, None)
                     break
                 except Exception as exc:
+                    self.lease_trouble[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
                     log.warning("cannot reach the lease table; retrying", source=pipeline.name, error=str(exc)[:300])
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._drain.wait(), timeout=1.0)

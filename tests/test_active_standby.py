@@ -62,16 +62,23 @@ def _state(daemon: DaemonProcess) -> dict:
 def _start_pair(configs: list[Path]) -> tuple[DaemonProcess, DaemonProcess]:
     """A takes the lease and applies; then B starts and stands by, ready."""
     a = DaemonProcess(configs[0], exit_when_idle=False)
-    wait_for(lambda: _state(a)["changes_applied"] > 0, 30, "A to take the lease and apply")
-    b = DaemonProcess(configs[1], exit_when_idle=False)
-    wait_for(lambda: _state(b)["state"] == "standby" and status(b)["ready"], 30, "B to stand by, ready")
-    assert _state(a)["state"] != "standby"
-    _, metrics_a = a.get("/metrics")
-    _, metrics_b = b.get("/metrics")
-    assert metric_value(metrics_a.decode(), "graph_replicator_lease_held", source="main") == 1
-    assert metric_value(metrics_b.decode(), "graph_replicator_lease_held", source="main") == 0
-    time.sleep(1.0)  # B keeps standing by while A holds the lease (its renewals keep the counter moving)
-    assert _state(b)["state"] == "standby" and _state(b)["changes_applied"] == 0
+    b = None
+    try:
+        wait_for(lambda: _state(a)["changes_applied"] > 0, 30, "A to take the lease and apply")
+        b = DaemonProcess(configs[1], exit_when_idle=False)
+        wait_for(lambda: _state(b)["state"] == "standby" and status(b)["ready"], 30, "B to stand by, ready")
+        assert _state(a)["state"] != "standby"
+        _, metrics_a = a.get("/metrics")
+        _, metrics_b = b.get("/metrics")
+        assert metric_value(metrics_a.decode(), "graph_replicator_lease_held", source="main") == 1
+        assert metric_value(metrics_b.decode(), "graph_replicator_lease_held", source="main") == 0
+        time.sleep(1.0)  # B keeps standing by while A holds the lease (its renewals keep the counter moving)
+        assert _state(b)["state"] == "standby" and _state(b)["changes_applied"] == 0
+    except BaseException:
+        for daemon in (a, b):
+            if daemon is not None and daemon.proc.poll() is None:
+                daemon.kill()
+        raise
     return a, b
 
 
@@ -99,8 +106,12 @@ def test_sigkill_of_the_active_one_the_standby_takes_over_and_converges(
         assert LEASE_DURATION - RENEW_INTERVAL - MARGIN <= leased, "taken before the lease could have expired"
         assert takeover < LEASE_DURATION + TAKE_INTERVAL + 3
         wait_for(lambda: _state(b)["caught_up"], 60, "B to catch up")
+        # B resumed from A's last checkpoint in the table, not from the start of the stream.
+        assert _state(b)["changes_applied"] < history.n_records
     finally:
         b.terminate()
+        if a.proc.poll() is None:
+            a.kill()
     assert b.wait(30) == 0, b.log_tail()
     assert_converged(history.reference, replica("neptune", stand, tmp_path))
 
@@ -133,5 +144,7 @@ def test_sigterm_of_the_active_one_hands_over_without_waiting_for_expiry(
         assert _state(b)["changes_applied"] < history.n_records
     finally:
         b.terminate()
+        if a.proc.poll() is None:
+            a.kill()
     assert b.wait(30) == 0, b.log_tail()
     assert_converged(history.reference, replica("neptune", stand, tmp_path))
