@@ -286,6 +286,13 @@ BROKEN = [
 ]  # fmt: skip
 
 
+def test_dynamodb_checkpoint_is_accepted_with_neptune_sources(tmp_path: Path) -> None:
+    """Active/standby on the lease table: accepted when every source has one partition (neptune, file)."""
+    text = _cfg(top='[checkpoint]\nkind = "dynamodb"\ntable = "cp"\nregion = "us-east-1"\nlease_duration_seconds = 9')
+    config = _load(tmp_path, text)
+    assert config.checkpoint.kind == "dynamodb" and config.checkpoint_path is None
+
+
 @pytest.mark.parametrize(("text", "env", "key", "reason"), BROKEN)
 def test_broken_config(tmp_path: Path, text: str, env: dict[str, str], key: str, reason: str) -> None:
     problems = _problems(tmp_path, text, env)
