@@ -903,8 +903,9 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                 (
                     "checkpoint.kind",
                     "the dynamodb checkpoint store runs neptune and file sources active/standby; sharing a dynamodb "
-                    f"source's shards across instances is not built yet (sources {shared}); "
-                    'use kind = "sqlite" for them',
+                    "source's shards across instances is not built yet (source "
+                    + ", ".join(f'"{n}"' for n in shared)
+                    + '); use kind = "sqlite" for them',
                 )
             )
     sinks = data.get("sinks") if isinstance(data.get("sinks"), dict) else {}
