@@ -225,8 +225,8 @@ class SqliteCheckpointConfig(_Model):
 
 class DynamoDBCheckpointConfig(_Model):
     """`[checkpoint] kind = "dynamodb"`: shared positions with leases, for several instances of the daemon
-    (the store and its lease coordinator exist; `run` does not use them yet). The timing rule is explained in
-    docs/architecture.md, "Leases and self-fencing"."""
+    (`run` uses it for neptune and file sources, active/standby: one instance applies, the others stand by).
+    The timing rule is explained in docs/architecture.md, "Leases and self-fencing"."""
 
     kind: Literal["dynamodb"] = Field(description="Checkpoint store kind.")
     table: Name = Field(description="DynamoDB table holding positions and leases; created (on-demand) if absent.")
@@ -891,15 +891,23 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Checks across sections, on the raw data so they are reported with the schema problems."""
     problems: list[tuple[str, str]] = []
     checkpoint = data.get("checkpoint")
-    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
-        problems.append(
-            (
-                "checkpoint.kind",
-                "the dynamodb checkpoint store exists, but running several instances on it is not wired into "
-                '`run` yet; use kind = "sqlite"',
-            )
-        )
     sources = data.get("sources")
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
+        shared = [
+            s.get("name", i)
+            for i, s in enumerate(sources if isinstance(sources, list) else [])
+            if isinstance(s, dict) and s.get("kind") not in ("neptune", "file")
+        ]
+        if shared:
+            problems.append(
+                (
+                    "checkpoint.kind",
+                    "the dynamodb checkpoint store runs neptune and file sources active/standby; sharing a dynamodb "
+                    "source's shards across instances is not built yet (source "
+                    + ", ".join(f'"{n}"' for n in shared)
+                    + '); use kind = "sqlite" for them',
+                )
+            )
     sinks = data.get("sinks") if isinstance(data.get("sinks"), dict) else {}
     if not sources:
         problems.append(("sources", "at least one [[sources]] entry is required"))
@@ -1118,7 +1126,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[daemon]`", DaemonConfig, None),
     ('`[checkpoint]` kind = "sqlite" (the default)', SqliteCheckpointConfig, None),
     (
-        '`[checkpoint]` kind = "dynamodb" (refused by `check-config` and `run` until multi-instance running is wired)',
+        '`[checkpoint]` kind = "dynamodb" (several instances, active/standby; neptune and file sources only)',
         DynamoDBCheckpointConfig,
         None,
     ),

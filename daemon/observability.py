@@ -176,6 +176,13 @@ class Metrics:
         self.task_restarts = Counter(
             p + "task_restarts_total", "Pipeline tasks restarted after a crash", ["source"], registry=r
         )
+        self.lease_held = Gauge(
+            p + "lease_held",
+            "1 while this instance holds the source's lease and applies it; 0 while it stands by "
+            "(DynamoDB checkpoint store only)",
+            ["source"],
+            registry=r,
+        )
         # The embedded FalkorDB engine (daemon.engine) of a sink without `url`.
         self.engine_restarts = Counter(
             p + "engine_restarts_total",

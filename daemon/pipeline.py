@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
 import structlog
 
-from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.model import SHARD_END, ChangeBatch, Position
 from daemon.observability import METRICS
 from daemon.scheduler import Planner
@@ -41,22 +41,40 @@ class Source(Protocol):
         """These partitions' positions are applied and checkpointed."""
 
 
+class CheckpointStore(Protocol):
+    """What the pipeline needs of a checkpoint store: `SQLiteLeaseStore`, or the supervisor's lease-holding view of
+    the DynamoDB store (its writes raise `daemon.leases.LeaseLost` when the lease moved)."""
+
+    async def load(self, source: str) -> dict[str, Position]: ...
+
+    async def save_many(self, source: str, positions: dict[str, Position]) -> None: ...
+
+    async def forget(self, source: str, partitions: list[str]) -> None: ...
+
+
+class FencedOff(Exception):
+    """The pipeline may no longer write a partition (its lease is lost or about to expire): it stops at once."""
+
+
 class Pipeline:
     def __init__(
         self,
         source: Source,
         planner: Planner,
         applier: PlanApplier,
-        checkpoints: SQLiteCheckpointStore,
+        checkpoints: CheckpointStore | None,
         *,
         queue_size: int,
         window_max_changes: int,
+        may_write: Callable[[str], bool] | None = None,
     ) -> None:
         self.source = source
         self.name = source.name
         self.planner = planner
         self.applier = applier
-        self.checkpoints = checkpoints
+        self.checkpoints = checkpoints  # None until the supervisor opened a shared store
+        self.may_write = may_write  # None: always (one owner); else checked before each window's sink writes
+        self.standby = False  # another instance holds this source's lease
         self.queue_size = queue_size
         self.window_max = window_max_changes
         self.positions: dict[str, Position] = {}  # the checkpointed low watermark of each partition
@@ -80,7 +98,8 @@ class Pipeline:
 
     async def run(self) -> None:
         """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
-        self.positions = self.checkpoints.load(self.name)
+        assert self.checkpoints is not None
+        self.positions = await self.checkpoints.load(self.name)
         for partition, position in self.positions.items():
             self._export_checkpoint(partition, position)
         queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
@@ -141,6 +160,10 @@ class Pipeline:
     async def _apply_window(self, window: list[ChangeBatch]) -> None:
         changes = [c for batch in window for c in batch.changes]
         last = window[-1]
+        if self.may_write is not None:
+            for partition in {batch.partition for batch in window}:
+                if not self.may_write(partition):
+                    raise FencedOff(f"source {self.name!r} partition {partition!r}: lease not held; stopping writes")
         self.applying = True
         try:
             if changes:
@@ -215,7 +238,7 @@ class Pipeline:
             lag = max(0.0, time.time() - self.last_applied_commit_ms / 1000)
         return {
             "source": self.name,
-            "state": self.source.state,
+            "state": "standby" if self.standby else self.source.state,
             "position": _position_text(self.positions),
             "caught_up": self.caught_up,
             "lag_seconds": round(lag, 3),

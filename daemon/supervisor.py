@@ -14,6 +14,15 @@
   (exit 3 if a source stopped on an error instead); before the sinks close, `summary` records what was applied
   and how many vertices and edges each target holds, and which sources never started because their sink
   never became ready.
+* With `[checkpoint] kind = "dynamodb"` (Neptune and file sources only) several processes may run one config:
+  per source a `LeaseCoordinator` takes the source's single lease (partition `""`) in the shared table, and the
+  pipeline runs only while `may_write("")` holds: the holder applies, the others stand by (ready; `/status`
+  state `standby`, `graph_replicator_lease_held` 0). The pipeline checks `may_write` before each window's sink
+  writes, every checkpoint write is conditional on the lease, and a lost lease (or a deadline passing) cancels
+  the run at once, with no further checkpoint; the process then stands by again. A drain finishes the window,
+  checkpoints it and releases the lease, so a standby takes over at its next take round instead of waiting
+  for the lease to expire. A standby takes a dead holder's lease within `lease_duration_seconds +
+  take_interval_seconds` of the holder's last renewal.
 * The supervisor owns the data directory (`daemon.datadir.DataDirLock`) from construction to the end of
   `run`; a second daemon on the same directory is refused. Each source's checkpoint is read before its sink
   is started, so `/status` and the final `stopped` line show the stored positions even while a sink cannot
@@ -25,16 +34,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from contextlib import suppress
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from daemon.checkpoint import SQLiteCheckpointStore
+from daemon.checkpoint import SQLiteCheckpointStore, SQLiteLeaseStore
 from daemon.config import (
     Config,
+    DynamoDBCheckpointConfig,
     DynamoDBSourceConfig,
     FalkorDBSinkConfig,
     FileSourceConfig,
@@ -44,9 +55,11 @@ from daemon.config import (
 )
 from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
+from daemon.lease_coordinator import LeaseCoordinator
+from daemon.leases import Lease, LeaseLost
 from daemon.model import SourceStopped
 from daemon.observability import METRICS, HttpServer
-from daemon.pipeline import Pipeline, Source
+from daemon.pipeline import FencedOff, Pipeline, Source
 from daemon.scheduler import Planner
 from daemon.sdnotify import SystemdNotifier
 from daemon.sinks.analytics import NeptuneAnalyticsSink
@@ -123,6 +136,32 @@ class Summary:
     dead_letter_file: str = ""
 
 
+class LeasedCheckpoints:
+    """A shared (DynamoDB) store seen by one source's pipeline: writes go with the coordinator's held leases, and
+    a `LeaseLost` drops the lease in the coordinator (so `may_write` turns False at once) before it propagates."""
+
+    def __init__(self, store: Any, coordinator: LeaseCoordinator) -> None:
+        self.store, self.coordinator = store, coordinator
+
+    async def load(self, source: str) -> dict[str, Any]:
+        return await self.store.load(source)
+
+    async def save_many(self, source: str, positions: dict[str, Any]) -> None:
+        await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+
+    async def forget(self, source: str, partitions: list[str]) -> None:
+        await self._fenced(self.store.forget, source, partitions, self.coordinator.held)
+
+    async def _fenced(self, write: Callable[..., Any], source: str, what: Any, held: Mapping[str, Lease]) -> None:
+        try:
+            await write(source, what, held)
+        except LeaseLost as exc:
+            await self.coordinator.lease_lost(exc.partition)
+            raise
+        except KeyError as exc:  # no held lease for a partition (the store's `_held`)
+            raise FencedOff(f"source {source!r}: lease not held ({exc})") from exc
+
+
 class Supervisor:
     def __init__(self, config: Config, *, exit_when_idle: bool = False) -> None:
         # First of all: nothing under the data directory is touched before it is ours (raises DataDirBusy).
@@ -142,9 +181,15 @@ class Supervisor:
         self._stopping_announced = False
         self.dead_letters = DeadLetterFile(config.dead_letter_path)
         checkpoint_path = config.checkpoint_path
-        if checkpoint_path is None:
-            raise ValueError("only SQLite checkpoints are available in this version")
-        self.checkpoints = SQLiteCheckpointStore(checkpoint_path)
+        self.checkpoints: SQLiteCheckpointStore | None = None
+        self.shared = config.checkpoint if isinstance(config.checkpoint, DynamoDBCheckpointConfig) else None
+        if self.shared is None:
+            if checkpoint_path is None:
+                raise ValueError("only SQLite and DynamoDB checkpoints are available in this version")
+            self.checkpoints = SQLiteCheckpointStore(checkpoint_path)
+        self.coordinators: dict[str, LeaseCoordinator] = {}  # source -> its lease coordinator (DynamoDB store)
+        self.lease_trouble: dict[str, str] = {}  # source -> why its coordinator could not start (until it does)
+        self._stack = AsyncExitStack()
         self.sinks: dict[str, GraphSink] = {}
         self.pipelines: list[Pipeline] = []
         self.failed: dict[str, str] = {}  # source -> why it stopped for good
@@ -181,7 +226,7 @@ class Supervisor:
             source,
             planner,
             applier,
-            self.checkpoints,
+            SQLiteLeaseStore(self.checkpoints) if self.checkpoints is not None else None,
             queue_size=cfg.queue_size,
             window_max_changes=cfg.window_max_changes,
         )
@@ -216,7 +261,9 @@ class Supervisor:
         for p in self.pipelines:
             if p.name in self.failed:
                 reasons.append(f"source {p.name}: {p.source.state}")
-            elif not p.source.polling:
+            elif p.name in self.lease_trouble:
+                reasons.append(f"source {p.name}: lease table unreachable ({self.lease_trouble[p.name]})")
+            elif not p.source.polling and not p.standby:
                 reasons.append(f"source {p.name}: not polling yet")
             if p.crashed is not None:
                 reasons.append(f"source {p.name}: restarting after a crash ({p.crashed})")
@@ -237,6 +284,14 @@ class Supervisor:
         }
 
     async def run(self) -> int:
+        if self.shared is not None:
+            try:
+                await self._open_shared_store()  # the table is created (and waited for) when missing
+            except BaseException:
+                with suppress(Exception):
+                    await self._stack.aclose()
+                self.datadir_lock.release()
+                raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(NotImplementedError, RuntimeError):
@@ -244,7 +299,8 @@ class Supervisor:
         if self.http is not None:
             await self.http.start()
             log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
-        tasks = {asyncio.create_task(self._keep_running(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
+        keep = self._keep_running_leased if self.shared is not None else self._keep_running
+        tasks = {asyncio.create_task(keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
         # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
         heartbeat = asyncio.create_task(
             self.notifier.run_watchdog(self.status_line, on_lag=METRICS.event_loop_lag.set), name="watchdog"
@@ -265,7 +321,10 @@ class Supervisor:
                     await sink.close()
             if self.http is not None:
                 await self.http.stop()
-            self.checkpoints.close()
+            if self.checkpoints is not None:
+                self.checkpoints.close()
+            with suppress(Exception):
+                await self._stack.aclose()
             self.datadir_lock.release()
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
@@ -329,8 +388,8 @@ class Supervisor:
         sink = pipeline.applier.sink
         ceiling = self.config.daemon.restart_backoff_max_seconds
         backoff = min(1.0, ceiling)
-        if not pipeline.positions:  # what /status and the `stopped` line show until the pipeline runs
-            pipeline.positions = self.checkpoints.load(pipeline.name)
+        if not pipeline.positions and pipeline.checkpoints is not None:  # shown until the pipeline runs
+            pipeline.positions = await pipeline.checkpoints.load(pipeline.name)
         while not pipeline.stopping:
             started = time.monotonic()
             try:
@@ -342,6 +401,9 @@ class Supervisor:
                 self.sink_not_ready.pop(pipeline.name, None)
                 METRICS.sink_up.labels(sink=sink.name).set(1)
                 await pipeline.run()
+                return
+            except (LeaseLost, FencedOff) as exc:  # another instance owns the source now: stop writing at once
+                log.warning("lease lost; pipeline stopped, standing by", source=pipeline.name, error=str(exc)[:300])
                 return
             except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
@@ -365,3 +427,71 @@ class Supervisor:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._drain.wait(), timeout=backoff)
                 backoff = min(backoff * 2, ceiling)
+
+    async def _open_shared_store(self) -> None:
+        from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
+
+        cfg = self.shared
+        assert cfg is not None
+        store = await DynamoDBCheckpointStore.open(
+            self._stack, table=cfg.table, region=cfg.region, endpoint=str(cfg.endpoint) if cfg.endpoint else None
+        )
+        for pipeline in self.pipelines:
+            coordinator = LeaseCoordinator.from_config(store, pipeline.name, cfg)
+            self.coordinators[pipeline.name] = coordinator
+            pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
+            pipeline.may_write = coordinator.may_write
+            pipeline.standby = True
+            METRICS.lease_held.labels(source=pipeline.name).set(0)
+            await store.ensure_leases(pipeline.name, {"": ()})  # a Neptune (or file) source is one partition
+
+    async def _keep_running_leased(self, pipeline: Pipeline) -> None:
+        """Stand by until this instance holds the source's lease, run the pipeline while `may_write("")` holds,
+        and stand by again when it stops holding it; release the lease at the end (a drain)."""
+        coordinator = self.coordinators[pipeline.name]
+        gauge = METRICS.lease_held.labels(source=pipeline.name)
+        try:
+            while not pipeline.stopping:
+                try:
+                    await coordinator.start()
+                    self.lease_trouble.pop(pipeline.name, None)
+                    break
+                except Exception as exc:
+                    self.lease_trouble[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    log.warning("cannot reach the lease table; retrying", source=pipeline.name, error=str(exc)[:300])
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._drain.wait(), timeout=1.0)
+            while not pipeline.stopping:
+                if not coordinator.may_write(""):
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._drain.wait(), timeout=0.05)
+                    continue
+                pipeline.standby = False
+                gauge.set(1)
+                log.info("lease held; applying", source=pipeline.name, owner=coordinator.owner)
+                run = asyncio.create_task(self._keep_running(pipeline), name=f"leased:{pipeline.name}")
+                try:
+                    while not run.done():
+                        if not coordinator.may_write(""):
+                            run.cancel()  # fenced: no sink write and no checkpoint from here on
+                            log.warning("lease no longer writable; pipeline stopped", source=pipeline.name)
+                            break
+                        await asyncio.wait({run}, timeout=0.05)
+                    await asyncio.wait({run})
+                    if not run.cancelled() and run.exception() is not None:
+                        raise run.exception()  # type: ignore[misc]
+                finally:
+                    if not run.done():
+                        run.cancel()
+                        await asyncio.wait({run})
+                    gauge.set(0)
+                    pipeline.standby = not pipeline.stopping
+                if pipeline.name in self.failed or (not run.cancelled() and coordinator.may_write("")):
+                    break  # the source stopped for good, or ended (a file): nothing more to apply
+                if not pipeline.stopping:
+                    log.info("standing by", source=pipeline.name)
+                    with suppress(Exception):
+                        pipeline.positions = await pipeline.checkpoints.load(pipeline.name)  # type: ignore[union-attr]
+        finally:
+            await coordinator.stop(release=True)
+            log.info("lease released", source=pipeline.name)

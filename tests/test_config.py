@@ -265,8 +265,9 @@ BROKEN = [
     P(_cfg(sink='url = "http://h:6379"'), {}, f"{_R}.url", "redis or rediss URL", id="redis url"),
     P(_cfg(more='[sinks.a]\nkind = "neptune-analytics"\ngraph_id = "abc"\nregion = "us-east-1"'), {},
       "sinks.a.graph_id", '"g-abc123"', id="graph id"),
-    P(_cfg(top='[checkpoint]\nkind = "dynamodb"\ntable = "cp"\nregion = "us-east-1"'), {}, "checkpoint.kind",
-      "not wired into `run` yet", id="dynamodb cp"),
+    P(_cfg(top='[checkpoint]\nkind = "dynamodb"\ntable = "cp"\nregion = "us-east-1"', source={"kind": '"dynamodb"'}),
+      {}, "checkpoint.kind", "sharing a dynamodb source's shards across instances is not built yet",
+      id="dynamodb cp with a dynamodb source"),
     P(_cfg(top='[checkpoint]\nkind = "etcd"'), {}, "checkpoint.kind", 'known kinds: "sqlite", "dynamodb"',
       id="checkpoint kind"),
     P(_cfg(top="[daemon]\nlog_level = debug"), {}, "{path}", "TOML syntax error: Invalid value (at line 2,",
@@ -283,6 +284,13 @@ BROKEN = [
     P(_cfg(), _env("SINKS__REPLICA__BATCH_SIZE", "0"), f"{_R}.batch_size",
       "(got 0) (set by GRAPH_REPLICATOR__SINKS__REPLICA__BATCH_SIZE)", id="env value invalid"),
 ]  # fmt: skip
+
+
+def test_dynamodb_checkpoint_is_accepted_with_neptune_sources(tmp_path: Path) -> None:
+    """Active/standby on the lease table: accepted when every source has one partition (neptune, file)."""
+    text = _cfg(top='[checkpoint]\nkind = "dynamodb"\ntable = "cp"\nregion = "us-east-1"\nlease_duration_seconds = 9')
+    config = _load(tmp_path, text)
+    assert config.checkpoint.kind == "dynamodb" and config.checkpoint_path is None
 
 
 @pytest.mark.parametrize(("text", "env", "key", "reason"), BROKEN)
