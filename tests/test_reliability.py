@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -531,3 +533,33 @@ def daemon_reasons(daemon: DaemonProcess) -> list[str]:
     except OSError:
         return []
     return orjson.loads(body).get("reasons", []) if code == 503 else []
+
+
+# ----------------------------------------------------------------------------------------------------
+# A paused target: not ready while a call goes unanswered, long before the call's own timeout
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_a_paused_engine_turns_readiness_false_and_the_run_goes_on_once_it_resumes(
+    engine: EmbeddedFalkorDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.supervisor
+
+    monkeypatch.setattr(daemon.supervisor, "UNANSWERED_CALL_SECONDS", 0.5)
+    records = list(generate_history(seed=6, n_changes=8000).records())
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), source={"limit": 100, "queue_size": 1})
+    seen: list[str] = []
+
+    def pause_then_resume(run: Run) -> None:
+        wait_until(lambda: run.supervisor.pipelines[0].changes_applied > 0, 30, "progress")
+        os.kill(engine.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: any("has not answered" in r for r in run.readiness_reasons()), 10, "not ready")
+            seen.extend(run.readiness_reasons())
+        finally:
+            os.kill(engine.pid, signal.SIGCONT)
+
+    assert run.run(watch=pause_then_resume) == 0
+    assert any(r.startswith("sink target: a batch call has not answered for") for r in seen), seen
+    assert run.dead_letters() == []
+    assert_converged(ReferenceGraph().apply_all(records), run.replica())

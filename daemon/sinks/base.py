@@ -160,12 +160,20 @@ class PlanApplier:
         self.failing_reason: str | None = None  # why it is not healthy
         self.not_applied: dict[int, GraphChange] = {}  # of the plan being applied: dead-lettered, no effect, skipped
         self._decomposed: set[int] = set()  # mutations of the plan being applied that were retried change by change
+        self._calls_in_flight: dict[int, float] = {}  # batch call -> when it was sent (perf_counter)
         labels = {"source": source, "sink": sink.name}
         self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
         self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
         self._m_applied = METRICS.records_applied.labels(**labels)
         self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
         self._m_up = METRICS.sink_up.labels(sink=sink.name)
+
+    def oldest_call_seconds(self) -> float:
+        """How long the oldest batch call in flight has gone unanswered (0 when none): a target that stopped
+        answering (a paused engine, a hung connection) shows here long before the call's own timeout."""
+        if not self._calls_in_flight:
+            return 0.0
+        return time.perf_counter() - min(self._calls_in_flight.values())
 
     async def apply(self, plan: Plan) -> int:
         """Apply every layer in order; return when every change is applied, dead-lettered or found to take no
@@ -266,10 +274,12 @@ class PlanApplier:
                 async with self._slots:
                     self._m_inflight.inc()
                     started = time.perf_counter()
+                    self._calls_in_flight[id(rows)] = started
                     try:
                         results = await self.sink.execute(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
+                        del self._calls_in_flight[id(rows)]
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
                 self._succeeded()
