@@ -243,6 +243,13 @@ class Planner:
         self._lookup_edge_types = lookup_edge_types
         self.edge_types = EdgeTypeCache(edge_type_cache_size)
         self._statement_cache: dict[tuple[Any, ...], str] = {}
+        # What the dialect fixes for every mutation's rows (see `_parts`).
+        self._identity = dialect.name == "neptune"  # ids are Neptune's `~id`, not a property
+        self._gone_extra = [dialect.encode_name(dialect.base_label)] if dialect.base_label else []
+        # What a bare placeholder vertex holds: FalkorDB its base label and id property; Neptune gives a vertex
+        # created without a label the label `vertex`, and `~id` is not a property.
+        self._bare_labels = ["vertex"] if self._identity else self._gone_extra
+        self._bare_keys = [] if self._identity else [dialect.id_property]
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
         rejected: list[tuple[GraphChange, str]] = []
@@ -453,12 +460,8 @@ class Planner:
         """(phase, statement shape, row) of each statement a mutation needs."""
         d = self.dialect
         encode = d.encode_name
-        gone_extra = [encode(d.base_label)] if d.base_label else []
-        identity = d.name == "neptune"
-        # What a bare placeholder vertex holds: FalkorDB its base label and id property; Neptune gives a vertex
-        # created without a label the label `vertex`, and `~id` is not a property.
-        bare_labels = gone_extra if not identity else ["vertex"]
-        bare_keys = [] if identity else [d.id_property]
+        identity, gone_extra = self._identity, self._gone_extra
+        bare_labels, bare_keys = self._bare_labels, self._bare_keys
         parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
 
         def put(phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
