@@ -537,6 +537,7 @@ class Supervisor:
                 coordinator.on_change = lambda _held, source=source, coordinator=coordinator: source.assign(
                     coordinator.held
                 )
+                coordinator.quiesce = pipeline.quiesce
                 continue
             pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
             pipeline.standby = True
