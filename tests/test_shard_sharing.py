@@ -486,8 +486,9 @@ async def test_a_lease_asked_for_is_handed_over_only_after_the_writes_in_flight_
 
     holder.quiesce = quiesce
     await holder.renew_once()  # sees the request: stops writing x at once, hands it over after the write ends
-    assert not holder.may_write("x") and waited == ["x"]
+    assert not holder.may_write("x")
     await asyncio.sleep(0.3)
+    assert waited == ["x"]
     assert (await store.get_lease("src", "x")).owner == holder.owner  # type: ignore[union-attr]
     write_done.set()
     await asyncio.wait_for(holder.handovers_done(), 5)
