@@ -36,7 +36,12 @@ import structlog
 from daemon.config import Config, DynamoDBCheckpointConfig, DynamoDBSourceConfig, SourceConfig
 from daemon.model import SHARD_END, SHARD_START, Position
 
-log = structlog.get_logger("daemon.checkpoint_admin")
+
+def _log() -> Any:
+    """A logger bound to the logging configured now (the command configures it at each call; a module-level
+    logger caches the first configuration's output stream)."""
+    return structlog.get_logger("daemon.checkpoint_admin")
+
 
 EXIT_USAGE, EXIT_BUSY, EXIT_FAILED = 2, 4, 1
 SEQUENCE_WIDTH = 40  # as daemon.sources.dynamodb pads DynamoDB sequence numbers
@@ -264,7 +269,7 @@ class DynamoDBAdmin:
                 f"({_owners(owned.values())}); a live owner loses its lease at its next renewal",
                 file=sys.stderr,
             )
-            log.warning("checkpoint change forced over owned leases", source=source, owners=_owners(owned.values()))
+            _log().warning("checkpoint change forced over owned leases", source=source, owners=_owners(owned.values()))
         elif owned:
             wait = self.cfg.lease_duration_seconds
             print(
@@ -437,7 +442,7 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
         await admin.change(source.name, writes, force=request.force, out=out)
         for partition, new in writes.items():
             old = current.get(partition)
-            log.info(
+            _log().info(
                 "checkpoint changed",
                 action=request.action,
                 source=source.name,
