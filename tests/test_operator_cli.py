@@ -331,3 +331,25 @@ def test_sigterm_before_the_sink_ever_came_up_is_not_a_success(tmp_path: Path) -
         daemon.terminate()
     assert daemon.wait(30) == 3, daemon.log_tail()
     assert any(line.get("event") == "stopped before the sink ever became ready" for line in daemon.log_lines())
+
+
+# ------------------------------------------------------------------------------------------ docs
+
+
+def test_the_configuration_docs_list_every_shipped_config_and_source_kind() -> None:
+    from typing import get_args
+
+    from daemon.config import SourceConfig
+
+    root = Path(__file__).resolve().parent.parent
+    docs = (root / "docs" / "configuration.md").read_text()
+    intro = docs[: docs.index("## Shape of the file")]
+    for config in sorted((root / "config").glob("*.toml")):
+        assert f"(../config/{config.name})" in intro, f"docs/configuration.md does not list config/{config.name}"
+    names = [get_args(member)[1].tag for member in get_args(get_args(SourceConfig)[0])]  # Annotated[model, Tag]
+    assert sorted(names) == ["dynamodb", "file", "neptune"], names
+    for name in names:
+        assert f"| `{name}` |" in intro, f"no annotated example of a {name} source"
+    pyproject = (root / "pyproject.toml").read_text()
+    description = next(line for line in pyproject.splitlines() if line.startswith("description"))
+    assert "Neptune Streams" in description and "DynamoDB Streams" in description
