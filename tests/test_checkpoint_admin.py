@@ -26,6 +26,9 @@ from daemon.leases import LeaseLost, new_owner_id
 from daemon.model import SHARD_END, SHARD_START
 from daemon.observability import configure_logging
 from daemon.sources.stream_reader import StreamReader
+from tests.stand.daemon_process import AWS_ENV
+from tests.stand.harness import config_for
+from tests.stand.neptune_endpoint import NeptuneStand
 
 SEQ = "1234567890123456789012"
 
@@ -126,6 +129,8 @@ async def test_a_commit_without_an_op_is_read_from_its_first_operation() -> None
     assert await reader._start_params() == {"iteratorType": "AT_SEQUENCE_NUMBER", "commitNum": 1200, "opNum": 1}
     reader = StreamReader(client=None, resume=(1200, 3))
     assert await reader._start_params() == {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": 1200, "opNum": 3}
+    reader = StreamReader(client=None, resume=(0, 0))  # an empty stream's caught-up position, as before
+    assert await reader._start_params() == {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": 0, "opNum": 0}
 
 
 # ------------------------------------------------------------------------------------------ SQLite
@@ -380,3 +385,40 @@ def test_dynamodb_cli_refuses_a_live_owner_with_exit_4(
     code, owner = asyncio.run(scenario())
     err = capsys.readouterr().err
     assert code == 4 and "refused" in err and owner in err, err
+
+
+def test_on_a_neptune_stream_set_and_rewind_replay_from_the_commit_named(
+    stand: NeptuneStand, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the Neptune-compatible stand: `set 4` reads commit 4 on (AT_SEQUENCE_NUMBER 4/1); after a full run,
+    `rewind --commits 2` reads the last two commits again."""
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    for n in range(1, 7):
+        stand.stream.append_commit(
+            [
+                {
+                    "op": "ADD",
+                    "data": {
+                        "id": f"v{n}",
+                        "type": "vl",
+                        "key": "label",
+                        "value": {"value": "V", "dataType": "String"},
+                    },
+                },
+                {
+                    "op": "ADD",
+                    "data": {"id": f"v{n}", "type": "vp", "key": "n", "value": {"value": n, "dataType": "Int"}},
+                },
+            ]
+        )
+    config = str(config_for(tmp_path, stand, "falkordb", daemon={"http_address": ""}))
+    assert _cli(capsys, "checkpoint", "set", "--config", config, "4")[0] == 0
+    code, out, err = _cli(capsys, "run", "--config", config, "--exit-when-idle")
+    assert code == 0 and out.startswith("applied 6 changes"), out + err  # commits 4, 5 and 6, two changes each
+    code, out, _ = _cli(capsys, "checkpoint", "show", "--config", config, "--format", "json")
+    assert orjson.loads(out)[0]["position"] == [6, 2]
+    code, out, err = _cli(capsys, "checkpoint", "rewind", "--config", config, "--commits", "2")
+    assert code == 0 and "6:2 -> 5:0" in out, err
+    code, out, err = _cli(capsys, "run", "--config", config, "--exit-when-idle")
+    assert code == 0 and out.startswith("applied 4 changes"), out + err

@@ -117,7 +117,7 @@ class StreamReader:
 
     async def _start_params(self) -> dict[str, Any]:
         if self._resume is not None:
-            if self._resume[1] == 0:  # before a commit's first operation (`checkpoint set N`): read it from op 1
+            if self._resume[1] == 0 and self._resume[0] >= 1:  # before commit N's first op (`checkpoint set N`)
                 return {"iteratorType": "AT_SEQUENCE_NUMBER", "commitNum": self._resume[0], "opNum": 1}
             return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": self._resume[0], "opNum": self._resume[1]}
         if isinstance(self._start, dict):
