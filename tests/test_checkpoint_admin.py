@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+import daemon.observability
 from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.checkpoint_admin import AdminError, Request, parse_position, run
 from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
@@ -24,12 +25,13 @@ from daemon.config import load_config
 from daemon.datadir import DataDirLock
 from daemon.leases import LeaseLost, new_owner_id
 from daemon.model import SHARD_END, SHARD_START
-from daemon.observability import configure_logging
 from daemon.sources.stream_reader import StreamReader
 from tests.stand.daemon_process import AWS_ENV
 from tests.stand.harness import config_for
 from tests.stand.neptune_endpoint import NeptuneStand
+from tests.test_file_source import run_cli
 
+pytestmark = pytest.mark.usefixtures("uncached_logs")
 SEQ = "1234567890123456789012"
 
 
@@ -228,13 +230,14 @@ def test_usage_errors_name_what_is_missing(tmp_path: Path, capsys: pytest.Captur
 def test_a_set_commit_is_replayed_from_its_first_operation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path)
     assert _cli(capsys, "checkpoint", "set", "--config", str(config), "3")[0] == 0
-    code, out, err = _cli(capsys, "run", "--config", str(config), "--exit-when-idle")
-    assert code == 0, err
-    assert out.startswith("applied 3 changes"), out  # commits 3, 4 and 5
+    run = run_cli("run", "--config", str(config), "--exit-when-idle")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("applied 3 changes"), run.stdout  # commits 3, 4 and 5
     assert _stored(config) == {"": (5, 1)}
-    code, out, _ = _cli(
+    code, out, err = _cli(
         capsys, "query", "--config", str(config), "--format", "json", "MATCH (n:V) RETURN n.`~id` AS id ORDER BY id"
     )
+    assert code == 0, err
     assert [orjson.loads(line)["id"] for line in out.splitlines()] == ["v3", "v4", "v5"]
 
 
@@ -272,7 +275,7 @@ async def _owned(store: DynamoDBCheckpointStore, owner: str, position: tuple[int
 
 async def _run(config: Any, request: Request, sleep: Any = None) -> tuple[int, str]:
     out = io.StringIO()
-    configure_logging("info", "json")  # to this test's stderr, as the command does at each call
+    daemon.observability.configure_logging("info", "json")  # to this test's stderr, as the command does
     code = await run(config, request, out, sleep=sleep or asyncio.sleep)
     return code, out.getvalue()
 
@@ -414,11 +417,11 @@ def test_on_a_neptune_stream_set_and_rewind_replay_from_the_commit_named(
         )
     config = str(config_for(tmp_path, stand, "falkordb", daemon={"http_address": ""}))
     assert _cli(capsys, "checkpoint", "set", "--config", config, "4")[0] == 0
-    code, out, err = _cli(capsys, "run", "--config", config, "--exit-when-idle")
-    assert code == 0 and out.startswith("applied 6 changes"), out + err  # commits 4, 5 and 6, two changes each
+    run = run_cli("run", "--config", config, "--exit-when-idle")
+    assert run.returncode == 0 and run.stdout.startswith("applied 6 changes"), run.stdout + run.stderr  # 4, 5, 6
     code, out, _ = _cli(capsys, "checkpoint", "show", "--config", config, "--format", "json")
     assert orjson.loads(out)[0]["position"] == [6, 2]
     code, out, err = _cli(capsys, "checkpoint", "rewind", "--config", config, "--commits", "2")
     assert code == 0 and "6:2 -> 5:0" in out, err
-    code, out, err = _cli(capsys, "run", "--config", config, "--exit-when-idle")
-    assert code == 0 and out.startswith("applied 4 changes"), out + err
+    run = run_cli("run", "--config", config, "--exit-when-idle")
+    assert run.returncode == 0 and run.stdout.startswith("applied 4 changes"), run.stdout + run.stderr

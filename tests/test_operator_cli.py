@@ -27,6 +27,8 @@ from tests.stand.harness import wait_for
 from tests.test_file_source import run_cli
 from tests.test_supervisor import free_port
 
+pytestmark = pytest.mark.usefixtures("uncached_logs")
+
 
 def _record(commit: int, op: int, data: dict[str, Any], last: bool = False) -> dict[str, Any]:
     record = {"commitTimestamp": 1_700_000_000_000, "eventId": {"commitNum": commit, "opNum": op}, "data": data}
@@ -82,7 +84,8 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A config whose capture was replayed into the embedded engine once."""
     tmp_path = tmp_path_factory.mktemp("replicated")
     config = _write_config(tmp_path)
-    assert cli_main(["run", "--config", str(config), "--exit-when-idle", "--log-level", "warning"]) == 0
+    run = run_cli("run", "--config", str(config), "--exit-when-idle")  # (run stays out of the test process)
+    assert run.returncode == 0, run.stderr
     return config
 
 
@@ -300,19 +303,18 @@ def test_check_config_refuses_a_falkordb_url_the_client_cannot_use(
 # ------------------------------------------------------------------------------- a target that never comes up
 
 
-def test_exit_when_idle_gives_up_on_a_target_that_never_comes_up(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_exit_when_idle_gives_up_on_a_target_that_never_comes_up(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     config = _write_config(
         tmp_path, sink=f'url = "redis://127.0.0.1:{port}"', daemon="idle_start_timeout_seconds = 1.5"
     )
-    code, out, err = _cli(capsys, "run", "--config", str(config), "--exit-when-idle")
-    assert code == 3, err
+    run = run_cli("run", "--config", str(config), "--exit-when-idle")
+    assert run.returncode == 3, run.stderr
     assert (
         "source 'replay' stopped: its sink did not become ready within 1.5 s (idle_start_timeout_seconds): "
-        "ConnectionError" in out
-    ), out
+        "ConnectionError" in run.stdout
+    ), run.stdout
+    assert "giving up: the sink never became ready" in run.stderr
 
 
 @pytest.mark.slow
