@@ -255,10 +255,7 @@ class DynamoDBAdmin:
         return rows
 
     async def change(self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO) -> None:
-        from botocore.exceptions import ClientError
-
-        from daemon.aws import error_code
-        from daemon.checkpoint_dynamodb import CONDITION_FAILED, _key, _position_text
+        from daemon.leases import LeaseLost
 
         store = await self.store(create=True)
         seen = {lease.partition: lease for lease in await store.list_leases(source)}
@@ -291,62 +288,14 @@ class DynamoDBAdmin:
                     EXIT_BUSY,
                 )
             seen = again
-        now = repr(time.time())
         for partition, position in writes.items():
             lease = seen.get(partition)
             try:
-                if lease is None and position is None:
-                    continue
-                if lease is None:
-                    assert position is not None
-                    await store.client.put_item(
-                        TableName=store.table,
-                        Item={
-                            **_key(source, partition),
-                            "partition": {"S": partition},
-                            "lease_counter": {"N": "0"},
-                            "parents": {"L": []},
-                            "checkpoint": {"S": _position_text(position)},
-                            "updated_at": {"N": now},
-                        },
-                        ConditionExpression="attribute_not_exists(#c)",
-                        ExpressionAttributeNames={"#c": "lease_counter"},
-                    )
-                elif position is None:
-                    await store.client.delete_item(
-                        TableName=store.table,
-                        Key=_key(source, partition),
-                        ConditionExpression="#c = :seen",
-                        ExpressionAttributeNames={"#c": "lease_counter"},
-                        ExpressionAttributeValues={":seen": {"N": str(lease.counter)}},
-                    )
-                else:
-                    # Bump the counter and free the lease: an owner that was only paused is fenced off.
-                    await store.client.update_item(
-                        TableName=store.table,
-                        Key=_key(source, partition),
-                        UpdateExpression="SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p",
-                        ConditionExpression="#c = :seen",
-                        ExpressionAttributeNames={
-                            "#cp": "checkpoint",
-                            "#u": "updated_at",
-                            "#c": "lease_counter",
-                            "#o": "owner",
-                            "#p": "pending_owner",
-                        },
-                        ExpressionAttributeValues={
-                            ":cp": {"S": _position_text(position)},
-                            ":now": {"N": now},
-                            ":one": {"N": "1"},
-                            ":seen": {"N": str(lease.counter)},
-                        },
-                    )
-            except ClientError as exc:
-                if error_code(exc) != CONDITION_FAILED:
-                    raise
+                await store.overwrite(source, partition, position, lease.counter if lease is not None else None)
+            except LeaseLost as exc:
                 raise AdminError(
                     f"refused: the lease of {source!r} partition {partition!r} changed while it was being written "
-                    "(a daemon took or renewed it): that partition was not changed",
+                    f"(a daemon took or renewed it; owner now {exc.actual_owner!r}): that partition was not changed",
                     EXIT_BUSY,
                 ) from None
 

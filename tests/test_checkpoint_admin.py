@@ -425,3 +425,14 @@ def test_on_a_neptune_stream_set_and_rewind_replay_from_the_commit_named(
     assert code == 0 and "6:2 -> 5:0" in out, err
     run = run_cli("run", "--config", config, "--exit-when-idle")
     assert run.returncode == 0 and run.stdout.startswith("applied 4 changes"), run.stdout + run.stderr
+
+
+async def test_an_operator_write_is_conditional_on_the_counter_seen(shared: Any) -> None:
+    _, store = shared
+    lease = await _owned(store, new_owner_id())
+    for position, counter in (((1, 0), lease.counter - 1), (None, lease.counter - 1), ((1, 0), None)):
+        with pytest.raises(LeaseLost):
+            await store.overwrite("replay", "", position, counter)
+    assert await store.load("replay") == {"": (40, 2)}
+    await store.overwrite("replay", "", None, lease.counter)
+    assert await store.get_lease("replay", "") is None
