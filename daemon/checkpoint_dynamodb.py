@@ -20,7 +20,8 @@ Table (created on first use when missing, on-demand billing):
     updated_at   N         epoch seconds of the last checkpoint write
 
 Every write that changes an owned lease is conditional on `owner = :me AND lease_counter = :counter`; a take is
-conditional on the counter the taker saw; a steal request on the victim's owner and counter.
+conditional on the counter the taker saw; a steal request on the victim's owner and counter; an operator's change
+(`overwrite`, from `graph-replicator checkpoint`) on the counter it saw, bumping it and freeing the lease.
 """
 
 from __future__ import annotations
