@@ -128,6 +128,28 @@ def test_query_prints_nodes_and_edges_as_json_in_each_format(
     assert orjson.loads(rows[0]["a"])["properties"]["name"] == 'Ada, "the" first'
 
 
+def test_neptune_answers_take_the_same_shape() -> None:
+    from daemon.query_format import Plain
+
+    row = {
+        "n": {"~id": "ada", "~entityType": "node", "~labels": ["Person"], "~properties": {"private": False}},
+        "r": {
+            "~id": "e1",
+            "~entityType": "relationship",
+            "~start": "ada",
+            "~end": "bob",
+            "~type": "KNOWS",
+            "~properties": {"since": 2024},
+        },
+        "m": {"k": [1, None]},
+    }
+    assert Plain().row(row) == {
+        "n": {"id": "ada", "labels": ["Person"], "properties": {"private": False}},
+        "r": {"id": "e1", "type": "KNOWS", "from": "ada", "to": "bob", "properties": {"since": 2024}},
+        "m": {"k": [1, None]},
+    }
+
+
 def test_a_cypher_error_is_one_line_and_exit_2(replicated: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for statement in ("MATCH (n RETURN n", "RETURN nosuchfunction(1)"):
         code, out, err = _cli(capsys, "query", "--config", str(replicated), statement)
