@@ -104,7 +104,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: TextIO) -> int:
     if not rows:
         out.write("(no rows)\n")
         return 0
-    table = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
+    table = [columns] + [[_cell(row.get(c)).replace("\n", "\\n") for c in columns] for row in rows]  # one line a row
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for i, line in enumerate(table):
         out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n")
