@@ -20,7 +20,8 @@ Table (created on first use when missing, on-demand billing):
     updated_at   N         epoch seconds of the last checkpoint write
 
 Every write that changes an owned lease is conditional on `owner = :me AND lease_counter = :counter`; a take is
-conditional on the counter the taker saw; a steal request on the victim's owner and counter.
+conditional on the counter the taker saw; a steal request on the victim's owner and counter; an operator's change
+(`overwrite`, from `graph-replicator checkpoint`) on the counter it saw, bumping it and freeing the lease.
 """
 
 from __future__ import annotations
@@ -304,6 +305,61 @@ class DynamoDBCheckpointStore:
             bump=False,
             extra_condition="attribute_not_exists(#p)",
         )
+
+    async def overwrite(
+        self, source: str, partition: str, position: Position | None, expected_counter: int | None
+    ) -> None:
+        """An operator's change (`graph-replicator checkpoint`): write `position` (None: delete the item),
+        conditional on the counter seen (`expected_counter`; None: the item must not exist yet). A write bumps
+        the counter and frees the lease, so an owner that was only paused finds it moved (`LeaseLost`) instead
+        of overwriting the new position. A failed condition raises `LeaseLost`."""
+        values: dict[str, Any] = {":seen": {"N": str(expected_counter)}}
+        try:
+            if expected_counter is None:
+                if position is None:
+                    return
+                item = {
+                    **_key(source, partition),
+                    "partition": {"S": partition},
+                    "lease_counter": {"N": "0"},
+                    "parents": {"L": []},
+                    "checkpoint": {"S": _position_text(position)},
+                    "updated_at": {"N": repr(time.time())},
+                }
+                await self._call(
+                    "put_item",
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#c)",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                )
+            elif position is None:
+                await self._call(
+                    "delete_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                    ExpressionAttributeValues=values,
+                )
+            else:
+                update = "SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p"
+                values.update(
+                    {":cp": {"S": _position_text(position)}, ":now": {"N": repr(time.time())}, ":one": {"N": "1"}}
+                )
+                await self._call(
+                    "update_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    UpdateExpression=update,
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames=_names_in(update, "#c"),
+                    ExpressionAttributeValues=values,
+                )
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+            await self._lost(source, partition, None, expected_counter)
 
     # ------------------------------------------------------------------------------------------ plumbing
 

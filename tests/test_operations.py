@@ -789,7 +789,7 @@ async def test_status_command_prints_a_readable_table(capsys: pytest.CaptureFixt
     assert lines[1] == "uptime: 1h 02m   dead letters: 2"
     header, main_row, orders_row = lines[2], lines[3], lines[4]
     assert header.split() == ["source", "state", "position", "caught", "up", "lag", "applied", "sink", "sink", "ok"]
-    assert main_row.split() == ["main", "caught_up", "4711/3", "yes", "0s", "1,234,567", "replica", "yes"]
+    assert main_row.split() == ["main", "caught_up", "4711/3", "yes", "caught", "up", "1,234,567", "replica", "yes"]
     assert orders_row.split() == ["orders", "expired", "1", "shards", "no", "1d", "2h", "0", "replica", "NO"]
     assert header.index("position") == main_row.index("4711/3"), "columns line up"
     assert "  shardId-0001  49590338271490256608559692538361571095921575989136588898" in out
