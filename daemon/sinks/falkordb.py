@@ -222,13 +222,17 @@ class FalkorDBSink(GraphSink):
         return [dict(zip(names, row, strict=True)) for row in result.result_set]
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        await self._ensure_engine()
         if self._read_only:
-            result = await self._graph.ro_query(statement, params)
-        else:
-            result = await self._graph.query(statement, params)
-        names = [column[1] for column in result.header]
-        return [dict(zip(names, row, strict=True)) for row in result.result_set]
+            return await self.read(statement, params)
+        await self._ensure_engine()
+        return _rows(await self._graph.query(statement, params))
+
+    async def read(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """`GRAPH.RO_QUERY`: the engine refuses a statement that would write."""
+        await self._ensure_engine()
+        if self._graph is None:
+            raise ConnectionError(f"sink {self.name!r} is not connected yet")
+        return _rows(await self._graph.ro_query(statement, params))
 
     async def edge_types(self, edge_ids: list[str]) -> dict[str, str]:
         found = await super().edge_types(edge_ids)
@@ -268,3 +272,9 @@ class FalkorDBSink(GraphSink):
         if isinstance(exc, ValueError):
             return REJECTED  # the client refused a parameter value or key (UnicodeEncodeError included)
         return ErrorClass(False, "internal")
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    """A query result's rows as dicts keyed by column name."""
+    names = [column[1] for column in result.header]
+    return [dict(zip(names, row, strict=True)) for row in result.result_set]
