@@ -112,8 +112,20 @@
         },
         { selector: ":selected", style: { "border-width": 3, "border-color": "#d62728", "line-color": "#d62728" } },
       ],
-      layout: { name: data.nodes.length > 60 ? "circle" : "cose", animate: false, padding: 30, randomize: false },
+      // rings by distance from the centre vertex
+      layout: {
+        name: "concentric",
+        concentric: (n) => 10 - n.data("record").hop,
+        levelWidth: () => 1,
+        minNodeSpacing: 36,
+        animate: false,
+        padding: 30,
+      },
     });
+    if (cy.zoom() > 1.25) {
+      cy.zoom(1.25); // a few vertices: keep labels at their size rather than fill the panel
+      cy.center();
+    }
     cy.on("tap", "node", (e) => detailsOfNode(e.target.data("record")));
     cy.on("tap", "edge", (e) => detailsOfEdge(e.target.data("record")));
     cy.on("dbltap", "node", (e) => {

@@ -51,7 +51,7 @@
     title.textContent = `last ${GR.duration(t1 - t0)}: peak lag ${GR.duration(Math.max(...samples.map((s) => s[1])))}`;
     svg.appendChild(title);
     td.appendChild(svg);
-    td.appendChild(GR.el("span", "spark-peak", GR.duration(Math.max(...samples.map((s) => s[1])))));
+    td.appendChild(GR.el("span", "spark-peak", `peak ${GR.duration(Math.max(...samples.map((s) => s[1])))}`));
     return td;
   }
 
