@@ -325,12 +325,13 @@ class HttpServer:
         status: Callable[[], dict[str, Any]],
         registry: CollectorRegistry,
         sinks: Mapping[str, GraphSink] | None = None,
+        graph_view: bool = True,
         history: LagHistory | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self._ready, self._status, self._registry = ready, status, registry
-        self.webui = WebUI(status, sinks if sinks is not None else {}, history)
+        self.webui = WebUI(status, sinks if sinks is not None else {}, history, graph_view=graph_view)
         self._runner: web.AppRunner | None = None
         self.started = time.time()
 

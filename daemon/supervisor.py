@@ -203,7 +203,11 @@ class Supervisor:
         for source_cfg in config.sources:
             self.pipelines.append(self._build_pipeline(source_cfg))
         address = config.daemon.http_address
-        self.http = HttpServer(address, self.readiness, self.status, METRICS.registry, self.sinks) if address else None
+        self.http = (
+            HttpServer(address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view)
+            if address
+            else None
+        )
         METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:

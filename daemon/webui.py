@@ -13,7 +13,8 @@ Both are static files shipped in the package (`daemon/static/`, with cytoscape.j
 
 The pages put data into the DOM with `textContent` only, and every answer carries a Content-Security-Policy that
 allows scripts, styles and requests from the daemon itself and nothing else. The server binds to loopback
-unless `daemon.http_address` says otherwise.
+unless `daemon.http_address` says otherwise; `daemon.graph_view = false` turns the graph view off where the
+port is reachable by people who should not read the replica.
 """
 
 from __future__ import annotations
@@ -197,8 +198,10 @@ class WebUI:
         status: Callable[[], Mapping[str, Any]],
         sinks: Mapping[str, GraphSink],
         history: LagHistory | None = None,
+        *,
+        graph_view: bool = True,
     ) -> None:
-        self._status, self._sinks = status, sinks
+        self._status, self._sinks, self._graph_view = status, sinks, graph_view
         self.history = history or LagHistory()
         self._sampler: asyncio.Task[None] | None = None
 
@@ -236,6 +239,8 @@ class WebUI:
 
     async def _graph_data(self, request: web.Request) -> web.Response:
         try:
+            if not self._graph_view:
+                raise GraphRequestError(404, "the graph view is turned off here (daemon.graph_view = false)")
             vertex_id = request.query.get("id", "")
             if not vertex_id:
                 raise GraphRequestError(400, "give a vertex id: /graph/data?id=VERTEX_ID")

@@ -13,10 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from daemon.observability import HttpServer
+from daemon.webui import LagHistory
 from tests.stand.daemon_process import AWS_ENV, toml_value
+from tests.stand.harness import wait_for
 from tests.stand.live_daemon import LiveDaemon
 from tests.stand.neptune_endpoint import NeptuneStand
 from tests.stand.workload import ReferenceGraph
@@ -120,17 +125,21 @@ def test_status_names_each_sink_with_its_health_and_retries(daemon: LiveDaemon) 
 
 
 def test_history_holds_recent_lag_samples_for_every_source(daemon: LiveDaemon) -> None:
-    code, history = daemon.get_json("/status/history")
-    assert code == 200
+    def caught_up_sample() -> dict[str, Any] | None:
+        code, history = daemon.get_json("/status/history")
+        assert code == 200
+        return history if history["sources"]["sample"][-1][3] else None
+
+    history = wait_for(caught_up_sample, 10, "a sample taken after the catch-up")
     assert history["interval_seconds"] == 0.2
     assert set(history["sources"]) == {"sample", "hostile", "mirror"}
     samples = history["sources"]["sample"]
     assert len(samples) >= 2
     times = [s[0] for s in samples]
     assert times == sorted(times)
-    last = samples[-1]
-    assert last[1] == 0.0 and last[3] is True  # caught up: no lag
-    assert last[2] == daemon.get_json("/status")[1]["sources"][0]["changes_applied"] > 0
+    _, lag, applied, _ = samples[-1]
+    assert lag == 0.0  # caught up: no lag
+    assert applied == daemon.get_json("/status")[1]["sources"][0]["changes_applied"] > 0
 
 
 def test_neighbourhood_is_the_replicated_one(daemon: LiveDaemon, reference: ReferenceGraph) -> None:
@@ -227,6 +236,40 @@ def test_pages_are_served_with_a_strict_content_policy(daemon: LiveDaemon) -> No
         assert headers["X-Content-Type-Options"] == "nosniff"
     code, _, _ = daemon.get("/static/../webui.py")
     assert code in (403, 404)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Without a daemon (before the browser tests: Playwright's sync API keeps an event loop on this thread)
+# ----------------------------------------------------------------------------------------------------
+
+
+async def test_graph_view_can_be_turned_off() -> None:
+    status = {"ready": True, "reasons": [], "sources": [], "sinks": []}
+    server = HttpServer("127.0.0.1:0", lambda: (True, []), lambda: status, CollectorRegistry(), {}, graph_view=False)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
+            async with session.get("/graph/data", params={"id": "person-1"}) as response:
+                assert response.status == 404
+                assert (await response.json())["error"] == (
+                    "the graph view is turned off here (daemon.graph_view = false)"
+                )
+            for path in ("/", "/graph", "/status/history"):
+                async with session.get(path) as response:
+                    assert response.status == 200, path
+    finally:
+        await server.stop()
+
+
+def test_lag_history_keeps_the_last_window() -> None:
+    history = LagHistory(interval=5.0, window=60.0)
+    for i in range(30):
+        source = {"source": "s", "lag_seconds": float(i), "changes_applied": i * 10, "caught_up": i == 29}
+        history.sample({"sources": [source]}, now=1000.0 + 5 * i)
+    samples = history.document()["sources"]["s"]
+    assert len(samples) == 12  # 60 s of 5 s samples
+    assert samples[0] == [1000.0 + 5 * 18, 18.0, 180, False]
+    assert samples[-1] == [1000.0 + 5 * 29, 29.0, 290, True]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -159,14 +159,14 @@
       return option;
     }));
     if (params.get("sink")) $("sink").value = params.get("sink");
+    if (!answer.ok && (id || answer.status !== 400)) {
+      message(answer.body.error || `HTTP ${answer.status}`, "error");
+      document.body.dataset.state = "error";
+      return;
+    }
     if (!id) {
       message("Give a vertex id to see its neighbourhood.");
       document.body.dataset.state = "empty";
-      return;
-    }
-    if (!answer.ok) {
-      message(answer.body.error || `HTTP ${answer.status}`, "error");
-      document.body.dataset.state = "error";
       return;
     }
     const data = answer.body;
