@@ -162,8 +162,8 @@ class DaemonConfig(_Model):
 
     http_address: str = Field(
         "127.0.0.1:9464",
-        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status); port 0 picks a '
-        'free port; "" disables the server.',
+        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status, the status page at / '
+        'and the graph view at /graph); port 0 picks a free port; "" disables the server.',
     )
     graph_view: bool = Field(
         True,
