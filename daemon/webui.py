@@ -125,21 +125,25 @@ class Neighbourhood:
         for hop in range(1, depth + 1):
             found: list[Any] = []
             for outgoing, statement in self._steps.items():
-                budget = limit - len(edges)
-                if budget <= 0 or not frontier:
-                    truncated = truncated or (budget <= 0 and bool(frontier))
-                    break
-                step = await self.sink.read(statement + str(budget + 1), {"ids": frontier})
-                if len(step) > budget:
-                    truncated, step = True, step[:budget]
+                # Up to len(edges) of the rows are edges seen already (back towards the centre): ask for enough
+                # rows to find one new edge more than the limit leaves room for, so that `truncated` says that
+                # there was more, never that there might be.
+                step = await self.sink.read(statement + str(limit + 1), {"ids": frontier})
                 for row in step:
                     source, target = (row["near"], row["far"]) if outgoing else (row["far"], row["near"])
                     key = row["id"] if row["id"] is not None else (source, target, row["type"])
-                    edges.setdefault(key, self._edge(row, source, target))
+                    if key in edges:
+                        continue
+                    if len(edges) == limit:
+                        truncated = True
+                        break
+                    edges[key] = self._edge(row, source, target)
                     if row["far"] not in nodes:
                         nodes[row["far"]] = self._node(row["far"], row["far_labels"], row["far_props"], hop)
                         found.append(row["far"])
             frontier = found
+            if not frontier or truncated:
+                break
         return {
             "sink": self.sink.name,
             "kind": self.sink.kind,

@@ -5,9 +5,11 @@ into both that engine and the Neptune-compatible stand), and both pages in a rea
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import shutil
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +174,13 @@ def test_limit_and_depth_bound_the_answer(daemon: LiveDaemon) -> None:
     assert code == 200
     assert limited["truncated"] is True and len(limited["edges"]) == 10
     assert len(limited["nodes"]) <= 11
+    # truncated says that there were more edges, not that there might be
+    exactly = len(one_hop["edges"])
+    assert graph_data(daemon, id="person-1", limit=exactly)[1]["truncated"] is False
+    one_short = graph_data(daemon, id="person-1", limit=exactly - 1)[1]
+    assert one_short["truncated"] is True and len(one_short["edges"]) == exactly - 1
+    everything = graph_data(daemon, id="person-1", depth=3, limit=1000)[1]
+    assert len({(e["source"], e["target"], e["id"]) for e in everything["edges"]}) == len(everything["edges"])
 
 
 @pytest.mark.parametrize(
@@ -295,7 +304,7 @@ def browser() -> Iterator[Any]:
 class Page:
     """A fresh page that records console errors, page errors and requests that left the daemon."""
 
-    def __init__(self, browser: Any, daemon: LiveDaemon) -> None:
+    def __init__(self, browser: Any, daemon: LiveDaemon | StaticStatus) -> None:
         self.page = browser.new_page(viewport={"width": 1280, "height": 800})
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
@@ -360,3 +369,119 @@ def test_graph_view_says_when_the_vertex_is_missing(browser: Any, daemon: LiveDa
     page.page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=10_000)
     assert page.text("#message") == "no vertex with id 'nobody' in sink 'local'"
     assert page.problems == ["console: Failed to load resource: the server responded with a status of 404 (Not Found)"]
+
+
+class StaticStatus:
+    """The daemon's HTTP server on a loop of its own thread, answering a fixed status document: the page's
+    rendering of states a test daemon does not easily reach (not ready, a stopped source, leases and owners, a
+    failing sink, dead letters, partition positions)."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = HttpServer(
+            "127.0.0.1:0",
+            lambda: (status["ready"], status["reasons"]),
+            lambda: status,
+            CollectorRegistry(),
+            {},
+            history=LagHistory(0.1, 10),
+        )
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+TROUBLED = {
+    "ready": False,
+    "reasons": ["source social: expired", "sink replica: failing (throttling: slow down)"],
+    "draining": False,
+    "uptime_seconds": 3723.0,
+    "sources": [
+        {
+            "source": "orders<script>",
+            "state": "polling",
+            "position": {"shard-1": ["00000000000000000042"], "shard-2": ["SHARD_END"]},
+            "caught_up": False,
+            "lag_seconds": 12.2,
+            "changes_applied": 1234567,
+            "sink": "replica",
+            "sink_healthy": False,
+            "restarting_after": None,
+            "error": None,
+            "owner_id": "host-a:123:<b>ab</b>",
+            "leases": [
+                {"partition": "shard-1", "owner": "host-a:123:<b>ab</b>", "counter": 7},
+                {"partition": "shard-2", "owner": None, "counter": 3, "parents": ["shard-1"]},
+            ],
+        },
+        {
+            "source": "social",
+            "state": "expired",
+            "position": [12, 3],
+            "caught_up": False,
+            "lag_seconds": 0.0,
+            "changes_applied": 0,
+            "sink": "replica",
+            "sink_healthy": True,
+            "restarting_after": None,
+            "error": "stream expired: checkpoint 12/3 is older than the stream",
+        },
+    ],
+    "dead_letters": 4,
+    "sinks": [
+        {
+            "sink": "replica",
+            "kind": "neptune",
+            "healthy": False,
+            "failing_reason": "throttling: slow down",
+            "retries": {"throttling": 12, "timeout": 0},
+        }
+    ],
+}
+
+
+def test_status_page_shows_trouble_owners_and_leases(browser: Any) -> None:
+    server = StaticStatus(TROUBLED)
+    try:
+        page = Page(browser, server)
+        page.page.goto(server.url + "/")
+        page.page.wait_for_function("() => Number(document.body.dataset.refreshes || 0) >= 2", timeout=10_000)
+        assert page.text("#readiness") == "not ready"
+        assert page.page.locator("#reasons li").all_inner_texts() == TROUBLED["reasons"]
+        orders = '#sources tr[data-source="orders<script>"]'
+        assert page.text(f"{orders} td.name") == "orders<script>"
+        assert page.text(f"{orders} td:nth-child(3)").splitlines() == [
+            "shard-1: 00000000000000000042",
+            "shard-2: SHARD_END",
+        ]
+        assert page.text(f"{orders} td:nth-child(4)") == "12 s"
+        assert page.text(f"{orders} td.num") == "1,234,567"
+        assert page.text(f"{orders} td:nth-child(8)") == "host-a:123:<b>ab</b>"
+        assert page.text(f"{orders} td.note") == "sink failing"
+        social = '#sources tr[data-source="social"]'
+        assert page.text(f"{social} td.state") == "expired"
+        assert page.text(f"{social} td.note") == "stopped: stream expired: checkpoint 12/3 is older than the stream"
+        assert page.page.locator("#leases-section").is_visible()
+        assert page.page.locator("#leases thead th").all_inner_texts() == [
+            "source", "partition", "owner", "counter", "parents"
+        ]  # fmt: skip
+        rows = [r.split("\t") for r in page.page.locator("#leases tbody tr").all_inner_texts()]
+        assert rows == [
+            ["orders<script>", "shard-1", "host-a:123:<b>ab</b>", "7", "–"],
+            ["orders<script>", "shard-2", "–", "3", '["shard-1"]'],
+        ]
+        assert page.text('#sinks tr[data-sink="replica"]').split("\t")[:4] == [
+            "replica", "neptune", "failing: throttling: slow down", "throttling 12"
+        ]  # fmt: skip
+        assert (page.text("#dead-letters"), page.text("#retries"), page.text("#uptime")) == ("4", "12", "62 min")
+        assert page.page.locator("b, script:not([src])").count() == 0
+        assert page.problems == []
+    finally:
+        server.close()

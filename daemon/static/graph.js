@@ -170,7 +170,7 @@
       return;
     }
     const data = answer.body;
-    const more = data.truncated ? ` (limit of ${data.limit} edges reached: there may be more)` : "";
+    const more = data.truncated ? ` (there are more than ${data.limit} edges: raise the limit to see them)` : "";
     message(`${data.nodes.length} vertices, ${data.edges.length} edges within ${data.depth} hop` +
       `${data.depth > 1 ? "s" : ""} of ${JSON.stringify(data.id)} in sink ${data.sink} (${data.kind})${more}`);
     draw(data);

@@ -17,7 +17,8 @@
     } else {
       const names = Object.keys(position);
       for (const name of names.slice(0, 4)) {
-        td.appendChild(GR.el("div", null, `${name || "(stream)"}: ${GR.show(position[name])}`));
+        const at = position[name];
+        td.appendChild(GR.el("div", null, `${name || "(stream)"}: ${Array.isArray(at) ? at.join(" / ") : GR.show(at)}`));
       }
       if (names.length > 4) td.appendChild(GR.el("div", "muted", `+${names.length - 4} more partitions`));
     }
