@@ -1,7 +1,7 @@
 """The status page and the graph view (daemon.webui): their JSON endpoints against a real supervisor running in
 this process (the shipped social sample into the embedded FalkorDB engine, and a file of hostile names and values
-into both that engine and the Neptune-compatible stand), and both pages in a real headless Chromium (Debian's
-`chromium`, driven by Playwright), which must have drawn the daemon's data."""
+into that engine and, as Neptune and as Neptune Analytics, into the Neptune-compatible stand), and both pages in a
+real headless Chromium (Debian's `chromium`, driven by Playwright), which must have drawn the daemon's data."""
 
 from __future__ import annotations
 
@@ -65,10 +65,13 @@ def write_config(work: Path, stand: NeptuneStand, hostile: Path) -> Path:
         {"name": "sample", "kind": "file", "sink": "local", "path": str(SAMPLE), "follow": True},
         {"name": "hostile", "kind": "file", "sink": "local", "path": str(hostile), "follow": True},
         {"name": "mirror", "kind": "file", "sink": "neptune", "path": str(hostile), "follow": True},
+        {"name": "analytics", "kind": "file", "sink": "analytics", "path": str(hostile), "follow": True},
     ]
     sinks = {
         "local": {"kind": "falkordb", "graph": "social"},
         "neptune": {"kind": "neptune", "endpoint": stand.url, "region": "us-east-1"},
+        # the stand's one graph again, through Neptune Analytics' ExecuteQuery (the same elements, idempotently)
+        "analytics": {"kind": "neptune-analytics", "endpoint": stand.url, "region": "us-east-1", "graph_id": "g-1"},
     }
     lines = ["[daemon]", f"data_dir = {toml_value(str(work / 'data'))}", 'http_address = "127.0.0.1:0"']
     lines.append('log_format = "json"')
@@ -119,8 +122,9 @@ def graph_data(daemon: LiveDaemon, **params: Any) -> tuple[int, dict[str, Any]]:
 def test_status_names_each_sink_with_its_health_and_retries(daemon: LiveDaemon) -> None:
     code, status = daemon.get_json("/status")
     assert code == 200
-    assert [s["source"] for s in status["sources"]] == ["sample", "hostile", "mirror"]
-    assert {s["sink"]: s["kind"] for s in status["sinks"]} == {"local": "falkordb", "neptune": "neptune"}
+    assert [s["source"] for s in status["sources"]] == ["sample", "hostile", "mirror", "analytics"]
+    kinds = {s["sink"]: s["kind"] for s in status["sinks"]}
+    assert kinds == {"local": "falkordb", "neptune": "neptune", "analytics": "neptune-analytics"}
     for sink in status["sinks"]:
         assert sink["healthy"] is True and sink["failing_reason"] is None
         assert isinstance(sink["retries"], dict)
@@ -134,7 +138,7 @@ def test_history_holds_recent_lag_samples_for_every_source(daemon: LiveDaemon) -
 
     history = wait_for(caught_up_sample, 10, "a sample taken after the catch-up")
     assert history["interval_seconds"] == 0.2
-    assert set(history["sources"]) == {"sample", "hostile", "mirror"}
+    assert set(history["sources"]) == {"sample", "hostile", "mirror", "analytics"}
     samples = history["sources"]["sample"]
     assert len(samples) >= 2
     times = [s[0] for s in samples]
@@ -147,7 +151,7 @@ def test_history_holds_recent_lag_samples_for_every_source(daemon: LiveDaemon) -
 def test_neighbourhood_is_the_replicated_one(daemon: LiveDaemon, reference: ReferenceGraph) -> None:
     code, data = graph_data(daemon, id="person-1")
     assert code == 200, data
-    assert data["sink"] == "local" and data["kind"] == "falkordb" and data["sinks"] == ["local", "neptune"]
+    assert data["sink"] == "local" and data["kind"] == "falkordb" and data["sinks"] == ["local", "neptune", "analytics"]
     centre = data["nodes"][0]
     expected = reference.vertices["person-1"]
     assert centre["id"] == "person-1" and centre["hop"] == 0
@@ -187,7 +191,7 @@ def test_limit_and_depth_bound_the_answer(daemon: LiveDaemon) -> None:
     ("params", "status", "words"),
     [
         ({"id": "nope"}, 404, "no vertex with id 'nope' in sink 'local'"),
-        ({"id": "person-1", "sink": "other"}, 404, "no sink named 'other'; sinks: local, neptune"),
+        ({"id": "person-1", "sink": "other"}, 404, "no sink named 'other'; sinks: local, neptune, analytics"),
         ({}, 400, "give a vertex id"),
         ({"id": "person-1", "depth": "9"}, 400, "depth must be a whole number from 1 to 3"),
         ({"id": "person-1", "limit": "many"}, 400, "limit must be a whole number from 1 to 1000"),
@@ -213,9 +217,9 @@ def test_ids_are_parameters_and_reads_cannot_write(daemon: LiveDaemon) -> None:
     assert daemon.call(daemon.supervisor.sinks["local"].query(count))[0]["n"] == before
 
 
-def test_hostile_names_and_values_come_back_as_data_from_both_dialects(daemon: LiveDaemon) -> None:
+def test_hostile_names_and_values_come_back_as_data_from_every_kind_of_sink(daemon: LiveDaemon) -> None:
     answers = {}
-    for sink in ("local", "neptune"):
+    for sink in ("local", "neptune", "analytics"):
         code, data = graph_data(daemon, id=HOSTILE_ID, sink=sink)
         assert code == 200, data
         answers[sink] = data
@@ -233,8 +237,8 @@ def test_hostile_names_and_values_come_back_as_data_from_both_dialects(daemon: L
             sorted(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in data["edges"]),
         )
 
-    assert answers["neptune"]["kind"] == "neptune"
-    assert shape(answers["local"]) == shape(answers["neptune"])
+    assert answers["neptune"]["kind"] == "neptune" and answers["analytics"]["kind"] == "neptune-analytics"
+    assert shape(answers["local"]) == shape(answers["neptune"]) == shape(answers["analytics"])
 
 
 def test_pages_are_served_with_a_strict_content_policy(daemon: LiveDaemon) -> None:
@@ -320,7 +324,7 @@ def test_status_page_shows_each_source_and_sink(browser: Any, daemon: LiveDaemon
     page.page.goto(daemon.url + "/")
     page.page.wait_for_function("() => Number(document.body.dataset.refreshes || 0) >= 1", timeout=10_000)
     assert page.text("#readiness") == "ready"
-    for name in ("sample", "hostile", "mirror"):
+    for name in ("sample", "hostile", "mirror", "analytics"):
         row = f'#sources tr[data-source="{name}"]'
         assert page.text(f"{row} td.name") == name
         assert page.text(f"{row} td.state") == "caught_up"
