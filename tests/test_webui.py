@@ -20,7 +20,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.observability import HttpServer
+from daemon.observability import METRICS, HttpServer
 from daemon.webui import LagHistory
 from tests.stand.daemon_process import AWS_ENV, toml_value
 from tests.stand.harness import wait_for
@@ -128,6 +128,9 @@ def test_status_names_each_sink_with_its_health_and_retries(daemon: LiveDaemon) 
     for sink in status["sinks"]:
         assert sink["healthy"] is True and sink["failing_reason"] is None
         assert isinstance(sink["retries"], dict)
+    # two sources start one embedded engine (sink "local") at once: one engine, no crash and restart
+    restarts = {s: METRICS.task_restarts.labels(source=s)._value.get() for s in ("sample", "hostile")}
+    assert restarts == {"sample": 0, "hostile": 0}
 
 
 def test_history_holds_recent_lag_samples_for_every_source(daemon: LiveDaemon) -> None:

@@ -80,6 +80,9 @@ class FalkorDBSink(GraphSink):
         self._ready = False  # connected, base index in place, relationship indexes known
         self._indexed_types: set[str] = set()
         self._reconnect = asyncio.Lock()
+        # Sources sharing this sink start it from their own tasks at once: one start at a time, or each would spawn
+        # an engine in the same directory. (Not `_reconnect`: a start's queries may take that one.)
+        self._starting = asyncio.Lock()
         self._read_only = read_only
         self._client_url: str | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -89,6 +92,10 @@ class FalkorDBSink(GraphSink):
         return self.engine.url if self.engine is not None else self._url
 
     async def start(self) -> None:
+        async with self._starting:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._ready:
             return
         if self._url is None:
