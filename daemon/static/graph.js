@@ -86,6 +86,7 @@
             "background-color": "data(colour)",
             label: "data(caption)",
             "font-size": 11,
+            "min-zoomed-font-size": 6, // unreadably small labels are left out until zoomed in
             color: "#222",
             "text-valign": "bottom",
             "text-margin-y": 4,
@@ -104,6 +105,7 @@
             "curve-style": "bezier",
             label: "data(type)",
             "font-size": 9,
+            "min-zoomed-font-size": 7,
             color: "#555",
             "text-rotation": "autorotate",
             "text-background-color": "#fff",

@@ -34,7 +34,8 @@
     }
     const w = 160, h = 30, pad = 2;
     const t0 = samples[0][0], t1 = samples[samples.length - 1][0];
-    const peak = Math.max(1, ...samples.map((s) => s[1]));
+    const top = Math.max(...samples.map((s) => s[1]));
+    const peak = Math.max(1, top); // the scale: a lag under 1 s stays near the baseline
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("width", w);
     svg.setAttribute("height", h);
@@ -49,10 +50,10 @@
     line.setAttribute("points", points.join(" "));
     svg.appendChild(line);
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `last ${GR.duration(t1 - t0)}: peak lag ${GR.duration(Math.max(...samples.map((s) => s[1])))}`;
+    title.textContent = `last ${GR.duration(t1 - t0)}: peak lag ${GR.duration(top)}`;
     svg.appendChild(title);
     td.appendChild(svg);
-    td.appendChild(GR.el("span", "spark-peak", `peak ${GR.duration(Math.max(...samples.map((s) => s[1])))}`));
+    td.appendChild(GR.el("span", "spark-peak", top > 0 ? `peak ${GR.duration(top)}` : "no lag"));
     return td;
   }
 
