@@ -20,6 +20,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.config import DaemonConfig
 from daemon.observability import METRICS, HttpServer
 from daemon.webui import LagHistory
 from tests.stand.daemon_process import AWS_ENV, toml_value
@@ -275,6 +276,12 @@ async def test_graph_view_can_be_turned_off() -> None:
                     assert response.status == 200, path
     finally:
         await server.stop()
+
+
+def test_the_pages_are_served_on_loopback_unless_configured_otherwise() -> None:
+    daemon = DaemonConfig()
+    assert daemon.http_address == "127.0.0.1:9464" and daemon.graph_view is True
+    assert HttpServer(":0", lambda: (True, []), dict, CollectorRegistry()).host == "127.0.0.1"
 
 
 def test_lag_history_keeps_the_last_window() -> None:
