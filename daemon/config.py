@@ -172,8 +172,13 @@ class DaemonConfig(_Model):
 
     http_address: str = Field(
         "127.0.0.1:9464",
-        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status); port 0 picks a '
-        'free port; "" disables the server.',
+        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status, the status page at / '
+        'and the graph view at /graph); port 0 picks a free port; "" disables the server.',
+    )
+    graph_view: bool = Field(
+        True,
+        description="Serve the graph view (/graph, /graph/data): a read-only look at the replicated vertices and "
+        "edges for whoever can reach `http_address`; false turns it off (the status page at / stays).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe log level.")
     log_format: Literal["auto", "json", "console"] = Field(

@@ -267,7 +267,11 @@ class Supervisor:
         for source_cfg in config.sources:
             self.pipelines.append(self._build_pipeline(source_cfg))
         address = config.daemon.http_address
-        self.http = HttpServer(address, self.readiness, self.status, METRICS.registry) if address else None
+        self.http = (
+            HttpServer(address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view)
+            if address
+            else None
+        )
         METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
@@ -350,7 +354,31 @@ class Supervisor:
             "uptime_seconds": round(time.time() - self.started, 3),
             "sources": [dict(p.status(), error=self.failed.get(p.name)) for p in self.pipelines],
             "dead_letters": self.dead_letters.count,
+            "sinks": self._sink_status(),
         }
+
+    def _sink_status(self) -> list[dict[str, Any]]:
+        """Each sink's kind, health (every source's applier on it healthy) and retries so far, by reason."""
+        retries: dict[str, dict[str, int]] = {}
+        for metric in METRICS.retries.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    by_reason = retries.setdefault(sample.labels["sink"], {})
+                    by_reason[sample.labels["reason"]] = int(sample.value)
+        out = []
+        for name, sink in self.sinks.items():
+            failing = [p.applier.failing_reason or "failing" for p in self.pipelines if p.applier.sink is sink
+                       and not p.applier.healthy]  # fmt: skip
+            out.append(
+                {
+                    "sink": name,
+                    "kind": sink.kind,
+                    "healthy": not failing,
+                    "failing_reason": failing[0] if failing else None,
+                    "retries": retries.get(name, {}),
+                }
+            )
+        return out
 
     async def run(self) -> int:
         if self.shared is not None:

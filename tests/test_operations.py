@@ -658,6 +658,9 @@ def test_the_dockerfile_build_context_builds_the_wheel_with_the_entry_point(tmp_
         scripts = archive.read(entry).decode()
     assert "daemon/cli.py" in names and "daemon/sdnotify.py" in names
     assert "daemon/aws_models/neptunedata/2023-08-01/service-2.sdk-extras.json" in names
+    # the status page and graph view, with the vendored drawing library and its licence (daemon.webui)
+    assert {f"daemon/static/{f}" for f in ("index.html", "graph.html", "status.js", "graph.js", "style.css")} <= names
+    assert {"daemon/static/vendor/cytoscape.min.js", "daemon/static/vendor/cytoscape.LICENSE"} <= names
     assert re.search(r"^graph-replicator\s*=\s*daemon\.cli:main$", scripts, flags=re.M), scripts
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["graph-replicator"] == "daemon.cli:main"
