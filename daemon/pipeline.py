@@ -131,6 +131,9 @@ class Pipeline:
         """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
         assert self.checkpoints is not None
         self.positions = await self.checkpoints.load(self.name)
+        if self.sharded:  # other instances' shards are theirs to show
+            assert self.ownership is not None
+            self.positions = {p: pos for p, pos in self.positions.items() if self.ownership.may_write(p)}
         for partition, position in self.positions.items():
             self._export_checkpoint(partition, position)
         queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
