@@ -138,7 +138,9 @@ def test_sigterm_of_the_active_one_hands_over_without_waiting_for_expiry(
             f"\nSIGTERM takeover: lease taken {leased:.2f} s, first window applied {takeover:.2f} s after SIGTERM "
             f"(lease_duration {LEASE_DURATION:g} s)"
         )
-        assert takeover < LEASE_DURATION, "the standby waited for the lease to expire instead of the hand-over"
+        # The hand-over itself: B held the lease before it could have expired. (Its first window follows after the
+        # sink call and the stream read, which a loaded machine stretches, so that is reported, not asserted.)
+        assert leased < LEASE_DURATION, "the standby waited for the lease to expire instead of the hand-over"
         wait_for(lambda: _state(b)["caught_up"], 60, "B to catch up")
         # B resumed from A's checkpoint in the table: it applied only the second half.
         assert _state(b)["changes_applied"] < history.n_records
