@@ -25,6 +25,12 @@ deadline argument holds for steals too, where KCL lets a stealer take over while
 
 Renewals run every `renew_interval`, at most half of `lease_duration - margin`, so one late or failed
 heartbeat does not stop the writes.
+
+Observability (`daemon.observability.LeaseMetrics`, docs/metrics.md): takes, steal requests, losses and releases
+are counted where they happen; the taker keeps its last view of the whole table (`last_seen`, which `/status`
+shows without reading the table) and, from it, the partitions by state and how long the longest unowned one
+has been owned by nobody: a free lease since this instance first saw it free, an expired one since it expired
+(its counter stood still for `lease_duration`), so a normal failover reads at most `take_interval`.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from daemon.leases import Lease, LeaseLost, LeaseStore, monotonic, new_owner_id
+from daemon.observability import LeaseMetrics, Metrics
 
 log = structlog.get_logger("daemon.leases")
 
@@ -49,10 +57,18 @@ class LeaseRenewer:
     """Heartbeats the leases this instance holds and keeps each one's write deadline."""
 
     def __init__(
-        self, store: LeaseStore, owner: str, *, lease_duration: float, margin: float, clock: Clock = monotonic
+        self,
+        store: LeaseStore,
+        owner: str,
+        *,
+        lease_duration: float,
+        margin: float,
+        clock: Clock = monotonic,
+        metrics: LeaseMetrics | None = None,
     ) -> None:
         self.store, self.owner = store, owner
         self.lease_duration, self.margin, self.clock = lease_duration, margin, clock
+        self.metrics = metrics
         self.held: dict[str, Lease] = {}
         self._deadline: dict[str, float] = {}
         self.handed_off = 0
@@ -84,8 +100,7 @@ class LeaseRenewer:
         lease = self.held[partition]
         if lease.shard_end:  # read to its end and checkpointed: free it, so its children become ready
             self.drop(partition)
-            with suppress(LeaseLost):
-                await self.store.release(lease)
+            await self.give_up(lease, "shard_end")
             return False
         sent = self.clock()
         try:
@@ -93,11 +108,13 @@ class LeaseRenewer:
         except LeaseLost as exc:
             log.warning("lease lost at renewal", source=lease.source, partition=partition, owner=exc.actual_owner)
             self.drop(partition)
+            self._lost()
             return False
         except Exception as exc:  # retries exhausted: keep it while the deadline lasts
             if not self.may_write(partition):
                 log.warning("lease renewal failed past its deadline; dropped", partition=partition, error=str(exc))
                 self.drop(partition)
+                self._lost()
                 return False
             log.info("lease renewal failed; will retry", partition=partition, error=str(exc))
             return True
@@ -107,10 +124,23 @@ class LeaseRenewer:
         if wanted_by and wanted_by != self.owner:
             self.drop(partition)  # stop writing first, then hand over
             self.handed_off += 1
-            with suppress(LeaseLost):
-                await self.store.release(lease, to=wanted_by)
+            await self.give_up(lease, "handoff", to=wanted_by)
             return False
         return True
+
+    async def give_up(self, lease: Lease, reason: str, to: str | None = None) -> None:
+        """Give up a lease already dropped: counted as a release, or as a loss when the table says it moved."""
+        try:
+            await self.store.release(lease, to=to)
+        except LeaseLost:
+            self._lost()
+            return
+        if self.metrics is not None:
+            self.metrics.released[reason].inc()
+
+    def _lost(self) -> None:
+        if self.metrics is not None:
+            self.metrics.losses.inc()
 
 
 class LeaseTaker:
@@ -126,13 +156,41 @@ class LeaseTaker:
         max_steal: int = 1,
         steal_tolerance: int = 1,
         clock: Clock = monotonic,
+        metrics: LeaseMetrics | None = None,
     ) -> None:
         self.store, self.source, self.owner = store, source, owner
         self.lease_duration, self.max_steal, self.steal_tolerance = lease_duration, max_steal, steal_tolerance
         self.clock = clock
+        self.metrics = metrics
         self._seen: dict[str, tuple[str | None, int, float]] = {}  # partition -> (owner, counter, since)
         self.takes = 0
         self.steals = 0
+        self.rounds = 0  # take rounds that listed the table
+        self.last_seen: list[Lease] = []  # the table as the last round saw it (taken leases as taken), by partition
+        self._unowned_since: dict[str, float] = {}  # takeable partition -> monotonic time it lost its owner
+
+    def expired(self, lease: Lease, now: float) -> bool:
+        """Free, or its counter has stood still for `lease_duration` as this instance watched it."""
+        seen = self._seen.get(lease.partition)
+        return lease.owner is None or seen is None or now - seen[2] >= self.lease_duration
+
+    def unowned_seconds(self) -> float:
+        """How long the longest unowned takeable partition of the last round has been owned by nobody."""
+        if not self._unowned_since:
+            return 0.0
+        return max(0.0, self.clock() - min(self._unowned_since.values()))
+
+    def others_hold_everything(self, held: Mapping[str, Lease]) -> bool:
+        """This instance holds nothing, and its last round saw every unfinished partition owned by another
+        instance whose lease has not expired: it has nothing to apply (a standby's idea of idle)."""
+        if held or not self.rounds:
+            return False
+        now = self.clock()
+        return all(
+            lease.owner is not None and lease.owner != self.owner and not self.expired(lease, now)
+            for lease in self.last_seen
+            if not lease.shard_end
+        )
 
     async def take_round(self, held: Mapping[str, Lease]) -> list[tuple[Lease, float]]:
         """One round: returns the leases taken, each with the monotonic time its take was sent."""
@@ -149,11 +207,14 @@ class LeaseTaker:
         active = [lease for lease in leases if not lease.shard_end]
 
         def expired(lease: Lease) -> bool:
-            return lease.owner is None or now - self._seen[lease.partition][2] >= self.lease_duration
+            return self.expired(lease, now)
 
         def ready(lease: Lease) -> bool:
             parents = (by_partition.get(p) for p in lease.parents)
             return all(parent is None or parent.shard_end for parent in parents)
+
+        self.rounds += 1
+        self._observe(leases, now, expired, ready)  # before taking: a take that fails leaves the view in place
 
         mine = [lease for lease in active if lease.partition in held]
         handed = [lease for lease in active if lease.owner == self.owner and lease.partition not in held]
@@ -182,6 +243,13 @@ class LeaseTaker:
                 self.takes += 1
             except LeaseLost:
                 continue  # another instance was quicker
+        if taken:
+            copies = {lease.partition: replace(lease) for lease, _ in taken}  # the held ones change as they renew
+            for lease in copies.values():
+                self._seen[lease.partition] = (lease.owner, lease.counter, now)
+            self._observe([copies.get(lease.partition, lease) for lease in leases], now, expired, ready)
+            if self.metrics is not None:
+                self.metrics.acquired.inc(len(taken))
         if wanted or asked or not loads:
             return taken
 
@@ -197,9 +265,35 @@ class LeaseTaker:
             try:
                 await self.store.steal(self.source, lease.partition, self.owner, victim, lease.counter)
                 self.steals += 1
+                if self.metrics is not None:
+                    self.metrics.steals.inc()
             except LeaseLost:
                 continue
         return taken
+
+    def _observe(
+        self, leases: list[Lease], now: float, expired: Callable[[Lease], bool], ready: Callable[[Lease], bool]
+    ) -> None:
+        """Remember this round's view of the table: `last_seen`, the partitions by state, and since when each
+        takeable partition has been owned by nobody."""
+        self.last_seen = sorted(leases, key=lambda lease: lease.partition)
+        states: Counter[str] = Counter()
+        unowned: dict[str, float] = {}
+        for lease in leases:
+            if lease.shard_end:
+                states["finished"] += 1
+            elif not expired(lease):
+                states["owned"] += 1
+            elif not ready(lease):
+                states["waiting"] += 1
+            else:
+                states["unowned"] += 1
+                since = self._seen[lease.partition][2]
+                unowned[lease.partition] = since if lease.owner is None else since + self.lease_duration
+        self._unowned_since = unowned
+        if self.metrics is not None:
+            for state, gauge in self.metrics.partitions.items():
+                gauge.set(states[state])
 
 
 class LeaseCoordinator:
@@ -219,13 +313,17 @@ class LeaseCoordinator:
         steal_tolerance: int = 1,
         clock: Clock = monotonic,
         on_change: Callable[[set[str]], Awaitable[None] | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if 2 * renew_interval > lease_duration - margin:
             raise ValueError("renew_interval should be at most half of lease_duration - margin")
         self.store, self.source = store, source
         self.owner = owner or new_owner_id()
         self.renew_interval, self.take_interval = renew_interval, take_interval
-        self.renewer = LeaseRenewer(store, self.owner, lease_duration=lease_duration, margin=margin, clock=clock)
+        self.metrics = LeaseMetrics(source, metrics)
+        self.renewer = LeaseRenewer(
+            store, self.owner, lease_duration=lease_duration, margin=margin, clock=clock, metrics=self.metrics
+        )
         self.taker = LeaseTaker(
             store,
             source,
@@ -234,7 +332,10 @@ class LeaseCoordinator:
             max_steal=max_steal,
             steal_tolerance=steal_tolerance,
             clock=clock,
+            metrics=self.metrics,
         )
+        self.metrics.held.set_function(lambda: len(self.renewer.held))
+        self.metrics.unowned_seconds.set_function(lambda: 0.0 if self._closed else self.taker.unowned_seconds())
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -264,9 +365,33 @@ class LeaseCoordinator:
         another instance could take the lease, and at once after a lost lease."""
         return self.renewer.may_write(partition)
 
+    def view(self) -> list[dict[str, Any]]:
+        """Every partition of the source as the last take round saw the table (a held lease as it is now), for
+        `/status`: partition, owner, held_by_me, position (the checkpoint, a list) and pending_owner."""
+        held = self.renewer.held
+        rows = []
+        for seen in self.taker.last_seen:
+            lease = held.get(seen.partition, seen)
+            rows.append(
+                {
+                    "partition": lease.partition,
+                    "owner": lease.owner,
+                    "held_by_me": lease.partition in held,
+                    "position": list(lease.position) if lease.position is not None else None,
+                    "pending_owner": lease.pending_owner,
+                }
+            )
+        return rows
+
+    def standby_idle(self) -> bool:
+        """Nothing for this instance to apply: it holds no lease and, in its last take round, every unfinished
+        partition had another live owner (`run --exit-when-idle` counts such a source as idle)."""
+        return self.taker.others_hold_everything(self.renewer.held)
+
     async def lease_lost(self, partition: str) -> None:
         """A conditional write found the lease gone (`LeaseLost`): stop writing the partition at once."""
         if self.renewer.drop(partition) is not None:
+            self.metrics.losses.inc()
             await self._changed()
 
     async def renew_once(self) -> None:
@@ -301,8 +426,7 @@ class LeaseCoordinator:
             for partition in list(self.renewer.held):
                 lease = self.renewer.drop(partition)
                 if lease is not None:
-                    with suppress(LeaseLost):
-                        await self.store.release(lease)
+                    await self.renewer.give_up(lease, "drain")
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
         while not self._closed:
