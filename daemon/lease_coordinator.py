@@ -335,6 +335,7 @@ class LeaseCoordinator:
             metrics=self.metrics,
         )
         self.metrics.held.set_function(lambda: len(self.renewer.held))
+        self.metrics.duration.set(lease_duration)
         self.metrics.unowned_seconds.set_function(lambda: 0.0 if self._closed else self.taker.unowned_seconds())
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
         self._tasks: list[asyncio.Task[None]] = []

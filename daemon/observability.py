@@ -229,6 +229,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.lease_duration = Gauge(
+            p + "lease_duration_seconds",
+            "The configured lease duration (`lease_duration_seconds`), for alerts that compare with it",
+            ["source"],
+            registry=r,
+        )
         self.lease_table_retries = Counter(
             p + "lease_table_retries_total",
             "Calls to the lease table retried after a retryable failure, by reason",
@@ -356,6 +362,7 @@ class LeaseMetrics:
             state: m.lease_partitions.labels(source=source, state=state) for state in LEASE_PARTITION_STATES
         }
         self.unowned_seconds = m.lease_unowned_seconds.labels(source=source)
+        self.duration = m.lease_duration.labels(source=source)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
