@@ -52,6 +52,7 @@ _NAMES = {
     "#cp": "checkpoint",
     "#p": "pending_owner",
     "#u": "updated_at",
+    "#pt": "partition",
 }
 
 
@@ -306,6 +307,49 @@ class DynamoDBCheckpointStore:
             bump=False,
             extra_condition="attribute_not_exists(#p)",
         )
+
+    async def hand_off(
+        self, source: str, positions: Mapping[str, Position], expected: Mapping[str, int | None] | None
+    ) -> None:
+        """Write `positions` as free leases holding those checkpoints (`graph-replicator bootstrap` hands its
+        positions to `run`): the owner and any steal request are removed and the counter bumped, so a former
+        owner's writes are refused from here on. With `expected` (partition -> the counter seen, None for "no
+        item"), each write is conditional on the lease being unchanged since, and raises `LeaseLost` when an
+        instance took or renewed it meanwhile; None (forced) writes regardless."""
+        now = repr(time.time())
+        for partition, position in positions.items():
+            update = (
+                "SET #pt = :pt, #cp = :cp, #u = :now, #h = :now, #c = if_not_exists(#c, :zero) + :one REMOVE #o, #p"
+            )
+            values: dict[str, Any] = {
+                ":pt": {"S": partition},
+                ":cp": {"S": _position_text(position)},
+                ":now": {"N": now},
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+            }
+            condition = None
+            if expected is not None:
+                counter = expected.get(partition)
+                condition = "attribute_not_exists(#c)" if counter is None else "#c = :c"
+                if counter is not None:
+                    values[":c"] = {"N": str(counter)}
+            extra = {"ConditionExpression": condition} if condition else {}
+            try:
+                await self._call(
+                    "update_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    UpdateExpression=update,
+                    ExpressionAttributeNames=_names_in(update, condition or ""),
+                    ExpressionAttributeValues=values,
+                    **extra,
+                )
+            except ClientError as exc:
+                if error_code(exc) != CONDITION_FAILED:
+                    raise
+                counter = expected.get(partition) if expected else None
+                await self._lost(source, partition, None, counter)
 
     # ------------------------------------------------------------------------------------------ plumbing
 
