@@ -418,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--config", required=True)
     bootstrap.add_argument("--source", help="name of the [[sources]] entry (default: the only one)")
     bootstrap.add_argument(
-        "--force", action="store_true", help="bootstrap a source that has a checkpoint (replaced on success)"
+        "--force",
+        action="store_true",
+        help="bootstrap a source that has a checkpoint (replaced on success), or whose leases a live instance holds "
+        "(DynamoDB store: taken from it at the hand-off)",
     )
     bootstrap.add_argument(
         "--allow-non-empty-target",
