@@ -163,7 +163,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_leases(leases: list[dict[str, Any]]) -> None:
-    """One line a partition: its owner (`me` for this instance, `-` for nobody), checkpoint, pending steal."""
+    """One line a partition: its owner (`me` for this instance, `-` for nobody), checkpoint, pending steal;
+    finished shards (read to their end) are only counted."""
+    finished = [lease for lease in leases if lease["position"] == ["SHARD_END"]]
     rows = [
         (
             lease["partition"] or "(stream)",
@@ -172,10 +174,13 @@ def _print_leases(leases: list[dict[str, Any]]) -> None:
             f"asked for by {lease['pending_owner']}" if lease["pending_owner"] else "",
         )
         for lease in leases
+        if lease not in finished
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
     for row in rows:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True)).rstrip())
+    if finished:
+        print(f"  ({len(finished)} finished shards)")
 
 
 def _position(position: list[Any] | dict[str, Any] | None) -> str:

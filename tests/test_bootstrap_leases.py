@@ -69,6 +69,15 @@ def config_path(tmp_path: Path, source: NeptuneStand, target: NeptuneStand, moto
     )
 
 
+@pytest.fixture
+def empty_source_config(
+    stand: NeptuneStand, source_stand: NeptuneStand, moto_server: str, table: str, tmp_path: Path
+) -> Config:
+    """A config whose source is empty (the bootstrap copies nothing and hands off (0, 0))."""
+    source_stand.reset()
+    return load_config(config_path(tmp_path, source_stand, stand, moto_server, table))
+
+
 async def bootstrap(config: Config, **kwargs: bool) -> object:
     return await Bootstrap(config, "main", progress=Progress("main", tty=False), **kwargs).run()
 
@@ -96,15 +105,9 @@ async def test_bootstrap_hands_off_to_the_lease_table_and_run_continues_from_the
 
 
 async def test_a_lease_held_by_a_live_instance_refuses_the_bootstrap_unless_forced(
-    stand: NeptuneStand,
-    source_stand: NeptuneStand,
-    moto_server: str,
-    table: str,
-    store: DynamoDBCheckpointStore,
-    tmp_path: Path,
+    empty_source_config: Config, store: DynamoDBCheckpointStore
 ) -> None:
-    source_stand.reset()
-    config = load_config(config_path(tmp_path, source_stand, stand, moto_server, table))
+    config = empty_source_config
     await store.ensure_leases("main", {"": ()})
     live = LeaseCoordinator(store, "main", "live-instance", lease_duration=30, renew_interval=0.2, margin=1)
     await live.start()  # holds the lease and renews it on its timer, as a running `run` does
@@ -127,15 +130,9 @@ async def test_a_lease_held_by_a_live_instance_refuses_the_bootstrap_unless_forc
 
 
 async def test_a_dead_owners_lease_is_replaced_after_watching_it_for_a_lease_duration(
-    stand: NeptuneStand,
-    source_stand: NeptuneStand,
-    moto_server: str,
-    table: str,
-    store: DynamoDBCheckpointStore,
-    tmp_path: Path,
+    empty_source_config: Config, store: DynamoDBCheckpointStore
 ) -> None:
-    source_stand.reset()
-    config = load_config(config_path(tmp_path, source_stand, stand, moto_server, table))
+    config = empty_source_config
     await store.ensure_leases("main", {"": ()})
     dead = await store.take("main", "", "killed-instance", 0)  # taken, never renewed: its process died
     started = asyncio.get_running_loop().time()

@@ -809,6 +809,16 @@ async def test_status_command_prints_the_owner_of_each_partition(capsys: pytest.
     from daemon.cli import main
 
     me, other = "host-a:41:0a1b2c3d", "host-b:7:9f8e7d6c"
+
+    def lease(partition: str, owner: str | None, position: list | None, pending: str | None = None) -> dict:
+        return {
+            "partition": partition,
+            "owner": owner,
+            "held_by_me": owner == me,
+            "position": position,
+            "pending_owner": pending,
+        }
+
     entry = {
         "state": "polling",
         "caught_up": False,
@@ -826,41 +836,16 @@ async def test_status_command_prints_the_owner_of_each_partition(capsys: pytest.
         "uptime_seconds": 12.0,
         "dead_letters": 0,
         "sources": [
-            {
-                **entry,
-                "source": "main",
-                "state": "standby",
-                "position": [4711, 3],
-                "leases": [
-                    {"partition": "", "owner": other, "held_by_me": False, "position": [4711, 3], "pending_owner": None}
-                ],
-            },
+            {**entry, "source": "main", "position": [4711, 3], "leases": [lease("", other, [4711, 3])]},
             {
                 **entry,
                 "source": "orders",
                 "position": {"shardId-1": ["0042"], "shardId-2": ["0099"]},
                 "leases": [
-                    {
-                        "partition": "shardId-1",
-                        "owner": me,
-                        "held_by_me": True,
-                        "position": ["0042"],
-                        "pending_owner": other,
-                    },
-                    {
-                        "partition": "shardId-2",
-                        "owner": other,
-                        "held_by_me": False,
-                        "position": ["0099"],
-                        "pending_owner": None,
-                    },
-                    {
-                        "partition": "shardId-3",
-                        "owner": None,
-                        "held_by_me": False,
-                        "position": None,
-                        "pending_owner": None,
-                    },
+                    lease("shardId-0", None, ["SHARD_END"]),
+                    lease("shardId-1", me, ["0042"], pending=other),
+                    lease("shardId-2", other, ["0099"]),
+                    lease("shardId-3", None, None),
                 ],
             },
             {**entry, "source": "local", "position": [1, 1], "owner_id": None},  # SQLite: no leases
@@ -875,11 +860,12 @@ async def test_status_command_prints_the_owner_of_each_partition(capsys: pytest.
     assert code == 0
     out = capsys.readouterr().out
     assert f"main leases (this instance is {me}):\n  (stream)  {other}  4711/3\n" in out
-    orders = out.split(f"orders leases (this instance is {me}):\n", 1)[1].splitlines()[:3]
+    orders = out.split(f"orders leases (this instance is {me}):\n", 1)[1].splitlines()[:4]
     assert [line.split() for line in orders] == [
         ["shardId-1", "me", "0042", "asked", "for", "by", other],
         ["shardId-2", other, "0099"],
         ["shardId-3", "-", "-"],
+        ["(1", "finished", "shards)"],
     ]
     assert orders[0].index("me") == orders[1].index(other), "columns line up"
     assert "local leases" not in out
