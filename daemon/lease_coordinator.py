@@ -167,6 +167,7 @@ class LeaseTaker:
         self.steals = 0
         self.rounds = 0  # take rounds that listed the table
         self.last_seen: list[Lease] = []  # the table as the last round saw it (taken leases as taken), by partition
+        self.ready_unowned = 0  # partitions the last round left free or expired and ready to take (0: all placed)
         self._unowned_since: dict[str, float] = {}  # takeable partition -> monotonic time it lost its owner
 
     def expired(self, lease: Lease, now: float) -> bool:
@@ -250,6 +251,7 @@ class LeaseTaker:
             self._observe([copies.get(lease.partition, lease) for lease in leases], now, expired, ready)
             if self.metrics is not None:
                 self.metrics.acquired.inc(len(taken))
+        self.ready_unowned = len({lease.partition for lease in free} - {lease.partition for lease, _ in taken})
         if wanted or asked or not loads:
             return taken
 
@@ -340,6 +342,8 @@ class LeaseCoordinator:
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._take_now = asyncio.Event()  # a lease was freed here: look for work without waiting a whole interval
+        self.take_pending = False  # `wake` asked for a take round that has not started yet
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -365,6 +369,10 @@ class LeaseCoordinator:
         """True while this instance may still write `partition`: False from `margin` before the earliest moment
         another instance could take the lease, and at once after a lost lease."""
         return self.renewer.may_write(partition)
+
+    def deadline(self, partition: str) -> float | None:
+        """The monotonic time (`daemon.leases.monotonic`) from which `partition` may no longer be written."""
+        return self.renewer.deadline(partition)
 
     def view(self) -> list[dict[str, Any]]:
         """Every partition of the source as the last take round saw the table (a held lease as it is now), for
@@ -395,11 +403,27 @@ class LeaseCoordinator:
             self.metrics.losses.inc()
             await self._changed()
 
+    def wake(self) -> None:
+        """Run a take round now (new leases were registered, or one was freed here)."""
+        self.take_pending = True
+        self._take_now.set()
+
+    async def finished(self, partition: str) -> None:
+        """The partition was read to its end and that end checkpointed (`SHARD_END`): release it at once, so its
+        children become ready, and look for them now rather than at the next take round."""
+        lease = self.renewer.drop(partition)
+        if lease is None:
+            return
+        await self.renewer.give_up(lease, "shard_end")
+        self.wake()
+        await self._changed()
+
     async def renew_once(self) -> None:
         if self.renewer.held and await self.renewer.renew_all():
             await self._changed()
 
     async def take_once(self) -> None:
+        self.take_pending = False
         taken = await self.taker.take_round(self.renewer.held)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
@@ -411,7 +435,9 @@ class LeaseCoordinator:
         await self.take_once()
         self._tasks = [
             asyncio.create_task(self._every(self.renew_interval, self.renew_once), name=f"lease-renewer:{self.source}"),
-            asyncio.create_task(self._every(self.take_interval, self.take_once), name=f"lease-taker:{self.source}"),
+            asyncio.create_task(
+                self._every(self.take_interval, self.take_once, self._take_now), name=f"lease-taker:{self.source}"
+            ),
         ]
 
     async def stop(self, release: bool = True) -> None:
@@ -429,13 +455,21 @@ class LeaseCoordinator:
                 if lease is not None:
                     await self.renewer.give_up(lease, "drain")
 
-    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
+    ) -> None:
         while not self._closed:
+            if wake is not None:
+                wake.clear()
             try:
                 await step()
             except Exception as exc:  # a failed round is retried next time; deadlines keep the writes fenced
                 log.warning("lease round failed", source=self.source, error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+            else:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=interval)
 
     async def _changed(self) -> None:
         if self.on_change is not None:
