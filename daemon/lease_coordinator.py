@@ -182,15 +182,15 @@ class LeaseTaker:
         return max(0.0, self.clock() - min(self._unowned_since.values()))
 
     def others_hold_everything(self, held: Mapping[str, Lease]) -> bool:
-        """This instance holds nothing, and its last round saw every unfinished partition owned by another
-        instance whose lease has not expired: it has nothing to apply (a standby's idea of idle)."""
-        if held or not self.rounds:
+        """This instance holds nothing, and its last round saw unfinished partitions, every one owned by another
+        instance whose lease has not expired: it has nothing to apply (a standby's idea of idle). A table with
+        no unfinished partition yet (a source that has not registered its shards) is not idle."""
+        active = [lease for lease in self.last_seen if not lease.shard_end]
+        if held or not active:
             return False
         now = self.clock()
         return all(
-            lease.owner is not None and lease.owner != self.owner and not self.expired(lease, now)
-            for lease in self.last_seen
-            if not lease.shard_end
+            lease.owner is not None and lease.owner != self.owner and not self.expired(lease, now) for lease in active
         )
 
     async def take_round(self, held: Mapping[str, Lease]) -> list[tuple[Lease, float]]:

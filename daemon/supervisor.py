@@ -36,10 +36,10 @@
   (created when missing) with retries, backing off up to `restart_backoff_max_seconds`; meanwhile readiness is
   false with `lease table unreachable (...)`, and a SIGTERM exits 0. A failure that retrying cannot fix
   (access denied, bad credentials, a refused request) stops the process with exit code 5 and the reason.
-* `--exit-when-idle` with the DynamoDB store: a source also counts as idle on a standby, that is when this
-  instance holds none of its leases and its last take round saw every unfinished partition owned by another
-  live instance (its lease not expired): there is nothing for it to apply, the holder applies. A standby that
-  is to take over a dead holder's work must not run with `--exit-when-idle`.
+* `--exit-when-idle` with the DynamoDB store: a Neptune or file source also counts as idle on a standby, that
+  is when this instance does not hold the source's lease and its last take round saw it owned by another live
+  instance (its lease not expired): there is nothing for it to apply, the holder applies. A standby that is to
+  take over a dead holder's work must not run with `--exit-when-idle`.
 * The supervisor owns the data directory (`daemon.datadir.DataDirLock`) from construction to the end of
   `run`; a second daemon on the same directory is refused. Each source's checkpoint is read before its sink
   is started, so `/status` and the final `stopped` line show the stored positions even while a sink cannot
@@ -543,9 +543,10 @@ class Supervisor:
                 backoff = min(backoff * 2, ceiling)
 
     def _standby_idle(self, pipeline: Pipeline) -> bool:
-        """A standby's source is idle: this instance holds none of its leases and another live one holds them."""
+        """A standby's source (one lease: Neptune, file) is idle: this instance does not hold the lease and another
+        live one does. (A sharded source's instances share the shards instead: `_idle`.)"""
         coordinator = self.coordinators.get(pipeline.name)
-        return coordinator is not None and coordinator.standby_idle()
+        return not pipeline.sharded and coordinator is not None and coordinator.standby_idle()
 
     async def _open_shared_store_retrying(self) -> int | None:
         """Open the lease table, retrying what may pass (connection, throttling, 5xx, a table still being created)

@@ -569,6 +569,9 @@ async def test_a_standby_is_idle_while_a_live_owner_holds_everything(store: Dyna
         store, "src", "standby", lease_duration=5.0, renew_interval=1.0, margin=1.0, clock=lambda: now[0]
     )
     assert not standby.standby_idle(), "no round yet: it does not know"
+    empty = LeaseCoordinator(store, "other-source", "x", lease_duration=5.0, renew_interval=1.0, margin=1.0)
+    await empty.take_once()
+    assert not empty.standby_idle(), "no lease in the table yet (shards not registered): not idle"
     await active.take_once()
     await standby.take_once()
     assert standby.standby_idle() and not active.standby_idle()
