@@ -20,7 +20,8 @@ Table (created on first use when missing, on-demand billing):
     updated_at   N         epoch seconds of the last checkpoint write
 
 Every write that changes an owned lease is conditional on `owner = :me AND lease_counter = :counter`; a take is
-conditional on the counter the taker saw; a steal request on the victim's owner and counter.
+conditional on the counter the taker saw; a steal request on the victim's owner and counter; an operator's change
+(`overwrite`, from `graph-replicator checkpoint`) on the counter it saw, bumping it and freeing the lease.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -52,7 +53,6 @@ _NAMES = {
     "#cp": "checkpoint",
     "#p": "pending_owner",
     "#u": "updated_at",
-    "#pt": "partition",
 }
 
 
@@ -317,48 +317,60 @@ class DynamoDBCheckpointStore:
             extra_condition="attribute_not_exists(#p)",
         )
 
-    async def hand_off(
-        self, source: str, positions: Mapping[str, Position], expected: Mapping[str, int | None] | None
+    async def overwrite(
+        self, source: str, partition: str, position: Position | None, expected_counter: int | None
     ) -> None:
-        """Write `positions` as free leases holding those checkpoints (`graph-replicator bootstrap` hands its
-        positions to `run`): the owner and any steal request are removed and the counter bumped, so a former
-        owner's writes are refused from here on. With `expected` (partition -> the counter seen, None for "no
-        item"), each write is conditional on the lease being unchanged since, and raises `LeaseLost` when an
-        instance took or renewed it meanwhile; None (forced) writes regardless."""
-        now = repr(time.time())
-        for partition, position in positions.items():
-            update = (
-                "SET #pt = :pt, #cp = :cp, #u = :now, #h = :now, #c = if_not_exists(#c, :zero) + :one REMOVE #o, #p"
-            )
-            values: dict[str, Any] = {
-                ":pt": {"S": partition},
-                ":cp": {"S": _position_text(position)},
-                ":now": {"N": now},
-                ":zero": {"N": "0"},
-                ":one": {"N": "1"},
-            }
-            condition = None
-            if expected is not None:
-                counter = expected.get(partition)
-                condition = "attribute_not_exists(#c)" if counter is None else "#c = :c"
-                if counter is not None:
-                    values[":c"] = {"N": str(counter)}
-            extra = {"ConditionExpression": condition} if condition else {}
-            try:
+        """An operator's change (`graph-replicator checkpoint`): write `position` (None: delete the item),
+        conditional on the counter seen (`expected_counter`; None: the item must not exist yet). A write bumps
+        the counter and frees the lease, so an owner that was only paused finds it moved (`LeaseLost`) instead
+        of overwriting the new position. A failed condition raises `LeaseLost`."""
+        values: dict[str, Any] = {":seen": {"N": str(expected_counter)}}
+        try:
+            if expected_counter is None:
+                if position is None:
+                    return
+                item = {
+                    **_key(source, partition),
+                    "partition": {"S": partition},
+                    "lease_counter": {"N": "0"},
+                    "parents": {"L": []},
+                    "checkpoint": {"S": _position_text(position)},
+                    "updated_at": {"N": repr(time.time())},
+                }
+                await self._call(
+                    "put_item",
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#c)",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                )
+            elif position is None:
+                await self._call(
+                    "delete_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                    ExpressionAttributeValues=values,
+                )
+            else:
+                update = "SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p"
+                values.update(
+                    {":cp": {"S": _position_text(position)}, ":now": {"N": repr(time.time())}, ":one": {"N": "1"}}
+                )
                 await self._call(
                     "update_item",
                     TableName=self.table,
                     Key=_key(source, partition),
                     UpdateExpression=update,
-                    ExpressionAttributeNames=_names_in(update, condition or ""),
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames=_names_in(update, "#c"),
                     ExpressionAttributeValues=values,
-                    **extra,
                 )
-            except ClientError as exc:
-                if error_code(exc) != CONDITION_FAILED:
-                    raise
-                counter = expected.get(partition) if expected else None
-                await self._lost(source, partition, None, counter)
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+            await self._lost(source, partition, None, expected_counter)
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -477,3 +489,33 @@ class DynamoDBCheckpointStore:
                 self.retries[cls.reason] += 1
                 self._m_retries.labels(reason=cls.reason).inc()
                 await asyncio.sleep(full_jitter(attempt - 1, self.retry_initial_seconds, self.retry_max_seconds))
+
+
+async def watch_owners(
+    store: DynamoDBCheckpointStore,
+    source: str,
+    seconds: float,
+    *,
+    poll: float | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> tuple[list[Lease], dict[str, Lease]]:
+    """Which owners of `source`'s leases are alive, judged as every instance judges expiry: a lease whose counter
+    moves within `seconds` of watching (or that gains an owner) has a live owner. Returns those, as soon as one is
+    seen (reading every `poll` seconds; once at the end when None), and the leases as last read, which a write
+    conditional on their counters expects. Returns at once, with nobody alive, when no lease is owned."""
+    first = {lease.partition: lease for lease in await store.list_leases(source)}
+    latest = first
+    waited = 0.0
+    while waited < seconds and any(lease.owner for lease in first.values()):
+        pause = seconds - waited if poll is None else min(poll, seconds - waited)
+        await sleep(pause)
+        waited += pause
+        latest = {lease.partition: lease for lease in await store.list_leases(source)}
+        alive = [
+            lease
+            for partition, lease in latest.items()
+            if lease.owner and (partition not in first or first[partition].counter != lease.counter)
+        ]
+        if alive:
+            return alive, latest
+    return [], latest

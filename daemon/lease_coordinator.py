@@ -72,6 +72,7 @@ class LeaseRenewer:
         self.held: dict[str, Lease] = {}
         self._deadline: dict[str, float] = {}
         self.handed_off = 0
+        self.handoffs: list[tuple[Lease, str, float | None]] = []  # dropped for (lease, wanted by, its deadline)
 
     def adopt(self, lease: Lease, sent_at: float) -> None:
         """Hold `lease`, taken by a write sent at monotonic time `sent_at`."""
@@ -106,9 +107,10 @@ class LeaseRenewer:
         try:
             await self.store.renew(lease)
         except LeaseLost as exc:
-            log.warning("lease lost at renewal", source=lease.source, partition=partition, owner=exc.actual_owner)
-            self.drop(partition)
-            self._lost()
+            if self.held.get(partition) is lease:  # (not released here meanwhile: finished, or handed over)
+                log.warning("lease lost at renewal", source=lease.source, partition=partition, owner=exc.actual_owner)
+                self.drop(partition)
+                self._lost()
             return False
         except Exception as exc:  # retries exhausted: keep it while the deadline lasts
             if not self.may_write(partition):
@@ -122,21 +124,28 @@ class LeaseRenewer:
             self._deadline[partition] = sent + self.lease_duration - self.margin
         wanted_by = lease.pending_owner
         if wanted_by and wanted_by != self.owner:
-            self.drop(partition)  # stop writing first, then hand over
-            self.handed_off += 1
-            await self.give_up(lease, "handoff", to=wanted_by)
+            deadline = self.deadline(partition)
+            self.drop(partition)  # stop writing first; the coordinator hands it over once the writes are done
+            self.handoffs.append((lease, wanted_by, deadline))
             return False
         return True
 
     async def give_up(self, lease: Lease, reason: str, to: str | None = None) -> None:
-        """Give up a lease already dropped: counted as a release, or as a loss when the table says it moved."""
-        try:
-            await self.store.release(lease, to=to)
-        except LeaseLost:
-            self._lost()
+        """Free a lease already dropped (or hand it to `to`), counted as a release by `reason`. A write of ours
+        that landed without its answer reaching us (a renewal cancelled in flight) moved the counter: while the
+        table still names us, release at its counter. One another instance holds by now counts as lost."""
+        for _ in range(3):
+            try:
+                await self.store.release(lease, to=to)
+            except LeaseLost as exc:
+                if exc.actual_owner != self.owner or exc.actual_counter is None:
+                    self._lost()
+                    return  # someone else's now: nothing to release
+                lease.counter = exc.actual_counter
+                continue
+            if self.metrics is not None:
+                self.metrics.released[reason].inc()
             return
-        if self.metrics is not None:
-            self.metrics.released[reason].inc()
 
     def _lost(self) -> None:
         if self.metrics is not None:
@@ -340,10 +349,14 @@ class LeaseCoordinator:
         self.metrics.duration.set(lease_duration)
         self.metrics.unowned_seconds.set_function(lambda: 0.0 if self._closed else self.taker.unowned_seconds())
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
+        # Returns once nothing of this process writes the partition any more (the pipeline's `quiesce`).
+        self.quiesce: Callable[[str], Awaitable[None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._take_now = asyncio.Event()  # a lease was freed here: look for work without waiting a whole interval
-        self.take_pending = False  # `wake` asked for a take round that has not started yet
+        self.take_pending = False  # `wake` asked for a take round that has not ended yet
+        self._wakes = 0
+        self._handovers: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -405,6 +418,7 @@ class LeaseCoordinator:
 
     def wake(self) -> None:
         """Run a take round now (new leases were registered, or one was freed here)."""
+        self._wakes += 1
         self.take_pending = True
         self._take_now.set()
 
@@ -414,21 +428,52 @@ class LeaseCoordinator:
         lease = self.renewer.drop(partition)
         if lease is None:
             return
-        await self.renewer.give_up(lease, "shard_end")
+        await self._release(lease, reason="shard_end")
         self.wake()
         await self._changed()
 
     async def renew_once(self) -> None:
         if self.renewer.held and await self.renewer.renew_all():
             await self._changed()
+        handoffs, self.renewer.handoffs = self.renewer.handoffs, []
+        for lease, wanted_by, deadline in handoffs:  # each in its own task: renewals never wait for a hand-over
+            task = asyncio.create_task(self._hand_over(lease, wanted_by, deadline), name=f"hand-over:{lease.partition}")
+            self._handovers.add(task)
+            task.add_done_callback(self._handovers.discard)
+
+    async def handovers_done(self) -> None:
+        """Wait for the hand-overs in progress (tests; `stop` does it for a drain)."""
+        await asyncio.gather(*self._handovers, return_exceptions=True)
+
+    async def _hand_over(self, lease: Lease, wanted_by: str, deadline: float | None) -> None:
+        """Release a lease another instance asked for, once this process's writes to it are done (`quiesce`: a
+        batch call sent before the drop may still be in flight). One still busy at its deadline is not
+        released: it expires, by which time every call of ours was abandoned."""
+        if self.quiesce is not None:
+            try:
+                wait = 0.0 if deadline is None else max(0.0, deadline - self.renewer.clock())
+                await asyncio.wait_for(self.quiesce(lease.partition), wait)
+            except TimeoutError:
+                log.warning("lease not handed over: writes still in flight at its deadline; it will expire",
+                            source=lease.source, partition=lease.partition)  # fmt: skip
+                self.metrics.losses.inc()
+                return
+        self.renewer.handed_off += 1
+        await self._release(lease, to=wanted_by, reason="handoff")
+
+    async def _release(self, lease: Lease, to: str | None = None, *, reason: str) -> None:
+        """Free a lease (or hand it to `to`): `LeaseRenewer.give_up`, counted by `reason`."""
+        await self.renewer.give_up(lease, reason, to)
 
     async def take_once(self) -> None:
-        self.take_pending = False
+        wakes = self._wakes
         taken = await self.taker.take_round(self.renewer.held)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
         if taken:
             await self._changed()
+        if self._wakes == wakes:  # no wake came during the round: it saw what the wake was for
+            self.take_pending = False
 
     async def start(self) -> None:
         """Take what is free now, then keep renewing and taking on timers."""
@@ -449,11 +494,17 @@ class LeaseCoordinator:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if release:  # a drain: nothing is written any more, so hand-overs in progress finish at once
+            await self.handovers_done()
+        else:
+            for task in list(self._handovers):
+                task.cancel()
+            await asyncio.gather(*self._handovers, return_exceptions=True)
         if release:
             for partition in list(self.renewer.held):
                 lease = self.renewer.drop(partition)
                 if lease is not None:
-                    await self.renewer.give_up(lease, "drain")
+                    await self._release(lease, reason="drain")
 
     async def _every(
         self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None

@@ -1,4 +1,5 @@
-"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status).
+"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status, and the
+pages of `daemon.webui`: the status page at / and the graph view at /graph).
 
 Every metric the daemon exports is declared once here (documented in docs/metrics.md). Names carry the
 `graph_replicator_` prefix, base units and `_total` on counters; labels are bounded (source, sink, reason,
@@ -10,8 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -29,6 +30,10 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from daemon import __version__
+from daemon.webui import LagHistory, WebUI
+
+if TYPE_CHECKING:
+    from daemon.sinks.base import GraphSink
 
 _BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -392,7 +397,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 class HttpServer:
-    """aiohttp server for the metrics registry, liveness, readiness and a JSON status document."""
+    """aiohttp server for the metrics registry, liveness, readiness, a JSON status document, and the status page
+    and graph view (`daemon.webui`; the graph view reads `sinks`)."""
 
     def __init__(
         self,
@@ -400,10 +406,14 @@ class HttpServer:
         ready: Callable[[], tuple[bool, list[str]]],
         status: Callable[[], dict[str, Any]],
         registry: CollectorRegistry,
+        sinks: Mapping[str, GraphSink] | None = None,
+        graph_view: bool = True,
+        history: LagHistory | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self._ready, self._status, self._registry = ready, status, registry
+        self.webui = WebUI(status, sinks if sinks is not None else {}, history, graph_view=graph_view)
         self._runner: web.AppRunner | None = None
         self.started = time.time()
 
@@ -413,6 +423,7 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status_handler)
+        self.webui.install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -420,8 +431,10 @@ class HttpServer:
         sockets = site._server.sockets  # the real port when 0 was asked for
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self.webui.start()
 
     async def stop(self) -> None:
+        await self.webui.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

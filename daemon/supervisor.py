@@ -11,11 +11,12 @@
   readiness false) while the process keeps serving metrics so the alert can fire; so does an unreadable line
   in a file source's input (`CaptureError`, state `failed`).
 * SIGTERM / SIGINT: readiness turns false, pollers stop, the window in flight finishes and is checkpointed,
-  all within `drain_grace_seconds`; then the process exits 0.
+  all within `drain_grace_seconds`; then the process exits 0, or 3 when a source applied nothing because its
+  sink never became ready (a stop in that state is not a success).
 * `--exit-when-idle`: exit 0 once every source is caught up with everything applied and checkpointed
-  (exit 3 if a source stopped on an error instead); before the sinks close, `summary` records what was applied
-  and how many vertices and edges each target holds, and which sources never started because their sink
-  never became ready.
+  (exit 3 if a source stopped on an error instead, or its sink was still not ready `idle_start_timeout_seconds`
+  after start); before the sinks close, `summary` records what was applied and how many vertices and edges
+  each target holds, and which sources never started because their sink never became ready.
 * With `[checkpoint] kind = "dynamodb"` several processes may run one config. A DynamoDB source's shards are
   shared: per source a `LeaseCoordinator` holds a lease per shard, the source reads only the shards held
   (`ShardLeases`, `DynamoDBStreamSource.assign`), and the pipeline writes and checkpoints only those, each
@@ -280,7 +281,11 @@ class Supervisor:
         for source_cfg in config.sources:
             self.pipelines.append(self._build_pipeline(source_cfg))
         address = config.daemon.http_address
-        self.http = HttpServer(address, self.readiness, self.status, METRICS.registry) if address else None
+        self.http = (
+            HttpServer(address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view)
+            if address
+            else None
+        )
         METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
@@ -367,6 +372,7 @@ class Supervisor:
                 dict(p.status(), error=self.failed.get(p.name), **self._lease_status(p)) for p in self.pipelines
             ],
             "dead_letters": self.dead_letters.count,
+            "sinks": self._sink_status(),
         }
 
     def _lease_status(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -375,6 +381,29 @@ class Supervisor:
         if self.shared is None or coordinator is None:
             return {"owner_id": None} if self.shared is None else {"owner_id": None, "leases": []}
         return {"owner_id": coordinator.owner, "leases": coordinator.view()}
+
+    def _sink_status(self) -> list[dict[str, Any]]:
+        """Each sink's kind, health (every source's applier on it healthy) and retries so far, by reason."""
+        retries: dict[str, dict[str, int]] = {}
+        for metric in METRICS.retries.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    by_reason = retries.setdefault(sample.labels["sink"], {})
+                    by_reason[sample.labels["reason"]] = int(sample.value)
+        out = []
+        for name, sink in self.sinks.items():
+            failing = [p.applier.failing_reason or "failing" for p in self.pipelines if p.applier.sink is sink
+                       and not p.applier.healthy]  # fmt: skip
+            out.append(
+                {
+                    "sink": name,
+                    "kind": sink.kind,
+                    "healthy": not failing,
+                    "failing_reason": failing[0] if failing else None,
+                    "retries": retries.get(name, {}),
+                }
+            )
+        return out
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -431,6 +460,8 @@ class Supervisor:
                     sources=len(self.pipelines),
                 )
                 return
+            if self.exit_when_idle and self._gave_up_on_sinks():
+                return
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._drain.wait(), timeout=0.1)
 
@@ -447,6 +478,16 @@ class Supervisor:
             and not coordinator.take_pending
             and coordinator.taker.ready_unowned == 0
         )
+
+    def _gave_up_on_sinks(self) -> bool:
+        """`--exit-when-idle`: a sink still not ready `idle_start_timeout_seconds` after start fails its sources."""
+        limit = self.config.daemon.idle_start_timeout_seconds
+        if not self.sink_not_ready or time.time() - self.started < limit:
+            return False
+        for name, why in self.sink_not_ready.items():
+            self.failed[name] = f"its sink did not become ready within {limit:g} s (idle_start_timeout_seconds): {why}"
+            log.error("giving up: the sink never became ready", source=name, seconds=limit, error=why)
+        return True
 
     async def _shutdown(self, tasks: dict[asyncio.Task[None], Pipeline]) -> int:
         self.draining = True
@@ -466,7 +507,12 @@ class Supervisor:
                 with suppress(asyncio.CancelledError):
                     await t
         log.info("stopped", checkpoints={p.name: p.status()["position"] for p in self.pipelines})
-        return EXIT_SOURCE_FAILED if self.failed else EXIT_OK
+        # A drain while a source never started, its sink never ready, is not a success: exit 3 and say why.
+        applied = {p.name for p in self.pipelines if p.changes_applied}
+        never = {n: why for n, why in self.sink_not_ready.items() if n not in self.failed and n not in applied}
+        for name, why in never.items():
+            log.error("stopped before the sink ever became ready", source=name, error=why)
+        return EXIT_SOURCE_FAILED if self.failed or never else EXIT_OK
 
     async def _summarise(self) -> Summary:
         seconds = time.time() - self.started
@@ -604,6 +650,7 @@ class Supervisor:
                 coordinator.on_change = lambda _held, source=source, coordinator=coordinator: source.assign(
                     coordinator.held
                 )
+                coordinator.quiesce = pipeline.quiesce
                 continue
             pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
             pipeline.standby = True

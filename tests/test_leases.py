@@ -162,6 +162,7 @@ async def test_three_coordinators_share_16_partitions_evenly_without_thrashing(
         for c in coordinators:
             await c.take_once()
             await c.renew_once()
+            await c.handovers_done()
 
     def moves() -> int:
         return sum(c.taker.takes + c.taker.steals for c in coordinators)
@@ -229,6 +230,7 @@ async def test_renewal_keeps_the_deadline_moving_and_a_steal_is_a_hand_off(store
     stolen = next(lease.partition for lease in await store.list_leases("src") if lease.pending_owner == "second")
     assert first.may_write(stolen), "a steal request alone does not move the lease"
     await first.renew_once()  # the hand-off: `first` drops it, then hands it over
+    await first.handovers_done()
     assert not first.may_write(stolen) and first.renewer.handed_off == 1
     await second.take_once()
     assert set(second.held) == {stolen} and second.may_write(stolen)
@@ -400,11 +402,11 @@ async def test_coordinators_on_timers_never_share_a_writable_lease(
             assert time.monotonic() < end, [sorted(c.held) for c in coordinators]
             await asyncio.sleep(0.01)
 
-    await sample_until(lambda: shares(coordinators) == [2, 3, 3], 5.0)
+    await sample_until(lambda: shares(coordinators) == [2, 3, 3], 15.0)  # (slack for a loaded machine)
     paused, survivors = coordinators[0], coordinators[1:]
     for task in paused._tasks:  # a pause: nothing renews, nothing is released
         task.cancel()
-    await sample_until(lambda: shares(survivors) == [4, 4], 5.0)
+    await sample_until(lambda: shares(survivors) == [4, 4], 15.0)
     assert not any(paused.may_write(p) for p in paused.held)
     assert sorted(p for c in survivors for p in c.held) == [f"shard-{i:02}" for i in range(8)]
     for c in coordinators:

@@ -665,6 +665,9 @@ def test_the_dockerfile_build_context_builds_the_wheel_with_the_entry_point(tmp_
         scripts = archive.read(entry).decode()
     assert "daemon/cli.py" in names and "daemon/sdnotify.py" in names
     assert "daemon/aws_models/neptunedata/2023-08-01/service-2.sdk-extras.json" in names
+    # the status page and graph view, with the vendored drawing library and its licence (daemon.webui)
+    assert {f"daemon/static/{f}" for f in ("index.html", "graph.html", "status.js", "graph.js", "style.css")} <= names
+    assert {"daemon/static/vendor/cytoscape.min.js", "daemon/static/vendor/cytoscape.LICENSE"} <= names
     assert re.search(r"^graph-replicator\s*=\s*daemon\.cli:main$", scripts, flags=re.M), scripts
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["graph-replicator"] == "daemon.cli:main"
@@ -796,7 +799,7 @@ async def test_status_command_prints_a_readable_table(capsys: pytest.CaptureFixt
     assert lines[1] == "uptime: 1h 02m   dead letters: 2"
     header, main_row, orders_row = lines[2], lines[3], lines[4]
     assert header.split() == ["source", "state", "position", "caught", "up", "lag", "applied", "sink", "sink", "ok"]
-    assert main_row.split() == ["main", "caught_up", "4711/3", "yes", "0s", "1,234,567", "replica", "yes"]
+    assert main_row.split() == ["main", "caught_up", "4711/3", "yes", "caught", "up", "1,234,567", "replica", "yes"]
     assert orders_row.split() == ["orders", "expired", "1", "shards", "no", "1d", "2h", "0", "replica", "NO"]
     assert header.index("position") == main_row.index("4711/3"), "columns line up"
     assert "  shardId-0001  49590338271490256608559692538361571095921575989136588898" in out

@@ -17,7 +17,6 @@ Room in the design: the last step of the bootstrap (`daemon.bootstrap.runner`), 
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +25,7 @@ import structlog
 from daemon.bootstrap.records import BootstrapConfigError, BootstrapError
 from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.config import Config, DynamoDBCheckpointConfig
-from daemon.leases import Lease, LeaseLost, monotonic
+from daemon.leases import Lease, LeaseLost
 from daemon.model import Position
 
 if TYPE_CHECKING:
@@ -85,34 +84,28 @@ class LeaseTableHandOff:
         self.store, self.source, self.cfg = store, source, cfg
         self.where = f"the lease table {cfg.table!r}"
         self.force = False
-        self._counters: dict[str, int] = {}  # partition -> lease counter when the owners were judged
+        self._seen: dict[str, Lease] = {}  # the leases when their owners were judged
 
     async def existing(self) -> dict[str, Position]:
         return await self.store.load(self.source)
 
     async def check_owners(self, force: bool) -> None:
-        """Watch the owned leases for one lease duration (sooner done when a counter moves): a moving counter
-        is a live owner."""
+        """Watch the owned leases for up to one lease duration: a counter that moves is a live owner."""
+        from daemon.checkpoint_dynamodb import watch_owners
+
         self.force = force
-        leases = await self.store.list_leases(self.source)
-        self._counters = {lease.partition: lease.counter for lease in leases}
-        owned = {lease.partition: lease for lease in leases if lease.owner is not None}
-        if not owned:
-            return
-        log.info(
-            "bootstrap: watching the lease table to see whether the owners of the source's leases are alive",
-            source=self.source,
-            owners=sorted({lease.owner for lease in owned.values() if lease.owner}),
-            seconds=self.cfg.lease_duration_seconds,
+        owners = sorted({lease.owner for lease in await self.store.list_leases(self.source) if lease.owner})
+        if owners:
+            log.info(
+                "bootstrap: watching the lease table to see whether the owners of the source's leases are alive",
+                source=self.source,
+                owners=owners,
+                seconds=self.cfg.lease_duration_seconds,
+            )
+        live, self._seen = await watch_owners(
+            self.store, self.source, self.cfg.lease_duration_seconds, poll=self.cfg.renew_interval_seconds / 2
         )
-        deadline = monotonic() + self.cfg.lease_duration_seconds
-        live: list[Lease] = []
-        while not live and monotonic() < deadline:
-            await asyncio.sleep(min(self.cfg.renew_interval_seconds / 2, max(0.0, deadline - monotonic())))
-            now = {lease.partition: lease for lease in await self.store.list_leases(self.source)}
-            live = [now[p] for p, seen in owned.items() if p in now and now[p].counter != seen.counter]
         if not live:
-            log.info("bootstrap: the leases' owners stopped renewing; their leases are replaced", source=self.source)
             return
         held = ", ".join(f"{lease.partition or 'stream'} by {lease.owner}" for lease in live)
         if not force:
@@ -125,13 +118,23 @@ class LeaseTableHandOff:
         log.warning("bootstrap --force: live instances hold the leases; they are replaced at the hand-off", held=held)
 
     async def write(self, positions: dict[str, Position]) -> None:
-        expected = None if self.force else {p: self._counters.get(p) for p in positions}
-        try:
-            await self.store.hand_off(self.source, positions, expected)
-        except LeaseLost as exc:
-            raise BootstrapError(
-                f"an instance took the lease of partition {exc.partition or 'stream'!r} of source {self.source!r} "
-                f"(owner {exc.actual_owner}) while bootstrap ran: stop every `graph-replicator run` of this source "
-                "and bootstrap again (or pass --force)"
-            ) from exc
+        """Each position as a free lease holding it (`DynamoDBCheckpointStore.overwrite`: counter bumped, owner
+        removed), conditional on the counter seen when the owners were judged; with `--force`, on the counter
+        read just before (a live owner's renewal in between is retried a few times)."""
+        for partition, position in positions.items():
+            lost: LeaseLost | None = None
+            for _ in range(5 if self.force else 1):
+                lease = await self.store.get_lease(self.source, partition) if self.force else self._seen.get(partition)
+                try:
+                    await self.store.overwrite(self.source, partition, position, lease.counter if lease else None)
+                    break
+                except LeaseLost as exc:
+                    lost = exc
+            else:
+                assert lost is not None
+                raise BootstrapError(
+                    f"an instance took the lease of partition {partition or 'stream'!r} of source {self.source!r} "
+                    f"(owner {lost.actual_owner}) while bootstrap ran: stop every `graph-replicator run` of this "
+                    "source and bootstrap again (or pass --force)"
+                ) from lost
         log.info("bootstrap: positions written as free leases", source=self.source, table=self.cfg.table)
