@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -141,6 +141,8 @@ class LeaseRenewer:
                 if exc.actual_owner != self.owner or exc.actual_counter is None:
                     self._lost()
                     return  # someone else's now: nothing to release
+                if lease.partition in self.held:
+                    return  # taken again meanwhile (a new counter): ours and held, not ours to give away
                 lease.counter = exc.actual_counter
                 continue
             if self.metrics is not None:
@@ -202,8 +204,11 @@ class LeaseTaker:
             lease.owner is not None and lease.owner != self.owner and not self.expired(lease, now) for lease in active
         )
 
-    async def take_round(self, held: Mapping[str, Lease]) -> list[tuple[Lease, float]]:
-        """One round: returns the leases taken, each with the monotonic time its take was sent."""
+    async def take_round(
+        self, held: Mapping[str, Lease], handing_over: Set[str] = frozenset()
+    ) -> list[tuple[Lease, float]]:
+        """One round: returns the leases taken, each with the monotonic time its take was sent. A lease this
+        instance is handing over (dropped, not released yet) still names it in the table but is not taken again."""
         leases = await self.store.list_leases(self.source)
         now = self.clock()
         by_partition = {lease.partition: lease for lease in leases}
@@ -227,7 +232,11 @@ class LeaseTaker:
         self._observe(leases, now, expired, ready)  # before taking: a take that fails leaves the view in place
 
         mine = [lease for lease in active if lease.partition in held]
-        handed = [lease for lease in active if lease.owner == self.owner and lease.partition not in held]
+        handed = [
+            lease
+            for lease in active
+            if lease.owner == self.owner and lease.partition not in held and lease.partition not in handing_over
+        ]
         asked = [  # steal requests not answered yet (an expired one is simply taken below)
             lease
             for lease in active
@@ -357,6 +366,7 @@ class LeaseCoordinator:
         self.take_pending = False  # `wake` asked for a take round that has not ended yet
         self._wakes = 0
         self._handovers: set[asyncio.Task[None]] = set()
+        self._handing_over: set[str] = set()  # partitions of those: not to be taken back by our own take rounds
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -439,7 +449,9 @@ class LeaseCoordinator:
         for lease, wanted_by, deadline in handoffs:  # each in its own task: renewals never wait for a hand-over
             task = asyncio.create_task(self._hand_over(lease, wanted_by, deadline), name=f"hand-over:{lease.partition}")
             self._handovers.add(task)
+            self._handing_over.add(lease.partition)
             task.add_done_callback(self._handovers.discard)
+            task.add_done_callback(lambda _, partition=lease.partition: self._handing_over.discard(partition))
 
     async def handovers_done(self) -> None:
         """Wait for the hand-overs in progress (tests; `stop` does it for a drain)."""
@@ -467,7 +479,7 @@ class LeaseCoordinator:
 
     async def take_once(self) -> None:
         wakes = self._wakes
-        taken = await self.taker.take_round(self.renewer.held)
+        taken = await self.taker.take_round(self.renewer.held, self._handing_over)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
         if taken:

@@ -452,7 +452,8 @@ async def test_lease_metrics_count_takes_steals_losses_and_releases(store: Dynam
     ]
     await second.take_once()  # 2 vs 0: a steal request
     assert sample(m2, "graph_replicator_lease_steals_total") == 1 and sample(m2, "graph_replicator_leases_held") == 0
-    await first.renew_once()  # answers it: a hand-off
+    await first.renew_once()  # answers it: a hand-off (in a task of its own, once the writes in flight end)
+    await first.handovers_done()
     assert sample(m1, "graph_replicator_lease_releases_total", source="src", reason="handoff") == 1
     await second.take_once()
     assert sample(m2, "graph_replicator_lease_acquisitions_total") == 1
@@ -582,3 +583,35 @@ async def test_a_standby_is_idle_while_a_live_owner_holds_everything(store: Dyna
     await active.stop()
     await standby.take_once()
     assert set(standby.held) == {""} and not standby.standby_idle()
+
+
+async def test_a_lease_being_handed_over_is_not_taken_back_by_its_own_take_round(
+    store: DynamoDBCheckpointStore,
+) -> None:
+    """The hand-over waits for the writes in flight to end (`quiesce`); a take round meanwhile sees the lease
+    still naming this instance. Taking it back would leave it held here while the release hands it to the other
+    instance: two writers."""
+    await store.ensure_leases("src", {"a": (), "b": ()})
+    first, second = await coordinator(store, "first"), await coordinator(store, "second")
+    await first.take_once()
+    await second.take_once()  # 2 vs 0: asks for one
+    writes_done = asyncio.Event()
+
+    async def quiesce(partition: str) -> None:
+        await writes_done.wait()
+
+    first.quiesce = quiesce
+    await first.renew_once()  # drops the one asked for; its hand-over waits for the writes
+    (asked,) = {"a", "b"} - set(first.held)
+    await first.take_once()
+    assert asked not in first.held and not first.may_write(asked)
+    writes_done.set()
+    await first.handovers_done()
+    await second.take_once()
+    assert set(second.held) == {asked} and second.may_write(asked)
+    (kept,) = first.held
+    # A release retried at the table's counter leaves alone a lease this instance holds again.
+    stale = Lease(**{field: getattr(first.held[kept], field) for field in Lease.__slots__})
+    await first.renew_once()  # the held lease's counter moves on
+    await first.renewer.give_up(stale, "handoff", to="second")
+    assert (await store.get_lease("src", kept)).owner == "first" and first.may_write(kept)  # type: ignore[union-attr]
