@@ -104,8 +104,8 @@ class _Ids:
         attrs: list[str] = []  # attribute -> t{i}
         refs: list[TemplateRef] = []  # reference -> r{i}
         lines = ["def render(item):"]
-        pieces_of: dict[int, str] = {}  # attribute position -> the variable holding its split
-        match_of: dict[int, str] = {}  # attribute position -> the variable holding its regex match
+        split: set[int] = set()  # attributes (by position) split into p{i} already
+        matched: set[int] = set()  # attributes matched against their regex into m{i} already
         ids: list[list[str]] = []  # per template: its expression's terms
         literals: list[str] = []
         for template in templates:
@@ -130,8 +130,8 @@ class _Ids:
                     r = f"r{len(refs)}"
                     refs.append(ref)
                     if ref.group is not None:
-                        if at not in match_of:
-                            match_of[at] = f"m{at}"
+                        if at not in matched:
+                            matched.add(at)
                             lines.append(f"    m{at} = PATTERNS[{ref.attr!r}].fullmatch(t{at})")
                         lines += [
                             f"    {r} = m{at}[{ref.group!r}] if m{at} is not None else None",
@@ -139,8 +139,8 @@ class _Ids:
                             f"        _no_capture(RULE, {ref.attr!r}, t{at}, {ref.group!r})",
                         ]
                     elif ref.index is not None:
-                        if at not in pieces_of:
-                            pieces_of[at] = f"p{at}"
+                        if at not in split:
+                            split.add(at)
                             lines.append(f"    p{at} = t{at}.split(SEP)")
                         lines += [
                             f"    if len(p{at}) <= {ref.index}:",
@@ -273,9 +273,7 @@ class _CompiledRule:
 
     def element(self, item: Item, with_properties: bool) -> Element:
         if self.required:
-            missing = [a for a in self.required if a not in item]
-            if missing:
-                raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
+            self._check_required(item)
         props = self.properties(item) if with_properties else None
         if self.vertex:
             (vertex_id,) = self.ids.render(item)
@@ -286,9 +284,7 @@ class _CompiledRule:
     def addition(self, item: Item, position: Position, commit_ms: int, partition: str) -> GraphChange:
         """The whole-element ADD of an item this rule matched (what `element` gives, as a change)."""
         if self.required:
-            missing = [a for a in self.required if a not in item]
-            if missing:
-                raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
+            self._check_required(item)
         props = self.properties(item)
         if self.vertex:
             (vertex_id,) = self.ids.render(item)
@@ -297,6 +293,11 @@ class _CompiledRule:
             )
         edge_id, from_id, to_id = self.ids.render(item)
         return GraphChange(WHOLE_EDGE, True, edge_id, self.label, props, from_id, to_id, position, commit_ms, partition)
+
+    def _check_required(self, item: Item) -> None:
+        missing = [a for a in self.required if a not in item]
+        if missing:
+            raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
 
     def properties(self, item: Item) -> dict[str, Any]:
         """The item's attributes as properties, by the name rule and the value rule (`from_dynamodb`), with the

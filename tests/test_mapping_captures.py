@@ -1,7 +1,9 @@
 """Mapping rules for single-table keys whose ids contain the separator (issue 15, item 5): `regex` conditions
 whose named groups are captures (`{ATTR~GROUP}`), the prefix strip `{ATTR[i:]}`, their validation at config
 load, the template parser and the generated id renderer (`daemon.mapping._Ids`) against a plain reading of the
-templates, and one run of the real daemon from moto into the embedded engine."""
+templates, the generated rule matcher and the inline value conversions against the generic path (each rule's
+test functions, `from_dynamodb` and `check_name`), and one run of the real daemon from moto into the embedded
+engine."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from hypothesis import strategies as st
 
 from daemon.config import ConfigError, TemplateRef, parse_config, template_refs
 from daemon.mapping import ItemMapper, UnmappableItem, _Ids
+from daemon.names import InvalidName, check_name
+from daemon.values import ABSENT, UnsupportedValue, from_dynamodb
 from tests.stand.dynamodb_daemon import replica, run_to_idle, social_config
 from tests.stand.dynamodb_workload import TABLE, create_table
 from tests.stand.moto_process import MotoProcess
@@ -213,3 +217,75 @@ def test_captured_ids_replicate_into_the_embedded_engine(moto: MotoProcess, tmp_
         ("follows:bob:ada#lovelace:2024", "user:bob", "user:ada#lovelace", "FOLLOWS", 2024)
     }
     assert not (tmp_path / "data" / "dead-letter.jsonl").exists()
+
+
+# -- the generated matcher and the inline values, against the generic path ---------------------------------------
+
+conditions = st.one_of(
+    st.builds(lambda p: {"begins_with": p}, st.sampled_from(["A", "A#", "B"])),
+    st.builds(lambda e: {"equals": e}, st.sampled_from(["A", "A#1", 1, 1.5, True])),
+    st.builds(lambda e: {"exists": e}, st.booleans()),
+    st.builds(lambda r: {"regex": r}, st.sampled_from(["A#(?P<x>.*)", "[AB].?"])),
+    st.builds(lambda p, e: {"begins_with": p, "equals": e}, st.sampled_from(["A"]), st.sampled_from(["A#1", "B"])),
+)
+key_values = st.one_of(
+    st.builds(lambda s: {"S": s}, st.sampled_from(["A", "A#1", "A#", "B#2", "B", "", "a"])),
+    st.builds(lambda n: {"N": n}, st.sampled_from(["1", "1.5", "1.50", "x"])),
+    st.builds(lambda b: {"BOOL": b}, st.booleans()),
+    st.sampled_from([None, "A", ["A"], {}, {"S": 1}, {"S": "A", "N": "1"}]),
+)
+plain_values = st.one_of(
+    st.builds(lambda s: {"S": s}, st.text(max_size=4)),
+    st.builds(lambda n: {"N": n}, st.from_regex(r"-?[0-9]{1,20}(\.[0-9]{0,17})?", fullmatch=True)),
+    st.builds(lambda b: {"BOOL": b}, st.one_of(st.booleans(), st.just("true"))),
+    st.sampled_from([{"NULL": True}, {"S": None}, {"N": 5}, {"SS": ["b", "a"]}, {"S": "x", "N": "1"}, None, "x"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.sampled_from(["PK", "SK", "t"]), conditions, max_size=2), min_size=1, max_size=4),
+    st.dictionaries(st.sampled_from(["PK", "SK", "t"]), key_values),
+    st.dictionaries(st.sampled_from(["a", "b", "PK", "", "n\x00", "é"]), plain_values, max_size=4),
+)
+def test_generated_matcher_and_inline_values_equal_the_generic_path(
+    whens: list[dict], keyish: dict, attrs: dict
+) -> None:
+    rules = "".join(
+        f'[[sources.rules]]\nname = "r{i}"\nwhen = {toml_inline(when)}\nvertex = {{ label = "L", id = "v:{{PK}}" }}\n'
+        f'rename = {{ a = "A" }}\n\n'
+        for i, when in enumerate(whens)
+    )
+    m = ItemMapper(parse_config(config_text(rules)).sources[0])
+    item = {**attrs, **keyish}
+    generic = next((rule for rule in m.rules if all(t(item.get(a)) for a, t in rule.tests)), None)
+    assert m.match(item) is generic
+    if generic is None:
+        return
+    try:
+        want: dict | type = {}
+        for attr, value in item.items():
+            if attr in generic.skip:
+                continue
+            check_name(attr, "attribute name")
+            converted = from_dynamodb(value)
+            if converted is not ABSENT:
+                want[generic.rename.get(attr, attr)] = converted
+    except (UnsupportedValue, InvalidName):
+        want = UnmappableItem
+    if want is UnmappableItem:
+        with pytest.raises(UnmappableItem):
+            generic.properties(item)
+    else:
+        got = generic.properties(item)
+        assert got == want and [type(v) for v in got.values()] == [type(v) for v in want.values()]
+
+
+def toml_inline(value: object) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
