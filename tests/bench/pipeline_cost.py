@@ -367,12 +367,14 @@ def _notes(n: int, reps: int, profiles: dict[str, list[tuple[str, float]]], ddb_
         "checks inline (anything unexpected takes the careful path that names the problem): 3.0 -> 2.8 µs per "
         "record.",
         "",
-        "Round 2 (issue 14), each step side by side with the previous tree (main at 2e08269) in one process: both "
-        "trees imported (the old one as a second package), every page translated by one and then the other, "
-        "every window planned and serialised by both, contenders alternating, CPU time (`time.process_time`), "
-        "median of 7 passes over 10,000 records; the two sinks' request bytes are identical. The machine was "
-        "shared with other work (load 5-11 on 2 cores), which inflates every absolute number about 1.5-2x over "
-        "the first round's; compare within a line. Before -> after, CPU µs per change:",
+        "Round 2 (issue 14), side by side with the previous tree in one process (`python -m "
+        "tests.bench.compare_trees 2e08269`: the old `daemon` package exported from git and imported next to "
+        "this one, every page translated by one and then the other, every window planned and serialised by "
+        "both, contenders alternating, CPU time, median of 7 passes over 10,000 records; both sinks serialise "
+        "the same bytes). The machine was shared with other work while this page was made (load 5-11 on 2 "
+        "cores, see the involuntary switches), which inflates every absolute number of the table above about "
+        "1.5-2x over the first round's (the previous code measured 8.71 µs a Neptune change then); the "
+        "side-by-side ratios are what this round's steps gained. Before -> after, CPU µs per change:",
         "",
         "| input | translate | plan | serialise |",
         "|---|---|---|---|",
