@@ -120,8 +120,11 @@ def test_three_instances_split_the_shards_in_lineage_order(loop, engine, moto_se
         # The check has teeth: many items have records in a parent and later ones in its descendants, so a
         # child applied before its parent's end would leave an old version behind.
         assert stream.lineage_sensitive_items() >= 50
-        # Every instance wrote: the work was shared.
+        # Every instance wrote: the work was shared; no shard had more than two readers at once (the service's
+        # limit), counting a hand-over's old and new owner within a second.
         assert all(counter.writes() for counter in cluster.counters)
+        readers, shard = stream.streams.most_readers()
+        assert readers <= 2, f"{readers} instances read {shard} within one second"
         finish(cluster, feeder)
 
 
@@ -211,6 +214,8 @@ def test_rolling_restart_hands_shards_over_and_loses_nothing(loop, engine, moto_
             )
         print(f"\nrolling restart: shards taken {', '.join(f'{t:.2f}' for t in handoffs)} s after each SIGTERM")
         assert max(handoffs) < TIMINGS.lease_duration, "a SIGTERM'd instance's shards waited for lease expiry"
+        readers, shard = cluster.stream.streams.most_readers()
+        assert readers <= 2, f"{readers} instances read {shard} within one second"
         cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 20, "an even share again")
         finish(cluster, feeder)
 

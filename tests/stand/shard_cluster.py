@@ -27,6 +27,7 @@ Pieces, all reachable over loopback by daemon subprocesses:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import random
 import signal
@@ -95,20 +96,41 @@ def shard_id(n: int, tag: str) -> str:
     return f"shardId-{n:020d}-{tag.lower():0>8}"
 
 
+_PORT: contextvars.ContextVar[int] = contextvars.ContextVar("port", default=0)
+
+
 class TimedStreams(ScriptedStreams):
-    """`ScriptedStreams` that also notes the wall time of each shard's first GetRecords."""
+    """`ScriptedStreams` that also notes the wall time of each shard's first GetRecords, and which port (one per
+    instance, see `ShardedStream.add_site`) each GetRecords came to."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.first_read_at: dict[str, float] = {}
+        self.reads: dict[str, list[tuple[float, int]]] = {}  # shard -> (monotonic time, port) per GetRecords
         self.records_served = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        _PORT.set(request.transport.get_extra_info("sockname")[1] if request.transport else 0)
+        return await super()._handle(request)
 
     def _op_GetRecords(self, body: dict[str, Any]) -> dict[str, Any]:
         out = super()._op_GetRecords(body)
         shard = body["ShardIterator"].partition("|")[0]
         self.first_read_at.setdefault(shard, time.time())
+        self.reads.setdefault(shard, []).append((time.monotonic(), _PORT.get()))
         self.records_served += len(out["Records"])
         return out
+
+    def most_readers(self, within: float = 1.0) -> tuple[int, str | None]:
+        """The most instances (ports) that read one shard within `within` seconds of each other, and the shard."""
+        best, where = 0, None
+        for shard, reads in list(self.reads.items()):
+            reads = sorted(reads)
+            for i, (t, _) in enumerate(reads):
+                ports = {port for u, port in reads[i:] if u - t <= within}
+                if len(ports) > best:
+                    best, where = len(ports), shard
+        return best, where
 
 
 class ShardedStream:
@@ -143,6 +165,17 @@ class ShardedStream:
             self._assign(shard.id, list(range(r * per_root, (r + 1) * per_root)))
         self._runner: web.AppRunner | None = None
         self._runner, self.url = loop.run(serve_app(self.streams.app))
+
+    def add_site(self) -> str:
+        """Another port serving the same stream (one per instance, so reads can be told apart): its URL."""
+
+        async def _site() -> str:
+            assert self._runner is not None
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            return f"http://127.0.0.1:{site.port}"
+
+        return self.loop.run(_site())
 
     def close(self) -> None:
         if self._runner is not None:
@@ -660,7 +693,7 @@ class Cluster:
             instance_config(
                 tmp_path / f"instance-{i}.toml",
                 data_dir=tmp_path / f"data-{i}",
-                streams_url=stream.url,
+                streams_url=stream.add_site(),
                 engine_url=self.counters[i].url,
                 engine_password=self.password,
                 graph=graph,
