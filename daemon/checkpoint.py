@@ -108,7 +108,12 @@ class SQLiteLeaseStore:
     async def forget(self, source: str, partitions: list[str], leases: Mapping[str, Lease] | None = None) -> None:
         await self.store.forget(source, partitions)
 
-    async def ensure_leases(self, source: str, partitions: Mapping[str, tuple[str, ...]]) -> None:
+    async def ensure_leases(
+        self,
+        source: str,
+        partitions: Mapping[str, tuple[str, ...]],
+        positions: Mapping[str, Position] | None = None,
+    ) -> None:
         for partition, parents in partitions.items():
             self._parents.setdefault((source, partition), tuple(parents))
 

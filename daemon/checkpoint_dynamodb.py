@@ -205,8 +205,15 @@ class DynamoDBCheckpointStore:
 
     # ------------------------------------------------------------------------------------------ leases
 
-    async def ensure_leases(self, source: str, partitions: Mapping[str, tuple[str, ...]]) -> None:
-        """Create a free lease for each partition (with its parents) that has no item yet."""
+    async def ensure_leases(
+        self,
+        source: str,
+        partitions: Mapping[str, tuple[str, ...]],
+        positions: Mapping[str, Position] | None = None,
+    ) -> None:
+        """Create a free lease for each partition (with its parents, and its first position when `positions`
+        gives one) that has no item yet. Give parents before their children: a child whose parent has no item
+        yet counts as ready to take."""
         for partition, parents in partitions.items():
             item = {
                 **_key(source, partition),
@@ -214,6 +221,8 @@ class DynamoDBCheckpointStore:
                 "lease_counter": {"N": "0"},
                 "parents": {"L": [{"S": p} for p in parents]},
             }
+            if positions and partition in positions:
+                item["checkpoint"] = {"S": _position_text(positions[partition])}
             try:
                 await self._call(
                     "put_item",

@@ -225,7 +225,8 @@ class SqliteCheckpointConfig(_Model):
 
 class DynamoDBCheckpointConfig(_Model):
     """`[checkpoint] kind = "dynamodb"`: shared positions with leases, for several instances of the daemon
-    (`run` uses it for neptune and file sources, active/standby: one instance applies, the others stand by).
+    (a dynamodb source's shards are shared among them; a neptune or file source runs active/standby: one
+    instance applies, the others stand by).
     The timing rule is explained in docs/architecture.md, "Leases and self-fencing"."""
 
     kind: Literal["dynamodb"] = Field(description="Checkpoint store kind.")
@@ -890,24 +891,7 @@ def _validate(data: dict[str, Any], overrides: dict[tuple, _Override]) -> tuple[
 def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Checks across sections, on the raw data so they are reported with the schema problems."""
     problems: list[tuple[str, str]] = []
-    checkpoint = data.get("checkpoint")
     sources = data.get("sources")
-    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
-        shared = [
-            s.get("name", i)
-            for i, s in enumerate(sources if isinstance(sources, list) else [])
-            if isinstance(s, dict) and s.get("kind") not in ("neptune", "file")
-        ]
-        if shared:
-            problems.append(
-                (
-                    "checkpoint.kind",
-                    "the dynamodb checkpoint store runs neptune and file sources active/standby; sharing a dynamodb "
-                    "source's shards across instances is not built yet (source "
-                    + ", ".join(f'"{n}"' for n in shared)
-                    + '); use kind = "sqlite" for them',
-                )
-            )
     sinks = data.get("sinks") if isinstance(data.get("sinks"), dict) else {}
     if not sources:
         problems.append(("sources", "at least one [[sources]] entry is required"))

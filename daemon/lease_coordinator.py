@@ -133,10 +133,13 @@ class LeaseTaker:
         self._seen: dict[str, tuple[str | None, int, float]] = {}  # partition -> (owner, counter, since)
         self.takes = 0
         self.steals = 0
+        self.last_seen: list[Lease] = []  # the whole table of this source as the last round read it
+        self.ready_unowned = 0  # partitions the last round left free or expired and ready to take (0: all placed)
 
     async def take_round(self, held: Mapping[str, Lease]) -> list[tuple[Lease, float]]:
         """One round: returns the leases taken, each with the monotonic time its take was sent."""
         leases = await self.store.list_leases(self.source)
+        self.last_seen = leases
         now = self.clock()
         by_partition = {lease.partition: lease for lease in leases}
         for partition in set(self._seen) - set(by_partition):
@@ -182,6 +185,7 @@ class LeaseTaker:
                 self.takes += 1
             except LeaseLost:
                 continue  # another instance was quicker
+        self.ready_unowned = len({lease.partition for lease in free} - {lease.partition for lease, _ in taken})
         if wanted or asked or not loads:
             return taken
 
@@ -238,6 +242,8 @@ class LeaseCoordinator:
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._take_now = asyncio.Event()  # a lease was freed here: look for work without waiting a whole interval
+        self.take_pending = False  # `wake` asked for a take round that has not started yet
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -264,16 +270,37 @@ class LeaseCoordinator:
         another instance could take the lease, and at once after a lost lease."""
         return self.renewer.may_write(partition)
 
+    def deadline(self, partition: str) -> float | None:
+        """The monotonic time (`daemon.leases.monotonic`) from which `partition` may no longer be written."""
+        return self.renewer.deadline(partition)
+
     async def lease_lost(self, partition: str) -> None:
         """A conditional write found the lease gone (`LeaseLost`): stop writing the partition at once."""
         if self.renewer.drop(partition) is not None:
             await self._changed()
+
+    def wake(self) -> None:
+        """Run a take round now (new leases were registered, or one was freed here)."""
+        self.take_pending = True
+        self._take_now.set()
+
+    async def finished(self, partition: str) -> None:
+        """The partition was read to its end and that end checkpointed (`SHARD_END`): release it at once, so its
+        children become ready, and look for them now rather than at the next take round."""
+        lease = self.renewer.drop(partition)
+        if lease is None:
+            return
+        with suppress(LeaseLost):
+            await self.store.release(lease)
+        self.wake()
+        await self._changed()
 
     async def renew_once(self) -> None:
         if self.renewer.held and await self.renewer.renew_all():
             await self._changed()
 
     async def take_once(self) -> None:
+        self.take_pending = False
         taken = await self.taker.take_round(self.renewer.held)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
@@ -285,7 +312,9 @@ class LeaseCoordinator:
         await self.take_once()
         self._tasks = [
             asyncio.create_task(self._every(self.renew_interval, self.renew_once), name=f"lease-renewer:{self.source}"),
-            asyncio.create_task(self._every(self.take_interval, self.take_once), name=f"lease-taker:{self.source}"),
+            asyncio.create_task(
+                self._every(self.take_interval, self.take_once, self._take_now), name=f"lease-taker:{self.source}"
+            ),
         ]
 
     async def stop(self, release: bool = True) -> None:
@@ -304,13 +333,21 @@ class LeaseCoordinator:
                     with suppress(LeaseLost):
                         await self.store.release(lease)
 
-    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
+    ) -> None:
         while not self._closed:
+            if wake is not None:
+                wake.clear()
             try:
                 await step()
             except Exception as exc:  # a failed round is retried next time; deadlines keep the writes fenced
                 log.warning("lease round failed", source=self.source, error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+            else:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=interval)
 
     async def _changed(self) -> None:
         if self.on_change is not None:

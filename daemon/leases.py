@@ -79,6 +79,11 @@ class LeaseLost(Exception):
         )
 
 
+class FencedOff(Exception):
+    """This process may no longer write a partition (its lease is lost, or its write deadline passed): its sink
+    writes stop at once, and nothing more of it is checkpointed."""
+
+
 class LeaseStore(Protocol):
     """Checkpoints as operations of a lease holder. `save_many` and `forget` need the caller's current lease of
     each partition (the coordinator's `held`); a store shared between processes refuses them with `LeaseLost`
@@ -90,7 +95,12 @@ class LeaseStore(Protocol):
 
     async def forget(self, source: str, partitions: list[str], leases: Mapping[str, Lease]) -> None: ...
 
-    async def ensure_leases(self, source: str, partitions: Mapping[str, tuple[str, ...]]) -> None: ...
+    async def ensure_leases(
+        self,
+        source: str,
+        partitions: Mapping[str, tuple[str, ...]],
+        positions: Mapping[str, Position] | None = None,
+    ) -> None: ...
 
     async def list_leases(self, source: str) -> list[Lease]: ...
 

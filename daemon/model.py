@@ -95,6 +95,7 @@ class ChangeBatch:
     caught_up: bool = False
     head_position: Position | None = None
     commit_complete: bool = True
+    holding: int = 0  # a shared shard: which holding of its lease it was read under (`is_current`)
 
 
 class SourceStopped(RuntimeError):

@@ -7,18 +7,27 @@ batches, applies the plan, and only then writes each partition's last position i
 checkpoint: a low watermark that never passes an unapplied change (DESIGN rule 2). Then it tells the source
 what is applied (`acknowledge`), which is how a DynamoDB source learns that a parent shard is finished and its
 children may start. A bounded queue makes a slow sink slow the poller down instead of growing memory (rule 7).
+
+With leases (`ownership`: the source's `LeaseCoordinator`), nothing is written for a partition this instance may
+no longer write. A source with one partition (Neptune, a file) stops at once (`FencedOff`, `LeaseLost`): the
+supervisor stands it by. A sharded source (DynamoDB shards shared across instances) goes on with the shards it
+still holds: a window drops the batches of shards it lost or read under an earlier holding (the source tags
+each batch with the holding it was read under), gives up shards whose write deadline passed, and when a
+deadline passes in the middle of a window it rewinds the window's shards to their checkpoints instead of
+skipping what was not applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any, Protocol
 
 import structlog
 
+from daemon.leases import FencedOff
 from daemon.model import SHARD_END, ChangeBatch, Position
 from daemon.observability import METRICS
 from daemon.scheduler import Planner
@@ -41,19 +50,37 @@ class Source(Protocol):
         """These partitions' positions are applied and checkpointed."""
 
 
+class ShardedSource(Source, Protocol):
+    """A source whose partitions are leased one by one (a DynamoDB source on the shared lease table)."""
+
+    def is_current(self, batch: ChangeBatch) -> bool:
+        """The batch was read under this instance's current holding of its partition."""
+
+    def rewind(self, partitions: Iterable[str]) -> None:
+        """Read these held partitions again from their checkpoints (a window of them was not fully applied)."""
+
+
+class Ownership(Protocol):
+    """What the pipeline needs of a lease coordinator (`daemon.lease_coordinator.LeaseCoordinator`)."""
+
+    def may_write(self, partition: str) -> bool: ...
+
+    def deadline(self, partition: str) -> float | None: ...
+
+    async def lease_lost(self, partition: str) -> None: ...
+
+
 class CheckpointStore(Protocol):
     """What the pipeline needs of a checkpoint store: `SQLiteLeaseStore`, or the supervisor's lease-holding view of
     the DynamoDB store (its writes raise `daemon.leases.LeaseLost` when the lease moved)."""
 
     async def load(self, source: str) -> dict[str, Position]: ...
 
-    async def save_many(self, source: str, positions: dict[str, Position]) -> None: ...
+    async def save_many(self, source: str, positions: dict[str, Position]) -> Iterable[str] | None:
+        """Write the positions; return the partitions written when that can be fewer than all of them (a
+        sharded source's lost leases), else None."""
 
     async def forget(self, source: str, partitions: list[str]) -> None: ...
-
-
-class FencedOff(Exception):
-    """The pipeline may no longer write a partition (its lease is lost or about to expire): it stops at once."""
 
 
 class Pipeline:
@@ -66,14 +93,16 @@ class Pipeline:
         *,
         queue_size: int,
         window_max_changes: int,
-        may_write: Callable[[str], bool] | None = None,
+        ownership: Ownership | None = None,
+        sharded: bool = False,
     ) -> None:
         self.source = source
         self.name = source.name
         self.planner = planner
         self.applier = applier
         self.checkpoints = checkpoints  # None until the supervisor opened a shared store
-        self.may_write = may_write  # None: always (one owner); else checked before each window's sink writes
+        self.ownership = ownership  # None: one owner, always writable; else checked before every sink write
+        self.sharded = sharded  # partitions are leased one by one (the source is a `ShardedSource`)
         self.standby = False  # another instance holds this source's lease
         self.queue_size = queue_size
         self.window_max = window_max_changes
@@ -158,28 +187,32 @@ class Pipeline:
         return None
 
     async def _apply_window(self, window: list[ChangeBatch]) -> None:
-        changes = [c for batch in window for c in batch.changes]
         last = window[-1]
-        if self.may_write is not None:
-            for partition in {batch.partition for batch in window}:
-                if not self.may_write(partition):
-                    raise FencedOff(f"source {self.name!r} partition {partition!r}: lease not held; stopping writes")
+        if self.ownership is not None:
+            window = await self._writable(window)
+        changes = [c for batch in window for c in batch.changes]
         self.applying = True
         try:
             if changes:
                 plan = await self.planner.plan(changes)
                 if plan.skipped:
                     METRICS.records_skipped.labels(source=self.name, reason="edge_not_in_target").inc(len(plan.skipped))
-                self.changes_applied += await self.applier.apply(plan)
+                try:
+                    self.changes_applied += await self.applier.apply(plan)
+                except FencedOff:
+                    if not self.sharded:
+                        raise
+                    await self._retreat(window)
+                    return
             reached: dict[str, Position] = {}
             for batch in window:
                 if batch.position is not None:
                     reached[batch.partition] = batch.position
-            moved = {
-                part: pos for part, pos in reached.items() if part not in self.positions or pos > self.positions[part]
-            }
+            moved = {part: pos for part, pos in reached.items() if self.positions.get(part) != pos}
             if moved:
-                await self.checkpoints.save_many(self.name, moved)
+                written = await self.checkpoints.save_many(self.name, moved)
+                if written is not None:  # some leases were lost at the write: those partitions are not ours
+                    moved = {part: moved[part] for part in written}
                 self.positions.update(moved)
                 for partition, position in moved.items():
                     self._export_checkpoint(partition, position)
@@ -196,6 +229,55 @@ class Pipeline:
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
         self._export_latency(window, now)
+
+    async def _writable(self, window: list[ChangeBatch]) -> list[ChangeBatch]:
+        """The window's batches this instance may write, and the applier's fence for them. One partition: any
+        partition not writable stops the pipeline (`FencedOff`). Sharded: batches of partitions no longer held,
+        or read under an earlier holding, are dropped, and a held partition past its deadline is given up."""
+        ownership = self.ownership
+        assert ownership is not None
+        kept: list[ChangeBatch] = []
+        given_up: set[str] = set()
+        for batch in window:
+            if batch.position is None and not batch.changes:
+                kept.append(batch)  # only says "caught up"
+            elif self.sharded and not self.source.is_current(batch):  # type: ignore[attr-defined]
+                continue
+            elif ownership.may_write(batch.partition):
+                kept.append(batch)
+            elif self.sharded:
+                given_up.add(batch.partition)
+            else:
+                raise FencedOff(f"source {self.name!r} partition {batch.partition!r}: lease not held; stopping writes")
+        for partition in given_up:
+            log.warning("write deadline passed; shard given up", source=self.name, partition=partition)
+            await ownership.lease_lost(partition)
+        partitions = {batch.partition for batch in kept if batch.changes}
+
+        def fence() -> float | None:
+            deadlines = [ownership.deadline(partition) for partition in partitions]
+            if any(deadline is None for deadline in deadlines):
+                raise FencedOff(f"source {self.name!r}: a lease of this window was lost; batch call not sent")
+            return min(deadlines, default=None)  # type: ignore[type-var]
+
+        self.applier.fence = fence
+        return kept
+
+    async def _retreat(self, window: list[ChangeBatch]) -> None:
+        """A write deadline passed in the middle of the window: the partitions past their deadline are given up,
+        the others read again from their checkpoints (none of the window is checkpointed)."""
+        assert self.ownership is not None
+        partitions = {batch.partition for batch in window if batch.changes or batch.position is not None}
+        lost = {partition for partition in partitions if not self.ownership.may_write(partition)}
+        log.warning(
+            "write deadline passed during a window; its shards are read again from their checkpoints",
+            source=self.name,
+            given_up=sorted(lost),
+            rewound=sorted(partitions - lost),
+        )
+        for partition in lost:
+            await self.ownership.lease_lost(partition)
+        self.source.rewind(partitions - lost)  # type: ignore[attr-defined]
 
     async def _forget(self, take_forgotten: Any) -> None:
         """Delete the checkpoint rows of partitions the source says are gone for good (a DynamoDB source's

@@ -16,8 +16,13 @@
   (exit 3 if a source stopped on an error instead); before the sinks close, `summary` records what was applied
   and how many vertices and edges each target holds, and which sources never started because their sink
   never became ready.
-* With `[checkpoint] kind = "dynamodb"` (Neptune and file sources only) several processes may run one config:
-  per source a `LeaseCoordinator` takes the source's single lease (partition `""`) in the shared table, and the
+* With `[checkpoint] kind = "dynamodb"` several processes may run one config. A DynamoDB source's shards are
+  shared: per source a `LeaseCoordinator` holds a lease per shard, the source reads only the shards held
+  (`ShardLeases`, `DynamoDBStreamSource.assign`), and the pipeline writes and checkpoints only those, each
+  checkpoint conditional on its lease; a shard read to its end is released at once so its children can be
+  taken. Such a pipeline runs all the time (an instance holding no shard is ready, with nothing to read); a
+  drain finishes the window, checkpoints it and then releases the leases.
+* A Neptune or file source has one lease (partition `""`) in the shared table, and the
   pipeline runs only while `may_write("")` holds: the holder applies, the others stand by (ready; `/status`
   state `standby`, `graph_replicator_lease_held` 0). The pipeline checks `may_write` before each window's sink
   writes, every checkpoint write is conditional on the lease, and a lost lease (or a deadline passing) cancels
@@ -58,10 +63,10 @@ from daemon.config import (
 from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
 from daemon.lease_coordinator import LeaseCoordinator
-from daemon.leases import Lease, LeaseLost
-from daemon.model import SourceStopped
+from daemon.leases import FencedOff, Lease, LeaseLost
+from daemon.model import SHARD_END, Position, SourceStopped
 from daemon.observability import METRICS, HttpServer
-from daemon.pipeline import FencedOff, Pipeline, Source
+from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
 from daemon.sdnotify import SystemdNotifier
 from daemon.sinks.analytics import NeptuneAnalyticsSink
@@ -141,19 +146,60 @@ class Summary:
 
 class LeasedCheckpoints:
     """A shared (DynamoDB) store seen by one source's pipeline: writes go with the coordinator's held leases, and
-    a `LeaseLost` drops the lease in the coordinator (so `may_write` turns False at once) before it propagates."""
+    a `LeaseLost` drops the lease in the coordinator (so `may_write` turns False at once). With one partition it
+    then propagates (the pipeline stops); with shards, each shard's checkpoint is written on its own (all at
+    once), a lost one is left out of what `save_many` returns, a failing one is retried while its lease is
+    writable and given up after, and a shard checkpointed at `SHARD_END` is released at once."""
 
-    def __init__(self, store: Any, coordinator: LeaseCoordinator) -> None:
-        self.store, self.coordinator = store, coordinator
+    def __init__(self, store: Any, coordinator: LeaseCoordinator, *, sharded: bool = False) -> None:
+        self.store, self.coordinator, self.sharded = store, coordinator, sharded
 
     async def load(self, source: str) -> dict[str, Any]:
         return await self.store.load(source)
 
-    async def save_many(self, source: str, positions: dict[str, Any]) -> None:
-        await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+    async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
+        if not self.sharded:
+            await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+            return None
+        partitions = list(positions)
+        saved = await asyncio.gather(*(self._save_shard(source, p, positions[p]) for p in partitions))
+        return [partition for partition, ok in zip(partitions, saved, strict=True) if ok]
 
     async def forget(self, source: str, partitions: list[str]) -> None:
-        await self._fenced(self.store.forget, source, partitions, self.coordinator.held)
+        if not self.sharded:
+            await self._fenced(self.store.forget, source, partitions, self.coordinator.held)
+            return
+        for partition in partitions:  # finished shards past the stream's retention; any instance may delete them
+            try:
+                await self.store.forget(source, [partition], self.coordinator.held)
+            except LeaseLost as exc:
+                log.info("finished shard not forgotten: its row changed", source=source, partition=partition,
+                         owner=exc.actual_owner)  # fmt: skip
+
+    async def _save_shard(self, source: str, partition: str, position: Position) -> bool:
+        attempt = 0
+        while True:
+            if not self.coordinator.may_write(partition):
+                await self.coordinator.lease_lost(partition)
+                return False
+            try:
+                await self.store.save_many(source, {partition: position}, self.coordinator.held)
+            except LeaseLost:
+                log.warning("lease lost at checkpoint; shard dropped", source=source, partition=partition)
+                await self.coordinator.lease_lost(partition)
+                return False
+            except (KeyError, FencedOff):
+                await self.coordinator.lease_lost(partition)
+                return False
+            except Exception as exc:  # the table's own retries are spent: go on trying while the lease lasts
+                attempt += 1
+                log.warning("checkpoint write failed; retrying", source=source, partition=partition,
+                            attempt=attempt, error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                continue
+            if position == SHARD_END:
+                await self.coordinator.finished(partition)
+            return True
 
     async def _fenced(self, write: Callable[..., Any], source: str, what: Any, held: Mapping[str, Lease]) -> None:
         try:
@@ -163,6 +209,23 @@ class LeasedCheckpoints:
             raise
         except KeyError as exc:  # no held lease for a partition (the store's `_held`)
             raise FencedOff(f"source {source!r}: lease not held ({exc})") from exc
+
+
+class ShardLeases:
+    """The lease table as a DynamoDB source sharing its shards sees it (`daemon.sources.dynamodb.SharedShards`)."""
+
+    def __init__(self, store: Any, coordinator: LeaseCoordinator) -> None:
+        self.store, self.coordinator = store, coordinator
+
+    async def register(self, shards: Mapping[str, tuple[str, ...]], positions: Mapping[str, Position]) -> None:
+        await self.store.ensure_leases(self.coordinator.source, shards, positions)
+        self.coordinator.wake()  # new shards: take them now, not at the next round
+
+    async def known(self) -> bool:
+        return bool(await self.store.list_leases(self.coordinator.source))
+
+    def finished(self) -> set[str]:
+        return {lease.partition for lease in self.coordinator.taker.last_seen if lease.shard_end}
 
 
 class Supervisor:
@@ -304,8 +367,7 @@ class Supervisor:
         if self.http is not None:
             await self.http.start()
             log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
-        keep = self._keep_running_leased if self.shared is not None else self._keep_running
-        tasks = {asyncio.create_task(keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
+        tasks = {asyncio.create_task(self._keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
         # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
         heartbeat = asyncio.create_task(
             self.notifier.run_watchdog(self.status_line, on_lag=METRICS.event_loop_lag.set), name="watchdog"
@@ -340,11 +402,25 @@ class Supervisor:
         while not self._drain.is_set():
             if all(t.done() for t in tasks) and (self.exit_when_idle or not self.failed):
                 return  # (sources that stopped for good keep the process up, serving their alerting metrics)
-            if self.exit_when_idle and all(p.caught_up or p.name in self.failed for p in self.pipelines):
+            if self.exit_when_idle and all(self._idle(p) or p.name in self.failed for p in self.pipelines):
                 log.info("every source is caught up and checkpointed; exiting", sources=len(self.pipelines))
                 return
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._drain.wait(), timeout=0.1)
+
+    def _idle(self, pipeline: Pipeline) -> bool:
+        """Caught up with everything applied and checkpointed; with shared shards: every shard this instance holds
+        is at its head, and the last take round found no shard free to take (others hold the rest)."""
+        if not pipeline.caught_up:
+            return False
+        if not pipeline.sharded:
+            return True
+        coordinator = self.coordinators[pipeline.name]
+        return (
+            pipeline.source.state == "caught_up"
+            and not coordinator.take_pending
+            and coordinator.taker.ready_unowned == 0
+        )
 
     async def _shutdown(self, tasks: dict[asyncio.Task[None], Pipeline]) -> int:
         self.draining = True
@@ -407,9 +483,16 @@ class Supervisor:
                 METRICS.sink_up.labels(sink=sink.name).set(1)
                 await pipeline.run()
                 return
-            except (LeaseLost, FencedOff) as exc:  # another instance owns the source now: stop writing at once
-                log.warning("lease lost; pipeline stopped, standing by", source=pipeline.name, error=str(exc)[:300])
-                return
+            except (LeaseLost, FencedOff) as exc:
+                if not pipeline.sharded:  # another instance owns the source now: stop writing at once
+                    log.warning("lease lost; pipeline stopped, standing by", source=pipeline.name, error=str(exc)[:300])
+                    return
+                # A sharded pipeline handles its lost shards itself; one escaping is a bug: restart like a crash.
+                pipeline.crashed = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.exception("lease error escaped a sharded pipeline; restarting", source=pipeline.name)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._drain.wait(), timeout=backoff)
+                backoff = min(backoff * 2, ceiling)
             except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
                 reason = "stream expired" if isinstance(exc, StreamExpired | StreamTrimmed) else "cannot go on"
@@ -444,11 +527,57 @@ class Supervisor:
         for pipeline in self.pipelines:
             coordinator = LeaseCoordinator.from_config(store, pipeline.name, cfg)
             self.coordinators[pipeline.name] = coordinator
-            pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
-            pipeline.may_write = coordinator.may_write
-            pipeline.standby = True
+            pipeline.ownership = coordinator
             METRICS.lease_held.labels(source=pipeline.name).set(0)
+            source = pipeline.source
+            if isinstance(source, DynamoDBStreamSource):  # shards shared across instances
+                pipeline.sharded = True
+                pipeline.checkpoints = LeasedCheckpoints(store, coordinator, sharded=True)
+                source.share(ShardLeases(store, coordinator))
+                coordinator.on_change = lambda _held, source=source, coordinator=coordinator: source.assign(
+                    coordinator.held
+                )
+                continue
+            pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
+            pipeline.standby = True
             await store.ensure_leases(pipeline.name, {"": ()})  # a Neptune (or file) source is one partition
+
+    def _keep(self, pipeline: Pipeline) -> Any:
+        if self.shared is None:
+            return self._keep_running(pipeline)
+        return self._keep_running_sharded(pipeline) if pipeline.sharded else self._keep_running_leased(pipeline)
+
+    async def _start_coordinator(self, pipeline: Pipeline, coordinator: LeaseCoordinator) -> bool:
+        """Start the coordinator, retrying while the lease table cannot be reached; False if a drain came first."""
+        while not pipeline.stopping:
+            try:
+                await coordinator.start()
+                self.lease_trouble.pop(pipeline.name, None)
+                return True
+            except Exception as exc:
+                self.lease_trouble[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.warning("cannot reach the lease table; retrying", source=pipeline.name, error=str(exc)[:300])
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._drain.wait(), timeout=1.0)
+        return False
+
+    async def _keep_running_sharded(self, pipeline: Pipeline) -> None:
+        """Hold and renew shard leases while the pipeline runs over the held shards; after a drain (the last
+        window checkpointed) release them, so other instances take them at once. A run abandoned at the end of
+        the drain grace keeps its leases until they expire: a batch call it cancelled may still land."""
+        coordinator = self.coordinators[pipeline.name]
+        if not await self._start_coordinator(pipeline, coordinator):
+            await coordinator.stop(release=True)
+            return
+        released = False
+        try:
+            await self._keep_running(pipeline)
+            await coordinator.stop(release=True)
+            released = True
+            log.info("leases released", source=pipeline.name)
+        finally:
+            if not released:
+                await coordinator.stop(release=False)
 
     async def _keep_running_leased(self, pipeline: Pipeline) -> None:
         """Stand by until this instance holds the source's lease, run the pipeline while `may_write("")` holds,
@@ -456,16 +585,7 @@ class Supervisor:
         coordinator = self.coordinators[pipeline.name]
         gauge = METRICS.lease_held.labels(source=pipeline.name)
         try:
-            while not pipeline.stopping:
-                try:
-                    await coordinator.start()
-                    self.lease_trouble.pop(pipeline.name, None)
-                    break
-                except Exception as exc:
-                    self.lease_trouble[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    log.warning("cannot reach the lease table; retrying", source=pipeline.name, error=str(exc)[:300])
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(self._drain.wait(), timeout=1.0)
+            await self._start_coordinator(pipeline, coordinator)
             while not pipeline.stopping:
                 if not coordinator.may_write(""):
                     with suppress(TimeoutError):

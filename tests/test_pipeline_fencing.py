@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from daemon.leases import Lease, LeaseLost
+from daemon.leases import FencedOff, Lease, LeaseLost
 from daemon.model import ChangeBatch, GraphChange
-from daemon.pipeline import FencedOff, Pipeline
+from daemon.pipeline import Pipeline
 from daemon.supervisor import LeasedCheckpoints
 
 
@@ -53,6 +53,9 @@ class FakeCoordinator:
     def may_write(self, partition: str) -> bool:
         return partition in self.held
 
+    def deadline(self, partition: str) -> float | None:
+        return float("inf") if partition in self.held else None
+
     async def lease_lost(self, partition: str) -> None:
         self.lost.append(partition)
         self.held.pop(partition, None)
@@ -83,7 +86,7 @@ def _pipeline(coordinator: FakeCoordinator, store: TableStore, applier: FakeAppl
         LeasedCheckpoints(store, coordinator),  # type: ignore[arg-type]
         queue_size=4,
         window_max_changes=1,
-        may_write=coordinator.may_write,
+        ownership=coordinator,
     )
 
 

@@ -14,7 +14,10 @@ errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
   again one change at a time, so that exactly the changes the target refuses are dead-lettered and the good
   parts apply; the rest of the chunk is applied;
 * any other failure (access denied, an unexpected exception) is raised: the supervisor restarts the pipeline
-  from its checkpoint with backoff, and nothing is dead-lettered for it.
+  from its checkpoint with backoff, and nothing is dead-lettered for it;
+* with leases (`fence` set by the pipeline for each window), every batch call is checked against the window's
+  write deadline just before it is sent and is abandoned when the deadline passes: `FencedOff` (see
+  docs/architecture.md, "Leases and self-fencing").
 Rows in one layer are independent, so splitting never reorders dependent changes.
 
 Nothing the applier gives up on counts as applied: changes the planner rejected (reserved or impossible names)
@@ -37,6 +40,7 @@ import structlog
 
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
+from daemon.leases import FencedOff, monotonic
 from daemon.model import GraphChange
 from daemon.observability import METRICS
 from daemon.scheduler import EDGE_DELETE, EDGE_PROPS, EDGE_UPSERT, Batch, Mutation, Plan
@@ -156,6 +160,9 @@ class PlanApplier:
         # Plans one change on its own: a rejected mutation of several changes is retried change by change, so
         # that only the changes the target refuses are dead-lettered (the planner's `plan`).
         self.replan = replan
+        # The write deadline of the window being applied (on `daemon.leases.monotonic`), None without leases;
+        # raises `FencedOff` when a partition of the window is no longer writable. Set by the pipeline.
+        self.fence: Callable[[], float | None] | None = None
         self.healthy = True  # False while the sink keeps failing with retryable errors
         self.failing_reason: str | None = None  # why it is not healthy
         self.not_applied: dict[int, GraphChange] = {}  # of the plan being applied: dead-lettered, no effect, skipped
@@ -180,7 +187,10 @@ class PlanApplier:
         effect. Returns the number of changes applied (the plan's changes less all the others)."""
         self.not_applied.clear()
         self._decomposed.clear()
-        await self._apply_plan(plan)
+        try:
+            await self._apply_plan(plan)
+        except* FencedOff as fenced:  # from a task group: the first one says it
+            raise fenced.exceptions[0] from None
         applied = plan.n_changes - len(self.not_applied)
         self._m_applied.inc(applied)
         return applied
@@ -276,7 +286,7 @@ class PlanApplier:
                     started = time.perf_counter()
                     self._calls_in_flight[id(rows)] = started
                     try:
-                        results = await self.sink.execute(batch.statement, rows)
+                        results = await self._execute_fenced(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
                         del self._calls_in_flight[id(rows)]
@@ -286,6 +296,8 @@ class PlanApplier:
                 if batch.no_effect is not None:
                     self._check_effect(batch.no_effect, rows, mutations, results)
                 return
+            except FencedOff:
+                raise
             except Exception as exc:
                 cls = self.sink.classify(exc)
                 if cls.retryable:
@@ -304,6 +316,23 @@ class PlanApplier:
                     return
                 await self._rejected(mutations[0], exc, cls)
                 return
+
+    async def _execute_fenced(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One batch call; with leases, sent only before the window's write deadline and abandoned at it."""
+        deadline = self.fence() if self.fence is not None else None
+        if deadline is None:
+            return await self.sink.execute(statement, rows)
+        remaining = deadline - monotonic()
+        if remaining <= 0:
+            raise FencedOff(f"source {self.source!r}: write deadline passed; batch call not sent")
+        bound = asyncio.timeout(remaining)
+        try:
+            async with bound:
+                return await self.sink.execute(statement, rows)
+        except TimeoutError:
+            if bound.expired():
+                raise FencedOff(f"source {self.source!r}: write deadline passed during a batch call") from None
+            raise
 
     async def _split(self, batch: Batch, rows: list[dict[str, Any]], mutations: Sequence[Mutation]) -> None:
         half = len(rows) // 2

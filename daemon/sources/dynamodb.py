@@ -29,6 +29,15 @@
 * Records arrive as the service's JSON (the daemon's botocore model extras declare `GetRecords`' records a
   document: parsing them by the model cost about 100 us a record, the largest CPU cost of this source), so
   binary values are base64 text, which the value rule accepts as it is.
+* Shared shards (`[checkpoint] kind = "dynamodb"`, `shared` given): every listed shard is registered as a
+  lease in the table (parents before children, so a child is never taken while its parent's row is missing);
+  the source reads only the shards this instance holds (`assign`, called by the lease coordinator), each from
+  the checkpoint its lease carries, and never waits locally for a parent it does not hold (the coordinator
+  takes a child only when the table shows its parent at `SHARD_END`, whoever read it). Each holding of a shard
+  gets a new number, carried by the shard's batches (`ChangeBatch.holding`), so batches read under a holding
+  that ended are dropped by the pipeline (`is_current`), even when the shard was taken back in between.
+  `start = "latest"` applies when the table holds no lease of the source yet: its closed shards are registered
+  at `SHARD_END`, its open ones at the stream's head.
 * `KEYS_ONLY` and `OLD_IMAGE` streams carry no new image: the current items are read with a consistent
   `BatchGetItem`. Records become changes through `daemon.mapping.ItemMapper`.
 """
@@ -38,16 +47,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.config import DynamoDBSourceConfig
 from daemon.deadletter import DeadLetterFile
+from daemon.leases import Lease
 from daemon.mapping import TTL_PRINCIPAL, ItemMapper, UnmappableItem
 from daemon.model import SHARD_END, SHARD_START, ChangeBatch, GraphChange, Position, SourceStopped
 from daemon.observability import METRICS, SourceMetrics
@@ -67,6 +77,20 @@ ENDED_STREAM = ("DISABLED", "DISABLING")  # stream statuses under which no new s
 
 class StreamTrimmed(SourceStopped):
     """A shard position is older than the stream's 24-hour retention: changes were lost to this replica."""
+
+
+class SharedShards(Protocol):
+    """The lease table as a source whose shards are shared across instances sees it (the supervisor's
+    `daemon.supervisor.ShardLeases`)."""
+
+    async def register(self, shards: Mapping[str, tuple[str, ...]], positions: Mapping[str, Position]) -> None:
+        """Create the leases of shards the table does not know yet, with their parents and first positions."""
+
+    async def known(self) -> bool:
+        """The table holds at least one lease of this source."""
+
+    def finished(self) -> set[str]:
+        """Shards the table shows at `SHARD_END` (as the coordinator last read it)."""
 
 
 async def list_shards(
@@ -112,7 +136,9 @@ class Shard:
 
 
 class DynamoDBStreamSource:
-    def __init__(self, cfg: DynamoDBSourceConfig, *, dead_letters: DeadLetterFile) -> None:
+    def __init__(
+        self, cfg: DynamoDBSourceConfig, *, dead_letters: DeadLetterFile, shared: SharedShards | None = None
+    ) -> None:
         self.name = cfg.name
         self._cfg = cfg
         self._dead_letters = dead_letters
@@ -136,6 +162,12 @@ class DynamoDBStreamSource:
         self._view_type = "NEW_AND_OLD_IMAGES"
         self._streams: Any = None
         self._dynamodb: Any = None
+        self._shared = shared  # None: this instance reads every shard
+        self._held: Mapping[str, Lease] = {}  # the shards this instance holds (the coordinator's live map)
+        self._holding: dict[str, int] = {}  # held shard -> the number of its current holding
+        self._holdings = 0
+        self._registered: set[str] = set()  # shards whose lease this run registered
+        self._forgetting: set[str] = set()  # finished shards already handed to the pipeline to forget
 
     # ------------------------------------------------------------------------------------------- run
 
@@ -147,6 +179,9 @@ class DynamoDBStreamSource:
         self._signalled_caught_up = False
         self._childless, self._child_wait, self._forgotten = {}, CHILD_WAIT_FIRST_SECONDS, []
         first_start = not resume
+        if self._shared is not None:  # the table, not this process, says where each held shard is
+            self._resume = {p: lease.position for p, lease in self._held.items() if lease.position is not None}
+            self._registered = set()
         async with AsyncExitStack() as stack:
             common = {"region": cfg.region, "profile": cfg.profile, "timeout_seconds": cfg.request_timeout_seconds}
             self._dynamodb = await open_client(stack, "dynamodb", endpoint=cfg.endpoint, **common)
@@ -155,10 +190,14 @@ class DynamoDBStreamSource:
             )
             try:
                 await self._open_stream()
+                if self._shared is not None:
+                    first_start = not await self._shared.known()
                 discovered_once = False
                 while True:
                     await self._discover(latest=first_start and cfg.start == "latest" and not discovered_once)
                     discovered_once = True
+                    if self._shared is not None:  # listing works: ready, even holding no shard to read
+                        self.polling = True
                     self._start_readers(out)
                     await self._maybe_caught_up(out)
                     await self._wait_for_work()
@@ -171,6 +210,65 @@ class DynamoDBStreamSource:
                 await asyncio.gather(*self._readers.values(), return_exceptions=True)
                 for state in ("waiting", "reading", "finished"):
                     METRICS.shards.labels(source=self.name, state=state).set(0)
+
+    def share(self, shared: SharedShards) -> None:
+        """Read only the shards this instance holds in the lease table (before `run`)."""
+        self._shared = shared
+
+    def assign(self, held: Mapping[str, Lease]) -> None:
+        """The shards this instance holds now (the lease coordinator's map, kept and read live): start reading
+        newly held ones from their leases' checkpoints, stop reading the ones no longer held."""
+        self._held = held
+        for shard_id in [s for s in self._holding if s not in held]:
+            del self._holding[shard_id]
+            self._stop_reader(shard_id)
+            shard = self._shards.get(shard_id)
+            if shard is not None and shard.state == "reading":
+                shard.state, shard.caught_up = "waiting", False
+            if self._resume.get(shard_id) != SHARD_END:
+                self._resume.pop(shard_id, None)
+        for shard_id, lease in held.items():
+            if shard_id not in self._holding:
+                self._hold(shard_id, lease.position)
+                if lease.position != SHARD_END and self.state == "caught_up":
+                    self.state = "polling"  # a shard to read up to its head first
+        self._signalled_caught_up = False
+        self._wake.set()
+
+    def is_current(self, batch: ChangeBatch) -> bool:
+        """The batch was read under this instance's current holding of its shard (always, unshared)."""
+        return self._shared is None or self._holding.get(batch.partition) == batch.holding
+
+    def rewind(self, partitions: Iterable[str]) -> None:
+        """Read these held shards again from their checkpoints (a window of them was not applied in full)."""
+        for shard_id in partitions:
+            lease = self._held.get(shard_id)
+            if lease is not None and shard_id in self._holding:
+                self._stop_reader(shard_id)
+                self._hold(shard_id, lease.position)
+        self._wake.set()
+
+    def _hold(self, shard_id: str, position: Position | None) -> None:
+        """A new holding of `shard_id`, read from `position` (the table's checkpoint)."""
+        self._holdings += 1
+        self._holding[shard_id] = self._holdings
+        if position is None:
+            self._resume.pop(shard_id, None)
+        else:
+            self._resume[shard_id] = position
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            self._rediscover = True  # another instance listed it first
+        elif position == SHARD_END:
+            self._finish(shard)
+        else:
+            shard.state, shard.caught_up = "waiting", False
+            shard.finished.clear()
+
+    def _stop_reader(self, shard_id: str) -> None:
+        task = self._readers.pop(shard_id, None)
+        if task is not None:
+            task.cancel()
 
     def acknowledge(self, applied: dict[str, Position]) -> None:
         """Shards whose end is applied are finished: their children may start."""
@@ -256,6 +354,7 @@ class DynamoDBStreamSource:
         if status in ENDED_STREAM and not listed:
             raise SourceStopped(f"source {self.name!r}: the stream {self._stream_arn} is {status}")
         added = []
+        first_positions: dict[str, Position] = {}  # for the leases of a first start with "latest"
         for shard_id, raw in listed.items():
             closed = shard_closed(raw)
             known = self._shards.get(shard_id)
@@ -269,9 +368,15 @@ class DynamoDBStreamSource:
             elif latest and shard_id not in self._resume:
                 if closed:  # "latest" at the first start: what closed shards hold is history
                     self._finish(shard)
+                    first_positions[shard_id] = SHARD_END
                 else:
-                    self._resume[shard_id] = ("LATEST",)
-        self._finish_parents_of_started_children(added)
+                    first_positions[shard_id] = ("LATEST",)
+                    if self._shared is None:
+                        self._resume[shard_id] = ("LATEST",)
+        if self._shared is None:
+            self._finish_parents_of_started_children(added)
+        else:
+            await self._register(listed, first_positions)
         for shard_id in self._vanished(listed):
             raise self._trimmed(shard_id, "the stream no longer lists the shard, and its end was not read")
         self._forget_trimmed_finished(listed)
@@ -279,6 +384,26 @@ class DynamoDBStreamSource:
         if rediscovering:
             self._rediscover = False
         self._export_shard_counts()
+
+    async def _register(self, listed: dict[str, dict[str, Any]], first_positions: dict[str, Position]) -> None:
+        """Register the leases of listed shards not registered yet by this run, parents first."""
+        assert self._shared is not None
+        new = {shard_id: raw for shard_id, raw in listed.items() if shard_id not in self._registered}
+        if not new:
+            return
+        depth: dict[str, int] = {}
+
+        def depth_of(shard_id: str) -> int:
+            if shard_id not in depth:
+                depth[shard_id] = 0  # (a cycle in a hostile listing ends here)
+                parent = listed.get(shard_id, {}).get("ParentShardId")
+                depth[shard_id] = depth_of(parent) + 1 if parent in listed else 0
+            return depth[shard_id]
+
+        ordered = sorted(new, key=lambda shard_id: (depth_of(shard_id), shard_id))
+        parents = {s: (new[s]["ParentShardId"],) if new[s].get("ParentShardId") else () for s in ordered}
+        await self._shared.register(parents, first_positions)
+        self._registered.update(new)
 
     async def _list_shards(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         return await list_shards(lambda params: self._call(self._streams.describe_stream, **params), self._stream_arn)
@@ -325,14 +450,14 @@ class DynamoDBStreamSource:
         are handed to the pipeline to delete. Nothing needs them: a parent that is not listed blocks no child, and
         a child that was read keeps its parent from being read again if it ever reappears."""
         parents = {raw.get("ParentShardId") for raw in listed.values()}
-        gone = [
-            shard_id
-            for shard_id, position in self._resume.items()
-            if position == SHARD_END and shard_id not in listed and shard_id in parents
-        ]
+        finished = {shard_id for shard_id, position in self._resume.items() if position == SHARD_END}
+        if self._shared is not None:  # shards other instances finished too (each is deleted once, by anyone)
+            finished |= self._shared.finished() - self._forgetting
+        gone = sorted(shard_id for shard_id in finished if shard_id not in listed and shard_id in parents)
         for shard_id in gone:
-            del self._resume[shard_id]
+            self._resume.pop(shard_id, None)
             self._shards.pop(shard_id, None)  # finished: its children found it so, and now find no parent
+            self._forgetting.add(shard_id)
         if gone:
             log.info("forgetting finished shards past the stream's retention", source=self.name, shards=gone)
             self._forgotten.extend(gone)
@@ -365,9 +490,13 @@ class DynamoDBStreamSource:
         for shard in self._shards.values():
             if shard.state != "waiting" or shard.id in self._readers:
                 continue
-            parent = self._shards.get(shard.parent) if shard.parent else None
-            if parent is not None and not parent.finished.is_set():
-                continue  # the parent's records go first (a parent the stream no longer lists was trimmed)
+            if self._shared is not None:
+                if shard.id not in self._holding:
+                    continue  # another instance's (the coordinator took it only once its parent was at SHARD_END)
+            else:
+                parent = self._shards.get(shard.parent) if shard.parent else None
+                if parent is not None and not parent.finished.is_set():
+                    continue  # the parent's records go first (a parent the stream no longer lists was trimmed)
             shard.state = "reading"
             self._readers[shard.id] = asyncio.create_task(
                 self._read_shard(shard, out), name=f"source:{self.name}:{shard.id}"
@@ -385,6 +514,7 @@ class DynamoDBStreamSource:
 
     async def _read_shard(self, shard: Shard, out: asyncio.Queue[ChangeBatch]) -> None:
         cfg = self._cfg
+        holding = self._holding.get(shard.id, 0)
         resume = self._resume.get(shard.id)
         last_read = None if resume in (None, ("LATEST",), SHARD_START) else sequence_of(resume)
         iterator, issued = await self._iterator(shard.id, last_read, latest=resume == ("LATEST",))
@@ -415,10 +545,10 @@ class DynamoDBStreamSource:
                 self._m.read.inc(len(records))
                 last_read = _last_sequence_number(records, shard.id)
                 changes = await self._translate(shard.id, records)
-                await out.put(ChangeBatch(shard.id, changes, position_of(last_read)))
+                await out.put(ChangeBatch(shard.id, changes, position_of(last_read), holding=holding))
             if following is None:
                 shard.state = "ended"
-                await out.put(ChangeBatch(shard.id, [], SHARD_END))
+                await out.put(ChangeBatch(shard.id, [], SHARD_END, holding=holding))
                 log.info("shard read to its end", source=self.name, shard=shard.id)
                 await shard.finished.wait()
                 self._export_shard_counts()
@@ -436,9 +566,14 @@ class DynamoDBStreamSource:
 
     async def _maybe_caught_up(self, out: asyncio.Queue[ChangeBatch]) -> None:
         """Say "caught up" once every shard that can be read is read to its head."""
-        if self._signalled_caught_up or not self._shards or self._rediscover or self._childless:
+        shards = list(self._shards.values())
+        if self._shared is not None:  # only the shards this instance holds (none: nothing to read)
+            shards = [shard for shard in shards if shard.id in self._holding]
+        elif not shards:
             return
-        for shard in self._shards.values():
+        if self._signalled_caught_up or self._rediscover or self._childless:
+            return
+        for shard in shards:
             if shard.state == "finished":
                 continue
             if shard.state != "reading" or not shard.caught_up:
