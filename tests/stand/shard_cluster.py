@@ -434,6 +434,7 @@ class FaultyTable:
     seed: int = 0
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     bodies: list[tuple[str, bytes]] | None = None  # (operation, request body) when kept
+    trace: list[tuple[float, str, bytes, int, bytes]] | None = None  # (time, operation, body, status, answer)
     url: str = ""
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -475,6 +476,8 @@ class FaultyTable:
         ) as response:
             answer = await response.read()
             status, content_type = response.status, response.headers.get("Content-Type", "application/x-amz-json-1.0")
+        if self.trace is not None:
+            self.trace.append((time.time(), operation, body, status, answer))
         if fault == "lost_answer":
             self.calls[(operation, fault)] += 1
             return _table_error(500, "InternalServerError", "Internal server error")
