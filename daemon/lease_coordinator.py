@@ -330,8 +330,20 @@ class LeaseCoordinator:
             for partition in list(self.renewer.held):
                 lease = self.renewer.drop(partition)
                 if lease is not None:
-                    with suppress(LeaseLost):
-                        await self.store.release(lease)
+                    await self._release_at_stop(lease)
+
+    async def _release_at_stop(self, lease: Lease) -> None:
+        """Release a lease at a drain. A renewal cancelled just above may have reached the table without its
+        answer being absorbed: the table still names us, one counter on. Nobody else writes a lease that names us,
+        so release it at the table's counter rather than leave it owned until it expires."""
+        try:
+            await self.store.release(lease)
+        except LeaseLost as exc:
+            if exc.actual_owner != self.owner or exc.actual_counter is None:
+                return  # another instance holds it now
+            lease.counter = exc.actual_counter
+            with suppress(LeaseLost):
+                await self.store.release(lease)
 
     async def _every(
         self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
