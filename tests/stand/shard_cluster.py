@@ -434,7 +434,8 @@ class FaultyTable:
     seed: int = 0
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     bodies: list[tuple[str, bytes]] | None = None  # (operation, request body) when kept
-    trace: list[tuple[float, str, bytes, int, bytes]] | None = None  # (time, operation, body, status, answer)
+    # (time answered, operation, body, status, answer, seconds moto took) when kept
+    trace: list[tuple[float, str, bytes, int, bytes, float]] | None = None
     url: str = ""
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -471,13 +472,14 @@ class FaultyTable:
             return _table_error(500, "InternalServerError", "Internal server error")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         assert self._session is not None
+        sent = time.monotonic()
         async with self._session.request(
             request.method, self.upstream + request.path_qs, data=body, headers=headers
         ) as response:
             answer = await response.read()
             status, content_type = response.status, response.headers.get("Content-Type", "application/x-amz-json-1.0")
         if self.trace is not None:
-            self.trace.append((time.time(), operation, body, status, answer))
+            self.trace.append((time.time(), operation, body, status, answer, time.monotonic() - sent))
         if fault == "lost_answer":
             self.calls[(operation, fault)] += 1
             return _table_error(500, "InternalServerError", "Internal server error")
@@ -672,6 +674,7 @@ class Cluster:
         instance_timings: dict[int, LeaseTimings] | None = None,
         fault_rate: float = 0.0,
         keep_table_bodies: bool = False,
+        count_writes: bool = False,
         source: dict[str, Any] | None = None,
         sink: dict[str, Any] | None = None,
     ) -> None:
@@ -688,20 +691,27 @@ class Cluster:
             aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         )
-        self.table_proxy = loop.run(FaultyTable(moto_url, rate=fault_rate).start())
-        if keep_table_bodies:
-            self.table_proxy.bodies = []
-        self.counters = [loop.run(CommandCounter((self.host, self.port)).start()) for _ in range(n)]
+        # The proxies run in this (test) process: only where a test needs them, so that elsewhere a busy test
+        # process never stands between the instances and the lease table or the engine.
+        self.table_proxy: FaultyTable | None = None
+        if fault_rate or keep_table_bodies:
+            self.table_proxy = loop.run(FaultyTable(moto_url, rate=fault_rate).start())
+            if keep_table_bodies:
+                self.table_proxy.bodies = []
+        self.counters = [
+            loop.run(CommandCounter((self.host, self.port)).start()) for _ in range(n if count_writes else 0)
+        ]
+        engine_direct = f"redis://{self.host}:{self.port}"
         self.configs = [
             instance_config(
                 tmp_path / f"instance-{i}.toml",
                 data_dir=tmp_path / f"data-{i}",
                 streams_url=stream.add_site(),
-                engine_url=self.counters[i].url,
+                engine_url=self.counters[i].url if self.counters else engine_direct,
                 engine_password=self.password,
                 graph=graph,
                 table=self.table,
-                table_endpoint=self.table_proxy.url,
+                table_endpoint=self.table_proxy.url if self.table_proxy else moto_url,
                 timings=(instance_timings or {}).get(i, timings),
                 source=source,
                 sink=sink,
@@ -823,4 +833,5 @@ class Cluster:
                 daemon.kill()
         for counter in self.counters:
             self.loop.run(counter.close())
-        self.loop.run(self.table_proxy.close())
+        if self.table_proxy is not None:
+            self.loop.run(self.table_proxy.close())
