@@ -680,6 +680,7 @@ class Cluster:
     ) -> None:
         import boto3
 
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.loop, self.stream, self.graph = loop, stream, graph
         self.host, self.port, self.password = engine
         self.table = f"leases-{uuid.uuid4().hex[:8]}"
