@@ -32,7 +32,7 @@ RUN groupadd --system --gid 10001 graph-replicator \
  && install -d -o graph-replicator -g graph-replicator -m 0750 /var/lib/graph-replicator \
  && install -d -m 0755 /etc/graph-replicator
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels graph-replicator \
+    pip install --no-index --find-links /wheels /wheels/graph_replicator-*.whl \
  && graph-replicator --version
 
 # Config: mount a TOML file at /etc/graph-replicator/config.toml; any key can also be set from the environment
@@ -45,7 +45,8 @@ ENV GRAPH_REPLICATOR__DAEMON__HTTP_ADDRESS=0.0.0.0:9464 \
 VOLUME ["/var/lib/graph-replicator"]
 WORKDIR /var/lib/graph-replicator
 EXPOSE 9464
-USER graph-replicator:graph-replicator
+# Numeric, so Kubernetes' runAsNonRoot can verify it (10001 = graph-replicator, created above).
+USER 10001:10001
 
 # Liveness only (the process and its event loop answer): a target that is down shows on /readyz and in the
 # metrics, and restarting the container would not fix it.

@@ -20,7 +20,8 @@ Table (created on first use when missing, on-demand billing):
     updated_at   N         epoch seconds of the last checkpoint write
 
 Every write that changes an owned lease is conditional on `owner = :me AND lease_counter = :counter`; a take is
-conditional on the counter the taker saw; a steal request on the victim's owner and counter.
+conditional on the counter the taker saw; a steal request on the victim's owner and counter; an operator's change
+(`overwrite`, from `graph-replicator checkpoint`) on the counter it saw, bumping it and freeing the lease.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -39,6 +40,7 @@ from botocore.exceptions import ClientError
 from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.leases import Lease, LeaseLost
 from daemon.model import SHARD_END, Position
+from daemon.observability import METRICS, Metrics
 from daemon.sinks.base import ErrorClass, full_jitter
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -108,13 +110,15 @@ class DynamoDBCheckpointStore:
         retry_attempts: int = 5,
         retry_initial_seconds: float = 0.05,
         retry_max_seconds: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.table = table
         self.retry_attempts = retry_attempts
         self.retry_initial_seconds = retry_initial_seconds
         self.retry_max_seconds = retry_max_seconds
-        self.retries: Counter[str] = Counter()  # retried table calls by reason, for metrics
+        self.retries: Counter[str] = Counter()  # retried table calls by reason (also the metric below)
+        self._m_retries = (metrics or METRICS).lease_table_retries
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @classmethod
@@ -122,10 +126,18 @@ class DynamoDBCheckpointStore:
         cls, stack: AsyncExitStack, *, table: str, region: str, endpoint: str | None = None, **kwargs: Any
     ) -> DynamoDBCheckpointStore:
         """A store on its own client (bound to `stack`), with the table created if it is missing."""
-        client = await open_client(stack, "dynamodb", endpoint=endpoint, region=region, timeout_seconds=10.0)
-        store = cls(client, table, **kwargs)
+        store = await cls.connect(stack, table=table, region=region, endpoint=endpoint, **kwargs)
         await store.ensure_table()
         return store
+
+    @classmethod
+    async def connect(
+        cls, stack: AsyncExitStack, *, table: str, region: str, endpoint: str | None = None, **kwargs: Any
+    ) -> DynamoDBCheckpointStore:
+        """A store on its own client (bound to `stack`), before any call to the table: `ensure_table` may then be
+        retried on the same client while the table is unreachable."""
+        client = await open_client(stack, "dynamodb", endpoint=endpoint, region=region, timeout_seconds=10.0)
+        return cls(client, table, **kwargs)
 
     # ------------------------------------------------------------------------------------------ table
 
@@ -305,6 +317,61 @@ class DynamoDBCheckpointStore:
             extra_condition="attribute_not_exists(#p)",
         )
 
+    async def overwrite(
+        self, source: str, partition: str, position: Position | None, expected_counter: int | None
+    ) -> None:
+        """An operator's change (`graph-replicator checkpoint`): write `position` (None: delete the item),
+        conditional on the counter seen (`expected_counter`; None: the item must not exist yet). A write bumps
+        the counter and frees the lease, so an owner that was only paused finds it moved (`LeaseLost`) instead
+        of overwriting the new position. A failed condition raises `LeaseLost`."""
+        values: dict[str, Any] = {":seen": {"N": str(expected_counter)}}
+        try:
+            if expected_counter is None:
+                if position is None:
+                    return
+                item = {
+                    **_key(source, partition),
+                    "partition": {"S": partition},
+                    "lease_counter": {"N": "0"},
+                    "parents": {"L": []},
+                    "checkpoint": {"S": _position_text(position)},
+                    "updated_at": {"N": repr(time.time())},
+                }
+                await self._call(
+                    "put_item",
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#c)",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                )
+            elif position is None:
+                await self._call(
+                    "delete_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames={"#c": "lease_counter"},
+                    ExpressionAttributeValues=values,
+                )
+            else:
+                update = "SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p"
+                values.update(
+                    {":cp": {"S": _position_text(position)}, ":now": {"N": repr(time.time())}, ":one": {"N": "1"}}
+                )
+                await self._call(
+                    "update_item",
+                    TableName=self.table,
+                    Key=_key(source, partition),
+                    UpdateExpression=update,
+                    ConditionExpression="#c = :seen",
+                    ExpressionAttributeNames=_names_in(update, "#c"),
+                    ExpressionAttributeValues=values,
+                )
+        except ClientError as exc:
+            if error_code(exc) != CONDITION_FAILED:
+                raise
+            await self._lost(source, partition, None, expected_counter)
+
     # ------------------------------------------------------------------------------------------ plumbing
 
     def _held(self, source: str, partition: str, leases: Mapping[str, Lease]) -> Lease:
@@ -420,4 +487,35 @@ class DynamoDBCheckpointStore:
                 if not cls.retryable or attempt >= self.retry_attempts:
                     raise
                 self.retries[cls.reason] += 1
+                self._m_retries.labels(reason=cls.reason).inc()
                 await asyncio.sleep(full_jitter(attempt - 1, self.retry_initial_seconds, self.retry_max_seconds))
+
+
+async def watch_owners(
+    store: DynamoDBCheckpointStore,
+    source: str,
+    seconds: float,
+    *,
+    poll: float | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> tuple[list[Lease], dict[str, Lease]]:
+    """Which owners of `source`'s leases are alive, judged as every instance judges expiry: a lease whose counter
+    moves within `seconds` of watching (or that gains an owner) has a live owner. Returns those, as soon as one is
+    seen (reading every `poll` seconds; once at the end when None), and the leases as last read, which a write
+    conditional on their counters expects. Returns at once, with nobody alive, when no lease is owned."""
+    first = {lease.partition: lease for lease in await store.list_leases(source)}
+    latest = first
+    waited = 0.0
+    while waited < seconds and any(lease.owner for lease in first.values()):
+        pause = seconds - waited if poll is None else min(poll, seconds - waited)
+        await sleep(pause)
+        waited += pause
+        latest = {lease.partition: lease for lease in await store.list_leases(source)}
+        alive = [
+            lease
+            for partition, lease in latest.items()
+            if lease.owner and (partition not in first or first[partition].counter != lease.counter)
+        ]
+        if alive:
+            return alive, latest
+    return [], latest

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import shlex
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 EXIT_BUSY = 4  # another graph-replicator process owns the data directory
+CONFIG_HELP = "the daemon's TOML config file"
 LOOK_STATEMENT = "MATCH (n) RETURN n LIMIT 5"  # the query the run summary suggests
 
 
@@ -44,9 +46,48 @@ def _data_dir_problem(config: Config, *, create: bool) -> bool:
     return reason is not None
 
 
+def _path_problems(config: Config, config_path: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """What `run` would trip on in the file system, as (key, reason) problems, and notes on relative paths:
+    they resolve against the current directory, not the config file's."""
+    from daemon.config import FileSourceConfig
+
+    cwd = Path.cwd()
+    problems: list[tuple[str, str]] = []
+    notes: list[str] = []
+    paths: list[tuple[str, str | None]] = [
+        ("daemon.data_dir", config.daemon.data_dir),
+        ("daemon.dead_letter_path", config.daemon.dead_letter_path),
+        ("checkpoint.path", getattr(config.checkpoint, "path", None)),
+    ]
+    for i, source in enumerate(config.sources):
+        if isinstance(source, FileSourceConfig):
+            paths.append((f"sources[{i}].path", source.path))
+            resolved = Path(source.path).expanduser().absolute()
+            if not resolved.exists():
+                relative = "" if Path(source.path).expanduser().is_absolute() else f" (relative to {cwd})"
+                problems.append(
+                    (f"sources[{i}].path", f"{resolved} does not exist{relative}: source {source.name!r} cannot read")
+                )
+    config_dir = Path(config_path).absolute().parent
+    for key, value in paths:
+        if value is not None and not Path(value).expanduser().is_absolute():
+            resolved = Path(value).expanduser().absolute()
+            note = f"note: {key} = {value!r} is relative: it resolves against the current directory, to {resolved}"
+            if config_dir != cwd:
+                note += f" (not against the config file's directory {config_dir})"
+            notes.append(note)
+    return problems, notes
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None or _data_dir_problem(config, create=False):
+        return EXIT_CONFIG
+    problems, notes = _path_problems(config, args.config)
+    for note in notes:
+        print(note, file=sys.stderr)
+    if problems:
+        print(ConfigError(problems), file=sys.stderr)
         return EXIT_CONFIG
     print(format_resolved(config), end="")
     print(f"# {args.config}: OK ({len(config.sources)} source(s), {len(config.sinks)} sink(s))", file=sys.stderr)
@@ -61,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.observability import configure_logging
     from daemon.supervisor import Supervisor
 
-    configure_logging(config.daemon.log_level, config.daemon.log_format)
+    configure_logging(args.log_level or config.daemon.log_level, config.daemon.log_format)
 
     async def main() -> int:
         try:
@@ -70,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"graph-replicator run: refused: {exc}", file=sys.stderr)
             return EXIT_BUSY
         code = await supervisor.run()
+        if supervisor.fatal is not None:
+            print(f"graph-replicator run: {supervisor.fatal}", file=sys.stderr)
         if supervisor.summary is not None:
             print(_format_summary(supervisor.summary, args.config))
         return code
@@ -92,9 +135,22 @@ def _format_summary(summary: Summary, config_path: str) -> str:
         lines.append(f"target {name!r} {held}")
     sink = "" if len(summary.graphs) < 2 else f" --sink {shlex.quote(next(iter(summary.graphs)))}"
     lines.append(
-        f"look at it:  graph-replicator query --config {shlex.quote(config_path)}{sink} {shlex.quote(LOOK_STATEMENT)}"
+        f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(LOOK_STATEMENT)}"
     )
     return "\n".join(lines)
+
+
+def self_command(argv0: str | None = None) -> str:
+    """This command as the user can type it again from the same directory: bare `graph-replicator` when that
+    name on PATH is this very script, else the path it was started by (`.venv/bin/graph-replicator`), else
+    `python -m daemon` with this interpreter."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).name == "graph-replicator":
+        on_path = shutil.which("graph-replicator")
+        if on_path is not None and Path(on_path).resolve() == Path(argv0).resolve():
+            return "graph-replicator"
+        return shlex.quote(argv0 if "/" in argv0 else "./" + argv0)
+    return f"{shlex.quote(sys.executable)} -m daemon"
 
 
 # The collector's young generation is collected every 50,000 net allocations instead of 700: a window of
@@ -114,8 +170,40 @@ def _run_loop(coro: Any) -> int:
     return uvloop.run(coro)
 
 
+DEFAULT_STATUS_URL = "http://127.0.0.1:9464"
+
+
+def status_url(args: argparse.Namespace) -> str | None:
+    """The /status URL from `--url` (a scheme is optional) or the config's `daemon.http_address`; None (reason
+    printed) when the config names no reachable address."""
+    if args.url:
+        url = args.url if "://" in args.url else "http://" + args.url
+        return url.rstrip("/") + "/status"
+    if args.config is None:
+        return DEFAULT_STATUS_URL + "/status"
+    config = _load(args.config)
+    if config is None:
+        return None
+    bind = config.daemon.http_bind
+    if bind is None:
+        print(f"{args.config}: daemon.http_address is empty: that daemon serves no /status", file=sys.stderr)
+        return None
+    host, port = bind
+    if port == 0:
+        print(
+            f"{args.config}: daemon.http_address has port 0 (a free port picked at start): pass --url with the "
+            'port the daemon logged ("http server listening")',
+            file=sys.stderr,
+        )
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind: ask locally
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/status"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/") + "/status"
+    url = status_url(args)
+    if url is None:
+        return EXIT_CONFIG
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             status = orjson.loads(response.read())
@@ -135,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             s["state"],
             _position(s["position"]),
             "yes" if s["caught_up"] else "no",
-            _duration(s["lag_seconds"]),
+            "caught up" if s["caught_up"] else _duration(s["lag_seconds"]),
             f"{s['changes_applied']:,}",
             s["sink"],
             "yes" if s["sink_healthy"] else "NO",
@@ -151,9 +239,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             for partition, position in s["position"].items():
                 print(f"  {partition}  {_position(position)}")
     for s in status["sources"]:
+        if s.get("leases"):
+            print(f"\n{s['source']} leases (this instance is {s['owner_id']}):")
+            _print_leases(s["leases"])
+    for s in status["sources"]:
         if s.get("error"):
             print(f"\n{s['source']}: {s['error']}")
     return 0
+
+
+def _print_leases(leases: list[dict[str, Any]]) -> None:
+    """One line a partition: its owner (`me` for this instance, `-` for nobody), checkpoint, pending steal;
+    finished shards (read to their end) are only counted."""
+    finished = [lease for lease in leases if lease["position"] == ["SHARD_END"]]
+    rows = [
+        (
+            lease["partition"] or "(stream)",
+            "me" if lease["held_by_me"] else lease["owner"] or "-",
+            "/".join(map(str, lease["position"])) if lease["position"] else "-",
+            f"asked for by {lease['pending_owner']}" if lease["pending_owner"] else "",
+        )
+        for lease in leases
+        if lease not in finished
+    ]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True)).rstrip())
+    if finished:
+        print(f"  ({len(finished)} finished shards)")
 
 
 def _position(position: list[Any] | dict[str, Any] | None) -> str:
@@ -210,30 +323,53 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         sink = build_sink(name, sink_cfg, config)
 
+    from daemon.query_format import Plain, write_rows
+
+    plain = Plain(getattr(sink_cfg, "id_property", "~id"), getattr(sink_cfg, "base_label", None))
+
     async def main() -> list[dict[str, Any]]:
         await sink.start()
         try:
-            return await sink.query(args.statement)
+            return [plain.row(row) for row in await sink.query(args.statement)]
         finally:
             await sink.close()
 
     try:
-        for row in asyncio.run(main()):
-            print(orjson.dumps(row, default=str).decode())
+        write_rows(asyncio.run(main()), args.format, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
         sys.stdout = open(os.devnull, "w")
     except Exception as exc:
-        import redis.exceptions
-
-        if not isinstance(exc, redis.exceptions.ResponseError):
+        refused = _query_refusal(exc)
+        if refused is None:
             raise
-        print(f"query failed: {exc}", file=sys.stderr)
-        return 1
+        code, text = refused
+        print(f"query failed: {text}", file=sys.stderr)
+        return code
     finally:
         if lock is not None:
             lock.release()
     return 0
+
+
+_SYNTAX_MARKERS = ("invalid input", "syntax", "malformed", "unknown function", "not defined", "parse")
+
+
+def _query_refusal(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for a statement the target refused: 2 for a statement that does not parse or
+    names what does not exist, 1 for any other refusal (a write on a read-only engine); None for other failures."""
+    import redis.exceptions
+
+    from daemon.aws import error_code
+
+    if isinstance(exc, redis.exceptions.ResponseError):
+        text = " ".join(str(exc).split())
+    elif code := error_code(exc):
+        text = f"{code}: {' '.join(str(exc).split())}"
+    else:
+        return None
+    syntax = any(marker in text.lower() for marker in _SYNTAX_MARKERS)
+    return (EXIT_CONFIG if syntax else 1), text
 
 
 def _attached_sink(name: str, sink_cfg: Any, config: Config, busy: Exception) -> Any:
@@ -340,6 +476,31 @@ def _bootstrap(args: argparse.Namespace, config: Config) -> int:
     return _run_loop(main())
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.checkpoint_admin import AdminError, Request, run
+    from daemon.observability import configure_logging
+
+    configure_logging(config.daemon.log_level, config.daemon.log_format)
+    request = Request(
+        action=args.action,
+        source=args.source,
+        partition=args.partition,
+        position=getattr(args, "position", None),
+        commits=getattr(args, "commits", None),
+        yes=getattr(args, "yes", False),
+        force=getattr(args, "force", False),
+        fmt=getattr(args, "format", "table"),
+    )
+    try:
+        return asyncio.run(run(config, request, sys.stdout))
+    except AdminError as exc:
+        print(f"graph-replicator checkpoint {args.action}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -353,7 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="replicate continuously")
-    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument("--config", required=True, help=CONFIG_HELP)
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe log level (overrides daemon.log_level)",
+    )
     run.add_argument(
         "--exit-when-idle",
         action="store_true",
@@ -362,25 +528,82 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config and print it resolved, secrets masked")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, help=CONFIG_HELP)
     check.set_defaults(func=cmd_check_config)
 
     status = sub.add_parser("status", help="show a running daemon's /status")
-    status.add_argument("--url", default="http://127.0.0.1:9464")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url",
+        help=f"the daemon's HTTP address, http://host:port or host:port (default: {DEFAULT_STATUS_URL}, or the "
+        "config's daemon.http_address with --config)",
+    )
+    where.add_argument("--config", help=CONFIG_HELP + "; its daemon.http_address is asked")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
 
     query = sub.add_parser("query", help="run an openCypher statement on a configured sink and print rows")
-    query.add_argument("--config", required=True)
+    query.add_argument("--config", required=True, help=CONFIG_HELP)
     query.add_argument("--sink", help="sink name (default: the first)")
+    query.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), json (one JSON object per row) or csv; nodes print as {id, labels, properties}, "
+        "edges as {id, type, properties}",
+    )
     query.add_argument("statement")
     query.set_defaults(func=cmd_query)
+
+    checkpoint = sub.add_parser(
+        "checkpoint",
+        help="show or move the stored positions of the config's sources (docs/operations.md, Checkpoints)",
+    )
+    actions = checkpoint.add_subparsers(dest="action", required=True)
+    shown = {
+        "show": "print each source's partitions and positions (and the leases of the DynamoDB store)",
+        "set": "set one partition's position; the next run continues after it",
+        "rewind": "move a Neptune or file source's position back by a number of commits",
+        "reset": "delete the source's stored positions; the next run reads from its `start`",
+    }
+    for action, text in shown.items():
+        cmd = actions.add_parser(action, help=text, description=text)
+        cmd.add_argument("--config", required=True, help=CONFIG_HELP)
+        cmd.add_argument(
+            "--source", help="name of the [[sources]] entry (default: every source for show, else the only one)"
+        )
+        cmd.add_argument(
+            "--partition", help="a DynamoDB source's shard id (Neptune and file sources have one partition)"
+        )
+        if action == "show":
+            cmd.add_argument(
+                "--format", choices=("table", "json"), default="table", help="output format (default: table)"
+            )
+        else:
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="DynamoDB store: do not wait lease_duration_seconds to see whether owned leases are alive",
+            )
+        if action == "set":
+            cmd.add_argument(
+                "position",
+                help='neptune/file: commitNum[:opNum] ("1200:3" = continue after op 3 of commit 1200, "1200" = from '
+                "the start of commit 1200); dynamodb: a sequence number, TRIM_HORIZON or SHARD_END",
+            )
+        if action == "rewind":
+            cmd.add_argument(
+                "--commits", type=_positive, required=True, help="read this many of the last applied commits again"
+            )
+        if action == "reset":
+            cmd.add_argument("--yes", action="store_true", help="really delete the positions")
+        cmd.set_defaults(func=cmd_checkpoint)
 
     capture = sub.add_parser(
         "capture",
         help="copy a Neptune stream into a JSON-lines file (gzip if it ends in .gz) that a file source replays",
     )
-    capture.add_argument("--config", required=True)
+    capture.add_argument("--config", required=True, help=CONFIG_HELP)
     capture.add_argument("--source", required=True, help="name of a neptune [[sources]] entry to read")
     capture.add_argument("--output", required=True, help="file to write; .gz = gzip")
     capture.add_argument("--max-records", type=_positive, help="stop after this many records")
@@ -393,10 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bootstrap",
         help="copy a source's current contents into its target and record where `run` continues (docs/bootstrap.md)",
     )
-    bootstrap.add_argument("--config", required=True)
+    bootstrap.add_argument("--config", required=True, help=CONFIG_HELP)
     bootstrap.add_argument("--source", help="name of the [[sources]] entry (default: the only one)")
     bootstrap.add_argument(
-        "--force", action="store_true", help="bootstrap a source that has a checkpoint (replaced on success)"
+        "--force",
+        action="store_true",
+        help="bootstrap a source that has a checkpoint (replaced on success), or whose leases a live instance holds "
+        "(DynamoDB store: taken from it at the hand-off)",
     )
     bootstrap.add_argument(
         "--allow-non-empty-target",

@@ -98,7 +98,17 @@ def _check_http_url(value: str) -> str:
 
 
 def _check_redis_url(value: str) -> str:
-    return _check_url(value, ("redis", "rediss"), "redis://localhost:6379")
+    _check_url(value, ("redis", "rediss"), "redis://localhost:6379")
+    path = urlsplit(value).path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f'has path "/{path}"; the only path a redis URL takes is a database number, e.g. "/0"')
+    from redis.connection import parse_url  # the parser the client itself uses: what it refuses, `run` would
+
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise ValueError(f"does not parse as a redis URL: {exc}") from None
+    return value
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -162,8 +172,13 @@ class DaemonConfig(_Model):
 
     http_address: str = Field(
         "127.0.0.1:9464",
-        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status); port 0 picks a '
-        'free port; "" disables the server.',
+        description='"host:port" of the HTTP server (/metrics, /healthz, /readyz, /status, the status page at / '
+        'and the graph view at /graph); port 0 picks a free port; "" disables the server.',
+    )
+    graph_view: bool = Field(
+        True,
+        description="Serve the graph view (/graph, /graph/data): a read-only look at the replicated vertices and "
+        "edges for whoever can reach `http_address`; false turns it off (the status page at / stays).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe log level.")
     log_format: Literal["auto", "json", "console"] = Field(
@@ -189,6 +204,12 @@ class DaemonConfig(_Model):
         60.0,
         gt=0,
         description="Ceiling of the exponential backoff between restarts of a failed source or sink.",
+    )
+    idle_start_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="With `run --exit-when-idle`: give up (exit 3, naming the sink and why) when a source's sink "
+        "has not become ready this long after start, instead of waiting for it forever.",
     )
 
     @field_validator("log_level", "log_format", mode="before")

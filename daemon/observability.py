@@ -1,4 +1,5 @@
-"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status).
+"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status, and the
+pages of `daemon.webui`: the status page at / and the graph view at /graph).
 
 Every metric the daemon exports is declared once here (documented in docs/metrics.md). Names carry the
 `graph_replicator_` prefix, base units and `_total` on counters; labels are bounded (source, sink, reason,
@@ -10,8 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -29,6 +30,10 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from daemon import __version__
+from daemon.webui import LagHistory, WebUI
+
+if TYPE_CHECKING:
+    from daemon.sinks.base import GraphSink
 
 _BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -183,6 +188,64 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # Leases in the shared (DynamoDB) checkpoint store (daemon.lease_coordinator); see `LeaseMetrics`.
+        self.leases_held = Gauge(
+            p + "leases_held",
+            "Leases of the source this instance holds (DynamoDB checkpoint store only)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_acquisitions = Counter(
+            p + "lease_acquisitions_total",
+            "Leases this instance took (free, expired, or handed to it)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_steals = Counter(
+            p + "lease_steals_total",
+            "Steal requests this instance made to the most loaded instance (each is a hand-off request)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_losses = Counter(
+            p + "lease_losses_total",
+            "Leases this instance lost: refused at renewal or at a conditional checkpoint write, or dropped "
+            "past their deadline",
+            ["source"],
+            registry=r,
+        )
+        self.lease_releases = Counter(
+            p + "lease_releases_total",
+            "Leases this instance gave up, by reason: drain, handoff (a steal request answered), shard_end",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.lease_partitions = Gauge(
+            p + "lease_partitions",
+            "Partitions of the source in the lease table as this instance's last take round saw them, by state: "
+            "owned, unowned (free or expired), waiting (free, parents not finished), finished",
+            ["source", "state"],
+            registry=r,
+        )
+        self.lease_unowned_seconds = Gauge(
+            p + "lease_unowned_seconds",
+            "Longest time any takeable, unfinished partition of the source has been owned by nobody (free or "
+            "expired), as this instance sees it; 0 when every one has an owner",
+            ["source"],
+            registry=r,
+        )
+        self.lease_duration = Gauge(
+            p + "lease_duration_seconds",
+            "The configured lease duration (`lease_duration_seconds`), for alerts that compare with it",
+            ["source"],
+            registry=r,
+        )
+        self.lease_table_retries = Counter(
+            p + "lease_table_retries_total",
+            "Calls to the lease table retried after a retryable failure, by reason",
+            ["reason"],
+            registry=r,
+        )
         # The embedded FalkorDB engine (daemon.engine) of a sink without `url`.
         self.engine_restarts = Counter(
             p + "engine_restarts_total",
@@ -283,6 +346,30 @@ class SourceMetrics:
         return failing
 
 
+LEASE_PARTITION_STATES = ("owned", "unowned", "waiting", "finished")
+LEASE_RELEASE_REASONS = ("drain", "handoff", "shard_end")
+
+
+class LeaseMetrics:
+    """One source's lease series (the coordinator's), bound to its label once; every series exists from the
+    start at 0 so that rate() and alerts see the first event."""
+
+    def __init__(self, source: str, metrics: Metrics | None = None) -> None:
+        m = metrics or METRICS
+        self.held = m.leases_held.labels(source=source)
+        self.acquired = m.lease_acquisitions.labels(source=source)
+        self.steals = m.lease_steals.labels(source=source)
+        self.losses = m.lease_losses.labels(source=source)
+        self.released = {
+            reason: m.lease_releases.labels(source=source, reason=reason) for reason in LEASE_RELEASE_REASONS
+        }
+        self.partitions = {
+            state: m.lease_partitions.labels(source=source, state=state) for state in LEASE_PARTITION_STATES
+        }
+        self.unowned_seconds = m.lease_unowned_seconds.labels(source=source)
+        self.duration = m.lease_duration.labels(source=source)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """structlog JSON lines (console renderer on a TTY when fmt is auto)."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -310,7 +397,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 class HttpServer:
-    """aiohttp server for the metrics registry, liveness, readiness and a JSON status document."""
+    """aiohttp server for the metrics registry, liveness, readiness, a JSON status document, and the status page
+    and graph view (`daemon.webui`; the graph view reads `sinks`)."""
 
     def __init__(
         self,
@@ -318,10 +406,14 @@ class HttpServer:
         ready: Callable[[], tuple[bool, list[str]]],
         status: Callable[[], dict[str, Any]],
         registry: CollectorRegistry,
+        sinks: Mapping[str, GraphSink] | None = None,
+        graph_view: bool = True,
+        history: LagHistory | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self._ready, self._status, self._registry = ready, status, registry
+        self.webui = WebUI(status, sinks if sinks is not None else {}, history, graph_view=graph_view)
         self._runner: web.AppRunner | None = None
         self.started = time.time()
 
@@ -331,6 +423,7 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status_handler)
+        self.webui.install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -338,8 +431,10 @@ class HttpServer:
         sockets = site._server.sockets  # the real port when 0 was asked for
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self.webui.start()
 
     async def stop(self) -> None:
+        await self.webui.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

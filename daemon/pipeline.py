@@ -109,6 +109,8 @@ class Pipeline:
         self.positions: dict[str, Position] = {}  # the checkpointed low watermark of each partition
         self.caught_up = False  # the source saw the head and everything read is applied and checkpointed
         self.applying = False
+        self._writing: set[str] = set()  # partitions of the window being applied
+        self._window_done = asyncio.Event()  # set at the end of each window (for `quiesce`)
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
         self.crashed: str | None = None  # why the last run crashed, until a window is applied again
@@ -129,6 +131,9 @@ class Pipeline:
         """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
         assert self.checkpoints is not None
         self.positions = await self.checkpoints.load(self.name)
+        if self.sharded:  # other instances' shards are theirs to show
+            assert self.ownership is not None
+            self.positions = {p: pos for p, pos in self.positions.items() if self.ownership.may_write(p)}
         for partition, position in self.positions.items():
             self._export_checkpoint(partition, position)
         queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
@@ -192,6 +197,7 @@ class Pipeline:
             window = await self._writable(window)
         changes = [c for batch in window for c in batch.changes]
         self.applying = True
+        self._writing = {batch.partition for batch in window}
         try:
             if changes:
                 plan = await self.planner.plan(changes)
@@ -220,6 +226,8 @@ class Pipeline:
             await self._forget(getattr(self.source, "take_forgotten", None))
         finally:
             self.applying = False
+            self._writing = set()
+            self._window_done.set()
         self.crashed = None
         now = time.time()
         if changes:
@@ -229,6 +237,12 @@ class Pipeline:
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
         self._export_latency(window, now)
+
+    async def quiesce(self, partition: str) -> None:
+        """Return once no window writing `partition` is being applied (a lease handed over waits for this)."""
+        while partition in self._writing:
+            self._window_done.clear()
+            await self._window_done.wait()
 
     async def _writable(self, window: list[ChangeBatch]) -> list[ChangeBatch]:
         """The window's batches this instance may write, and the applier's fence for them. One partition: any

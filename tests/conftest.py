@@ -38,3 +38,23 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoProcess]:
 def moto_server(moto: MotoProcess) -> str:
     """The endpoint URL of the session's moto server."""
     return moto.url
+
+
+@pytest.fixture
+def uncached_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For tests that run a command in-process: its `configure_logging` keeps structlog from caching loggers, and
+    the defaults come back afterwards. A logger cached while logging went to a test's captured stderr would go
+    on writing there, closed, in every later test of the session."""
+    import structlog
+
+    import daemon.observability
+
+    configure = daemon.observability.configure_logging
+
+    def uncached(*args: object, **kwargs: object) -> None:
+        configure(*args, **kwargs)  # type: ignore[arg-type]
+        structlog.configure(cache_logger_on_first_use=False)
+
+    monkeypatch.setattr(daemon.observability, "configure_logging", uncached)
+    yield
+    structlog.reset_defaults()

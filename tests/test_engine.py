@@ -267,3 +267,31 @@ async def test_engine_requires_its_generated_password(tmp_path: Path) -> None:
         assert redis.Redis(host=again.host, port=again.port, password=first).ping()
     finally:
         await again.stop()
+
+
+async def test_sources_sharing_an_embedded_sink_start_it_once(tmp_path: Path) -> None:
+    """Two sources on one `falkordb` sink without `url` call `start` at the same time (the supervisor starts each
+    source's sink in its own task): one engine process starts in the directory, not one per call (a second one
+    wrote the same append-only files, and outlived `close`)."""
+
+    def engines_here() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cwd == (tmp_path / "engine").resolve() and b"redis-server" in command:
+                found.append(int(pid))
+        return found
+
+    sink = FalkorDBSink("shared", url=None, engine_dir=tmp_path / "engine")
+    try:
+        await asyncio.gather(sink.start(), sink.start(), sink.start())
+        assert sink.engine is not None and sink.engine.running
+        assert engines_here() == [sink.engine.pid]
+        assert (await sink.query("RETURN 1 AS one"))[0]["one"] == 1
+    finally:
+        await sink.close()
+    assert engines_here() == []

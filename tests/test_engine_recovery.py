@@ -58,7 +58,7 @@ def test_engine_killed_mid_run_is_restarted_and_the_replica_converges(stand: Nep
 
 def _query(config: Path, statement: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", "query", "--config", str(config), statement],
+        [sys.executable, "-m", "daemon", "query", "--config", str(config), "--format", "json", statement],
         capture_output=True,
         text=True,
         timeout=60,

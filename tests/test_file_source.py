@@ -314,7 +314,7 @@ def test_quickstart_replays_the_sample_and_a_second_run_is_a_no_op(tmp_path: Pat
     assert out[0].startswith(f"applied {len(sample_records()):,} changes in ") and out[0].endswith("changes/s)")
     assert out[1:] == [
         counts,
-        "look at it:  graph-replicator query --config config/quickstart.toml 'MATCH (n) RETURN n LIMIT 5'",
+        f"look at it:  {sys.executable} -m daemon query --config config/quickstart.toml 'MATCH (n) RETURN n LIMIT 5'",
     ]
     assert "every source is caught up" in first.stderr  # logs go to stderr, the summary to stdout
     print(f"quick start: {elapsed:.2f} s\n{first.stdout}")
@@ -325,7 +325,13 @@ def test_quickstart_replays_the_sample_and_a_second_run_is_a_no_op(tmp_path: Pat
     assert second.stdout.splitlines()[1:] == out[1:]
 
     query = run_cli(
-        "query", "--config", "config/quickstart.toml", "MATCH (n:Person) RETURN count(n) AS people", env=env
+        "query",
+        "--config",
+        "config/quickstart.toml",
+        "--format",
+        "json",
+        "MATCH (n:Person) RETURN count(n) AS people",
+        env=env,
     )
     assert query.returncode == 0, query.stderr
     people = sum("Person" in v.labels for v in expected.vertices.values())

@@ -457,3 +457,40 @@ def test_lease_positions_round_trip_through_the_source_assign() -> None:
     assert "x" not in source._resume and not source.is_current(batch_x)
     source.assign({"y": first["y"], "x": Lease("s", "x", "me", 3, position=("9",))})
     assert source._resume["x"] == ("9",) and not source.is_current(batch_x)  # a new holding: old batches are stale
+
+
+async def test_a_lease_asked_for_is_handed_over_only_after_the_writes_in_flight_end(
+    stack: AsyncExitStack, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.lease_coordinator import LeaseCoordinator
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    table = f"handover-{uuid.uuid4().hex[:8]}"
+    store = await DynamoDBCheckpointStore.open(stack, table=table, region="us-east-1", endpoint=moto_server)
+    await store.ensure_leases("src", {"x": ()})
+    timing = {"lease_duration": 3.0, "renew_interval": 0.5, "take_interval": 0.2, "margin": 0.5}
+    holder, asker = LeaseCoordinator(store, "src", **timing), LeaseCoordinator(store, "src", **timing)
+    await holder.take_once()
+    assert set(holder.held) == {"x"}
+    lease = await store.get_lease("src", "x")
+    assert lease is not None
+    await store.steal("src", "x", asker.owner, holder.owner, lease.counter)
+
+    write_done = asyncio.Event()
+    waited: list[str] = []
+
+    async def quiesce(partition: str) -> None:
+        waited.append(partition)
+        await write_done.wait()
+
+    holder.quiesce = quiesce
+    await holder.renew_once()  # sees the request: stops writing x at once, hands it over after the write ends
+    assert not holder.may_write("x")
+    await asyncio.sleep(0.3)
+    assert waited == ["x"]
+    assert (await store.get_lease("src", "x")).owner == holder.owner  # type: ignore[union-attr]
+    write_done.set()
+    await asyncio.wait_for(holder.handovers_done(), 5)
+    assert (await store.get_lease("src", "x")).owner == asker.owner  # type: ignore[union-attr]
+    await holder.stop()

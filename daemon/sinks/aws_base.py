@@ -48,5 +48,11 @@ class AwsClientSink(GraphSink):
             await self._stack.aclose()
         self._stack = self._client = None
 
+    async def read(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        # openCypher on Neptune has no read-only switch: the graph view's statements are fixed MATCH ... RETURN.
+        if self._client is None:
+            raise ConnectionError(f"sink {self.name!r} is not connected yet")
+        return await self.query(statement, params)
+
     def classify(self, exc: BaseException) -> ErrorClass:
         return classify_aws_error(exc)

@@ -108,6 +108,11 @@ class GraphSink(ABC):
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read statement and return its rows as dicts."""
 
+    async def read(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a statement that must not write (the graph view), where the engine can be told so; raises
+        `ConnectionError` while the sink is not connected."""
+        return await self.query(statement, params)
+
     @abstractmethod
     def classify(self, exc: BaseException) -> ErrorClass:
         """Say whether a failure of `execute` is worth retrying, and why it happened."""

@@ -80,6 +80,9 @@ class FalkorDBSink(GraphSink):
         self._ready = False  # connected, base index in place, relationship indexes known
         self._indexed_types: set[str] = set()
         self._reconnect = asyncio.Lock()
+        # Sources sharing this sink start it from their own tasks at once: one start at a time, or each would spawn
+        # an engine in the same directory. (Not `_reconnect`: a start's queries may take that one.)
+        self._starting = asyncio.Lock()
         self._read_only = read_only
         self._client_url: str | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -89,6 +92,10 @@ class FalkorDBSink(GraphSink):
         return self.engine.url if self.engine is not None else self._url
 
     async def start(self) -> None:
+        async with self._starting:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._ready:
             return
         if self._url is None:
@@ -222,13 +229,17 @@ class FalkorDBSink(GraphSink):
         return [dict(zip(names, row, strict=True)) for row in result.result_set]
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        await self._ensure_engine()
         if self._read_only:
-            result = await self._graph.ro_query(statement, params)
-        else:
-            result = await self._graph.query(statement, params)
-        names = [column[1] for column in result.header]
-        return [dict(zip(names, row, strict=True)) for row in result.result_set]
+            return await self.read(statement, params)
+        await self._ensure_engine()
+        return _rows(await self._graph.query(statement, params))
+
+    async def read(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """`GRAPH.RO_QUERY`: the engine refuses a statement that would write."""
+        await self._ensure_engine()
+        if self._graph is None:
+            raise ConnectionError(f"sink {self.name!r} is not connected yet")
+        return _rows(await self._graph.ro_query(statement, params))
 
     async def edge_types(self, edge_ids: list[str]) -> dict[str, str]:
         found = await super().edge_types(edge_ids)
@@ -268,3 +279,9 @@ class FalkorDBSink(GraphSink):
         if isinstance(exc, ValueError):
             return REJECTED  # the client refused a parameter value or key (UnicodeEncodeError included)
         return ErrorClass(False, "internal")
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    """A query result's rows as dicts keyed by column name."""
+    names = [column[1] for column in result.header]
+    return [dict(zip(names, row, strict=True)) for row in result.result_set]

@@ -1,7 +1,8 @@
 """Reading a Neptune property-graph stream page by page; the `neptune` source and `graph-replicator capture`
 both read through it.
 
-* Start: a resume position (`AFTER_SEQUENCE_NUMBER`), else `start`: `trim_horizon`, `latest` (after the most
+* Start: a resume position (`AFTER_SEQUENCE_NUMBER`; `(N, 0)`, the start of commit N that `checkpoint set N` stores,
+  as `AT_SEQUENCE_NUMBER` N/1), else `start`: `trim_horizon`, `latest` (after the most
   recent change at start-up) or `{commit_num, op_num}` (`AT_SEQUENCE_NUMBER`, inclusive).
 * A page of records is followed at once while pages are full; after a short page it waits
   `idle_min`. "Caught up" (HTTP 404 `StreamRecordsNotFoundException`, "startEventId is from the future", or an
@@ -116,6 +117,8 @@ class StreamReader:
 
     async def _start_params(self) -> dict[str, Any]:
         if self._resume is not None:
+            if self._resume[1] == 0 and self._resume[0] >= 1:  # before commit N's first op (`checkpoint set N`)
+                return {"iteratorType": "AT_SEQUENCE_NUMBER", "commitNum": self._resume[0], "opNum": 1}
             return {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": self._resume[0], "opNum": self._resume[1]}
         if isinstance(self._start, dict):
             return {
