@@ -37,6 +37,7 @@ MODULES: list[tuple[str, str]] = [
     ("memory", "7. Memory under back-pressure"),
     ("engine_restart", "8. Embedded engine restart with a large graph"),
     ("startup", "9. Start-up: process start to first batch applied"),
+    ("shard_leases", "10. DynamoDB shards shared across instances"),
 ]
 DOC = ROOT / "docs" / "performance.md"
 
