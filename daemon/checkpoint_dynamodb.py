@@ -177,15 +177,16 @@ class DynamoDBCheckpointStore:
 
     async def save_many(self, source: str, positions: dict[str, Position], leases: Mapping[str, Lease]) -> None:
         """Write each partition's position, each conditional on the caller's lease of it (one item per write:
-        every partition's watermark stands alone, so they need no transaction)."""
+        every partition's watermark stands alone, so they need no transaction). A write bumps the counter and the
+        heartbeat like a renewal, so a partition checkpointed often needs no renewal calls of its own."""
         now = time.time()
         for partition, position in positions.items():
             lease = self._held(source, partition, leases)
             await self._conditional_update(
                 lease,
-                "SET #cp = :cp, #u = :now",
+                "SET #cp = :cp, #u = :now, #c = #c + :one, #h = :now",
                 {":cp": {"S": _position_text(position)}, ":now": {"N": repr(now)}},
-                bump=False,
+                bump=True,
             )
             lease.position = tuple(position)
 

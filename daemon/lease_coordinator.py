@@ -71,6 +71,8 @@ class LeaseRenewer:
         self.metrics = metrics
         self.held: dict[str, Lease] = {}
         self._deadline: dict[str, float] = {}
+        self._written: dict[str, float] = {}  # partition -> when its last checkpoint write (a renewal too) was sent
+        self.skip_after_write = 0.0  # a lease written this recently is not renewed (the coordinator's interval)
         self.handed_off = 0
         self.handoffs: list[tuple[Lease, str, float | None]] = []  # dropped for (lease, wanted by, its deadline)
 
@@ -81,7 +83,17 @@ class LeaseRenewer:
 
     def drop(self, partition: str) -> Lease | None:
         self._deadline.pop(partition, None)
+        self._written.pop(partition, None)
         return self.held.pop(partition, None)
+
+    def written(self, partition: str, sent_at: float) -> None:
+        """A checkpoint write of `partition` sent at `sent_at` landed: it bumped the counter, so it extends the
+        deadline as a renewal would. Not when a hand-over was asked for: the next renewal answers that."""
+        lease = self.held.get(partition)
+        if lease is None or (lease.pending_owner and lease.pending_owner != self.owner):
+            return
+        self._deadline[partition] = max(self._deadline.get(partition, 0.0), sent_at + self.lease_duration - self.margin)
+        self._written[partition] = sent_at
 
     def deadline(self, partition: str) -> float | None:
         return self._deadline.get(partition)
@@ -104,6 +116,8 @@ class LeaseRenewer:
             await self.give_up(lease, "shard_end")
             return False
         sent = self.clock()
+        if sent - self._written.get(partition, float("-inf")) < self.skip_after_write:
+            return True  # a checkpoint write renewed it lately; its deadline is at least a renewal away
         try:
             await self.store.renew(lease)
         except LeaseLost as exc:
@@ -344,6 +358,7 @@ class LeaseCoordinator:
         self.renewer = LeaseRenewer(
             store, self.owner, lease_duration=lease_duration, margin=margin, clock=clock, metrics=self.metrics
         )
+        self.renewer.skip_after_write = renew_interval
         self.taker = LeaseTaker(
             store,
             source,
@@ -392,6 +407,14 @@ class LeaseCoordinator:
         """True while this instance may still write `partition`: False from `margin` before the earliest moment
         another instance could take the lease, and at once after a lost lease."""
         return self.renewer.may_write(partition)
+
+    def now(self) -> float:
+        """This coordinator's monotonic clock (`daemon.leases.monotonic`)."""
+        return self.renewer.clock()
+
+    def written(self, partition: str, sent_at: float) -> None:
+        """A conditional checkpoint write of `partition`, sent at `now()` = `sent_at`, landed (it renews)."""
+        self.renewer.written(partition, sent_at)
 
     def deadline(self, partition: str) -> float | None:
         """The monotonic time (`daemon.leases.monotonic`) from which `partition` may no longer be written."""

@@ -171,7 +171,10 @@ class LeasedCheckpoints:
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
         if not self.sharded:
+            sent = self.coordinator.now()
             await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+            for partition in positions:
+                self.coordinator.written(partition, sent)
             return None
         partitions = list(positions)
         saved = await asyncio.gather(*(self._save_shard(source, p, positions[p]) for p in partitions))
@@ -194,6 +197,7 @@ class LeasedCheckpoints:
             if not self.coordinator.may_write(partition):
                 await self.coordinator.lease_lost(partition)
                 return False
+            sent = self.coordinator.now()
             try:
                 await self.store.save_many(source, {partition: position}, self.coordinator.held)
             except LeaseLost:
@@ -209,6 +213,7 @@ class LeasedCheckpoints:
                             attempt=attempt, error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
+            self.coordinator.written(partition, sent)
             if position == SHARD_END:
                 await self.coordinator.finished(partition)
             return True
