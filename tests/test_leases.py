@@ -189,7 +189,7 @@ async def test_a_paused_instance_stops_writing_before_another_can_take_its_lease
     store: DynamoDBCheckpointStore,
 ) -> None:
     await store.ensure_leases("src", {f"shard-{i}": () for i in range(4)})
-    timing = {"lease_duration": 0.6, "renew_interval": 0.1, "margin": 0.2}
+    timing = {"lease_duration": 2.0, "renew_interval": 0.3, "margin": 0.6}  # (slack for a loaded machine)
     paused, other = await coordinator(store, "paused", **timing), await coordinator(store, "other", **timing)
     await paused.take_once()
     assert len(paused.held) == 4 and all(paused.may_write(p) for p in paused.held)
@@ -217,11 +217,11 @@ async def test_a_paused_instance_stops_writing_before_another_can_take_its_lease
 
 async def test_renewal_keeps_the_deadline_moving_and_a_steal_is_a_hand_off(store: DynamoDBCheckpointStore) -> None:
     await store.ensure_leases("src", {"a": (), "b": ()})
-    timing = {"lease_duration": 0.6, "renew_interval": 0.1, "margin": 0.2}
+    timing = {"lease_duration": 2.0, "renew_interval": 0.3, "margin": 0.6}
     first = await coordinator(store, "first", **timing)
     await first.take_once()
-    for _ in range(6):  # 0.6 s of renewals: still writable past the first lease duration
-        await asyncio.sleep(0.1)
+    for _ in range(8):  # 2.4 s of renewals: still writable past the first lease duration
+        await asyncio.sleep(0.3)
         await first.renew_once()
     assert first.may_write("a") and first.may_write("b")
     second = await coordinator(store, "second", **timing)
@@ -243,11 +243,14 @@ async def test_coordinator_timers_and_stop(store: DynamoDBCheckpointStore) -> No
     await store.ensure_leases("src", {"a": (), "b": ()})
     changes: list[set[str]] = []
     c = LeaseCoordinator(
-        store, "src", lease_duration=0.6, renew_interval=0.1, take_interval=0.1, margin=0.2, on_change=changes.append
+        store, "src", lease_duration=2.0, renew_interval=0.3, take_interval=0.3, margin=0.6, on_change=changes.append
     )
     await c.start()
     counter = c.held["a"].counter
-    await asyncio.sleep(0.35)
+    for _ in range(50):  # the renewer runs on its timer (up to 5 s on a loaded machine)
+        if c.held["a"].counter > counter + 1:
+            break
+        await asyncio.sleep(0.1)
     assert c.held["a"].counter > counter + 1, "the renewer runs on its timer"
     await c.stop()
     assert changes == [{"a", "b"}] and not c.held

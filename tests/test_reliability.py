@@ -333,7 +333,8 @@ def test_a_pipeline_that_keeps_crashing_is_not_ready_and_says_why(engine: Embedd
         run.stop()
 
     try:
-        assert run.run(exit_when_idle=False, watch=crashing) == 0
+        # Stopped while its sink never became ready: not a success (exit 3), with the reason logged.
+        assert run.run(exit_when_idle=False, watch=crashing) == 3
     finally:
         admin.execute_command("ACL", "DELUSER", "noperm")
     assert any("NoPermissionError" in r for r in seen), seen

@@ -31,7 +31,7 @@ from tests.stand.harness import status
 from tests.stand.shard_cluster import Cluster, Feeder, LeaseTimings, LoopThread, ShardedStream
 
 TIMINGS = LeaseTimings(lease_duration=6.0, renew_interval=1.0, take_interval=0.5, margin=1.5)
-TAKEOVER_SLACK = 3.5  # a take round's listing and sequential takes on a loaded, shared 2-core machine
+TAKEOVER_SLACK = 6.0  # a take round's listing and sequential takes on a loaded, shared 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_rolling_restart_hands_shards_over_and_loses_nothing(loop, engine, moto_
         assert max(taken for _, taken in handoffs) < bound, "a SIGTERM'd instance's shards waited for lease expiry"
         readers, shard = cluster.stream.streams.most_readers()
         assert readers <= 2, f"{readers} instances read {shard} within one second"
-        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 20, "an even share again")
+        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 45, "an even share again")
         finish(cluster, feeder)
 
 
@@ -247,7 +247,7 @@ def test_lease_table_faults_are_retried_without_a_crash_loop(loop, engine, moto_
         time.sleep(2.0)
         feeder.stop()
         cluster.wait_converged(40)
-        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 20, "an even share of the open shards")
+        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 45, "an even share of the open shards")
         assert cluster.table_proxy is not None
         print(f"\nlease table calls: {dict(cluster.table_proxy.calls)}")
         assert cluster.table_proxy.faults() >= 50

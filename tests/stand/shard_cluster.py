@@ -801,9 +801,23 @@ class Cluster:
         started = time.monotonic()
         while not (self.check_exits() or predicate()):
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.tails()}")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.table()}\n{self.tails()}")
             time.sleep(interval)
         return time.monotonic() - started
+
+    def table(self) -> str:
+        """The lease table as the failure message shows it: who holds what, who asked for what."""
+        try:
+            leases = self.leases()
+        except Exception as exc:  # the table itself may be what failed
+            return f"(lease table unreadable: {exc!r})"
+        open_shards = set(self.stream.open_shards())
+        return "\n".join(
+            f"{p}: owner {self.instance_of(lease.owner)} counter {lease.counter} pending "
+            f"{self.instance_of(lease.pending_owner) if lease.pending_owner else None} at {lease.checkpoint} "
+            f"{'open' if p in open_shards else 'closed'} parents {list(lease.parents)}"
+            for p, lease in sorted(leases.items())
+        )
 
     def tails(self, n: int = 15) -> str:
         return "\n".join(
