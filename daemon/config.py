@@ -1373,7 +1373,7 @@ def reference_markdown() -> str:
             if field.is_required():
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{_toml_value(field.default_factory())}`"  # type: ignore[call-arg]
+                default = f"`{_toml_value(_plain(field.default_factory()))}`"  # type: ignore[call-arg]
             elif field.default is None:
                 default = "unset"
             else:

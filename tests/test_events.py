@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from daemon.checkpoint import SQLiteCheckpointStore
+from daemon.cli import main as cli_main
 from daemon.config import parse_config
 from daemon.deadletter import DeadLetterFile
 from daemon.engine import EmbeddedFalkorDB, start_engine_in_thread
@@ -366,7 +367,11 @@ async def test_a_sink_down_holds_nothing_back_and_catches_up_after(
 
 
 async def test_a_graph_sink_ahead_of_an_event_sink_resumes_where_each_stopped(
-    history_file: Path, engine: EmbeddedFalkorDB, receiver: tuple[Receiver, str], tmp_path: Path
+    history_file: Path,
+    engine: EmbeddedFalkorDB,
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The event sink's checkpoint is behind the graph's (it was down at the last stop): the source is read from
     the lower one, the webhook gets exactly what it lacked and the graph sink nothing again."""
@@ -390,6 +395,12 @@ async def test_a_graph_sink_ahead_of_an_event_sink_resumes_where_each_stopped(
     assert await asyncio.wait_for(again.run(), 60) == 0
     assert again.pipelines[0].changes_applied == 0
     assert_delivered("webhook", recv.events, [e for e in expected if tuple(e["data"]["position"]) > tuple(cut)])
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, ["checkpoint", "show", "--config", str(path), "--format", "json"]) == 0
+    shown = {row["source"]: row["position"] for row in orjson.loads(capsys.readouterr().out)}
+    assert shown.keys() == {"main", "main@hook"} and shown["main"] == shown["main@hook"]
 
 
 async def test_an_event_too_large_or_refused_is_dead_lettered_and_the_rest_delivered(
