@@ -313,7 +313,8 @@ class _SourceBase(_Model):
     sinks: list[str] = Field(
         default_factory=list,
         description="Every sink this source feeds, read from the stream once (docs/events.md): the graph sink first, "
-        "then event sinks (kinesis, sqs, webhook), each with its own checkpoint (`SOURCE@SINK`). Default `[sink]`.",
+        "then event sinks (kinesis, sqs, sns, eventbridge, webhook), each with its own checkpoint (`SOURCE@SINK`). "
+        "Default `[sink]`.",
     )
     queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
     window_max_changes: int = Field(
@@ -736,6 +737,30 @@ class SQSSinkConfig(_EventSinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
+class SNSSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "sns"`: CloudEvents published to an SNS topic (`PublishBatch`; a FIFO topic groups by
+    element id and de-duplicates by event id)."""
+
+    kind: Literal["sns"] = Field(description="Sink kind.")
+    topic_arn: Annotated[str, annotated_types.MinLen(1)] = Field(
+        description="Topic ARN; a name ending in .fifo is a FIFO topic (per-element order)."
+    )
+    region: Region = Field(description="AWS region of the topic.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+class EventBridgeSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "eventbridge"`: CloudEvents put on an EventBridge bus (`PutEvents`; detail-type = the
+    event type). EventBridge keeps no order between events."""
+
+    kind: Literal["eventbridge"] = Field(description="Sink kind.")
+    event_bus: Annotated[str, annotated_types.MinLen(1)] = Field("default", description="Event bus name or ARN.")
+    region: Region = Field(description="AWS region of the bus.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
 class WebhookSinkConfig(_EventSinkBase):
     """`[sinks.NAME] kind = "webhook"`: CloudEvents POSTed as a JSON array, signed with HMAC-SHA256."""
 
@@ -765,7 +790,7 @@ class WebhookSinkConfig(_EventSinkBase):
 
 
 GRAPH_SINK_KINDS = frozenset({"falkordb", "neptune", "neptune-analytics"})
-EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "webhook"})
+EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "sns", "eventbridge", "webhook"})
 
 
 def _check_role_arn(value: str) -> str:
@@ -850,6 +875,8 @@ SINK_KINDS: dict[str, type[_Model]] = {
     "neptune-analytics": NeptuneAnalyticsSinkConfig,
     "kinesis": KinesisSinkConfig,
     "sqs": SQSSinkConfig,
+    "sns": SNSSinkConfig,
+    "eventbridge": EventBridgeSinkConfig,
     "webhook": WebhookSinkConfig,
 }
 
@@ -878,6 +905,8 @@ SinkConfig = Annotated[
     | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")]
     | Annotated[KinesisSinkConfig, Tag("kinesis")]
     | Annotated[SQSSinkConfig, Tag("sqs")]
+    | Annotated[SNSSinkConfig, Tag("sns")]
+    | Annotated[EventBridgeSinkConfig, Tag("eventbridge")]
     | Annotated[WebhookSinkConfig, Tag("webhook")],
     Discriminator(_kind_of(None)),
 ]
@@ -1319,6 +1348,8 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`route = {...}` (an event sink's filter)", RouteConfig, None),
     ('`[sinks.NAME]` kind = "kinesis"', KinesisSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "sqs"', SQSSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "sns"', SNSSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "eventbridge"', EventBridgeSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "webhook"', WebhookSinkConfig, _EventSinkBase),
     ("`[bootstrap]`", BootstrapConfig, None),
 ]

@@ -420,3 +420,46 @@ async def test_an_event_too_large_or_refused_is_dead_lettered_and_the_rest_deliv
     lines = [orjson.loads(line) for line in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
     assert len(lines) == 1 and lines[0]["reason"].startswith("too_large") and lines[0]["size"] > 2 * 1024 * 1024
     assert len(read_kinesis(moto, "small")) == 28 and delivery.sent == 28
+
+
+async def test_sns_fifo_and_eventbridge_get_their_routed_events(
+    history_file: Path, engine: EmbeddedFalkorDB, moto: MotoProcess, tmp_path: Path
+) -> None:
+    """SNS (FIFO topic -> FIFO queue, raw delivery) and EventBridge (a rule -> a queue), read back through SQS."""
+    sqs, sns, events = moto.client("sqs"), moto.client("sns"), moto.client("events")
+    fifo_queue = sqs.create_queue(
+        QueueName="from-sns.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+    )["QueueUrl"]
+    plain_queue = sqs.create_queue(QueueName="from-bus")["QueueUrl"]
+
+    def arn(url: str) -> str:
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    topic = sns.create_topic(Name="changes.fifo", Attributes={"FifoTopic": "true"})["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn(fifo_queue), Attributes={"RawMessageDelivery": "true"})
+    events.put_rule(Name="graph", EventPattern=json.dumps({"source": ["graph-replicator.main"]}))
+    events.put_targets(Rule="graph", Targets=[{"Id": "q", "Arn": arn(plain_queue)}])
+    config = parse_config(
+        config_text(
+            tmp_path,
+            history_file,
+            engine,
+            "snsbus",
+            {
+                "topic": f'kind = "sns"\ntopic_arn = "{topic}"\n{aws_keys(moto)}'
+                'route = {types = ["graph.edge.removed"]}\n',
+                "bus": f'kind = "eventbridge"\n{aws_keys(moto)}route = {{types = ["graph.vertex.label.removed"]}}\n',
+            },
+        )
+    )
+    supervisor = Supervisor(config, exit_when_idle=True)
+    assert await asyncio.wait_for(supervisor.run(), 60) == 0
+    changes = await read_changes(history_file, 5000)
+    assert_delivered("sns", read_sqs(moto, fifo_queue), events_of("main", changes, Route.of(["graph.edge.removed"])))
+    from_bus = read_sqs(moto, plain_queue)
+    assert all(m["source"] == "graph-replicator.main" for m in from_bus)
+    assert {m["detail-type"] for m in from_bus} == {"graph.vertex.label.removed"}
+    expected = events_of("main", changes, Route.of(["graph.vertex.label.removed"]))
+    details = [m["detail"] for m in from_bus]
+    assert {e["id"] for e in details} == {e["id"] for e in expected}  # EventBridge keeps no order
+    assert all(e == {x["id"]: x for x in expected}[e["id"]] for e in details)

@@ -78,6 +78,7 @@ class EventLane:
         self.positions: dict[str, Position] = {}
         self.caught_up = False
         self.busy = False
+        self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
         self._m_depth = METRICS.event_buffer_depth.labels(source=source, sink=sink.name)
 
     @property
@@ -104,6 +105,11 @@ class EventLane:
                 await checkpoints.save_many(self.key, moved)
                 self.positions.update(moved)
                 on_applied(self.key, moved)
+            if self.forget:
+                gone, self.forget = self.forget, []
+                await checkpoints.forget(self.key, gone)
+                for partition in gone:
+                    self.positions.pop(partition, None)
             self.caught_up = window[-1].caught_up
             self.busy = False
 
@@ -219,6 +225,15 @@ class FanOutSource:
     def acknowledge(self, applied: dict[str, Position]) -> None:
         self._on_applied(self.name, applied)
 
+    def take_forgotten(self) -> list[str]:
+        """The source's finished shards past the stream's retention (every branch applied them to their end): the
+        pipeline deletes the source's rows, each event sink its own at the end of its next window."""
+        take = getattr(self.inner, "take_forgotten", None)
+        gone = take() if take is not None else []
+        for lane in self.lanes:
+            lane.forget.extend(gone)
+        return gone
+
     def _on_applied(self, branch: str, applied: dict[str, Position]) -> None:
         """Tell the source what every branch has applied (the lowest position of each partition)."""
         self._applied.setdefault(branch, {}).update(applied)
@@ -245,14 +260,24 @@ class FanOutSource:
 
 def build_event_sink(name: str, cfg: Any) -> EventSink:
     """The event sink object for one `[sinks.NAME]` table of an event kind."""
-    from daemon.config import KinesisSinkConfig, SQSSinkConfig, WebhookSinkConfig
-    from daemon.events.sinks import KinesisSink, SQSSink, WebhookSink
+    from daemon.config import (
+        EventBridgeSinkConfig,
+        KinesisSinkConfig,
+        SNSSinkConfig,
+        SQSSinkConfig,
+        WebhookSinkConfig,
+    )
+    from daemon.events.sinks import EventBridgeSink, KinesisSink, SNSSink, SQSSink, WebhookSink
 
     timeout = cfg.request_timeout_seconds
-    if isinstance(cfg, KinesisSinkConfig | SQSSinkConfig):
+    if isinstance(cfg, KinesisSinkConfig | SQSSinkConfig | SNSSinkConfig | EventBridgeSinkConfig):
         aws = {"region": cfg.region, "endpoint": cfg.endpoint, "profile": cfg.profile, "timeout": timeout}
         if isinstance(cfg, KinesisSinkConfig):
             return KinesisSink(name, stream=cfg.stream, **aws)
+        if isinstance(cfg, SNSSinkConfig):
+            return SNSSink(name, topic_arn=cfg.topic_arn, **aws)
+        if isinstance(cfg, EventBridgeSinkConfig):
+            return EventBridgeSink(name, event_bus=cfg.event_bus, **aws)
         return SQSSink(name, queue_url=cfg.queue_url, **aws)
     if isinstance(cfg, WebhookSinkConfig):
         return WebhookSink(

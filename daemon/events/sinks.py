@@ -337,6 +337,81 @@ class SQSSink(_AwsEventSink):
         return outcomes
 
 
+class SNSSink(_AwsEventSink):
+    """`PublishBatch` to a topic. A FIFO topic (the ARN ends in `.fifo`) gets `MessageGroupId` = element id and
+    `MessageDeduplicationId` = event id, as `SQSSink`."""
+
+    kind = "sns"
+    service = "sns"
+    max_records = 10
+    max_call_bytes = 256 * 1024
+    max_record_bytes = 256 * 1024
+
+    def __init__(self, name: str, *, topic_arn: str, **aws: Any) -> None:
+        super().__init__(name, **aws)
+        self.topic_arn = topic_arn
+        self.fifo = topic_arn.endswith(".fifo")
+
+    def entry(self, event: dict[str, Any]) -> Entry:
+        return Entry(event, orjson.dumps(event), ordering_key(event["subject"], 128, _SQS_ID))
+
+    async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
+        batch = []
+        for i, e in enumerate(entries):
+            message: dict[str, Any] = {"Id": str(i), "Message": e.body.decode()}
+            if self.fifo:
+                message["MessageGroupId"] = e.key
+                message["MessageDeduplicationId"] = ordering_key(e.event["id"], 128, _SQS_ID)
+            batch.append(message)
+        answer = await self.client.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=batch)
+        outcomes: list[ErrorClass | None] = [None] * len(entries)
+        for failed in answer.get("Failed", []):
+            outcomes[int(failed["Id"])] = REJECTED if failed.get("SenderFault") else RETRY["server_error"]
+        return outcomes
+
+
+_EVENTBRIDGE_RETRYABLE = {"ThrottlingException": "throttling", "InternalFailure": "server_error",
+                          "InternalException": "server_error"}  # fmt: skip
+
+
+class EventBridgeSink(_AwsEventSink):
+    """`PutEvents` on an event bus: `Source` = `graph-replicator.<source>`, `DetailType` = the event type,
+    `Detail` = the whole CloudEvent. EventBridge keeps no order between events: rules and targets see them in
+    any order (the keyed delivery still never sends two events of one element in one call)."""
+
+    kind = "eventbridge"
+    service = "events"
+    max_records = 10
+    max_call_bytes = 256 * 1024
+    max_record_bytes = 256 * 1024
+
+    def __init__(self, name: str, *, event_bus: str, **aws: Any) -> None:
+        super().__init__(name, **aws)
+        self.event_bus = event_bus
+
+    async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
+        batch = [
+            {
+                "Source": e.event["source"].replace("/", "."),
+                "DetailType": e.event["type"],
+                "Detail": e.body.decode(),
+                "EventBusName": self.event_bus,
+            }
+            for e in entries
+        ]
+        answer = await self.client.put_events(Entries=batch)
+        outcomes: list[ErrorClass | None] = []
+        for result in answer["Entries"]:
+            code = result.get("ErrorCode")
+            if not code:
+                outcomes.append(None)
+            elif code in _EVENTBRIDGE_RETRYABLE:
+                outcomes.append(RETRY[_EVENTBRIDGE_RETRYABLE[code]])
+            else:
+                outcomes.append(REJECTED)
+        return outcomes
+
+
 # --------------------------------------------------------------------------------------------- webhook
 
 
