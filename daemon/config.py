@@ -761,6 +761,17 @@ class EventBridgeSinkConfig(_EventSinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
+def _check_text_template(value: str) -> str:
+    from daemon.events.sinks import render
+
+    sample = {"type": "t", "subject": "s", "id": "i", "source": "s", "time": "", "data": {"id": "s"}}
+    try:
+        render(value, sample)
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a usable template ({exc}); fields are written {{type}}, {{data_label}}, ...") from None
+    return value
+
+
 class WebhookSinkConfig(_EventSinkBase):
     """`[sinks.NAME] kind = "webhook"`: CloudEvents POSTed as a JSON array, signed with HMAC-SHA256."""
 
@@ -775,6 +786,12 @@ class WebhookSinkConfig(_EventSinkBase):
         None, min_length=1, description="Environment variable holding the secret (read at start)."
     )
     events_per_request: int = Field(100, ge=1, le=10000, description="Most events in one request.")
+    text_template: Annotated[str, AfterValidator(_check_text_template)] | None = Field(
+        None,
+        description='Post `{"text": ...}` (a Slack-style incoming webhook) instead of the CloudEvents, one line per '
+        "event from this template: `{type}`, `{subject}`, `{time}`, `{id}`, `{data_label}`, `{data_type}`, "
+        "`{data_from}`, `{data_to}`, `{data_key}`, `{data_value}`.",
+    )
     max_request_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body; a larger event is "
                                    "dead-lettered with its size.")  # fmt: skip
 

@@ -27,7 +27,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.engine import EmbeddedFalkorDB, start_engine_in_thread
 from daemon.events.cloudevents import EVENT_TYPES, Route, events_of
 from daemon.events.fanout import FanOutSource, after, lane_key
-from daemon.events.sinks import SIGNATURE_HEADER, EventDelivery, KinesisSink, SQSSink
+from daemon.events.sinks import SIGNATURE_HEADER, EventDelivery, KinesisSink, SQSSink, WebhookSink
 from daemon.model import ChangeBatch, GraphChange
 from daemon.sinks.base import RetryPolicy
 from daemon.sources.file import FileSource
@@ -146,6 +146,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.texts: list[str] = []  # chat messages (`text_template`)
         self.script: list[int] = []  # statuses to answer before accepting
         self.down = False  # answer 503 to everything
         self.requests = 0
@@ -162,7 +163,11 @@ class Receiver:
             return web.Response(status=503, headers={"Retry-After": "0.05"})
         if self.script:
             return web.Response(status=self.script.pop(0), headers={"Retry-After": "0"})
-        self.events.extend(orjson.loads(body))
+        parsed = orjson.loads(body)
+        if isinstance(parsed, dict):
+            self.texts.append(parsed["text"])
+        else:
+            self.events.extend(parsed)
         return web.Response(status=204)
 
 
@@ -463,3 +468,26 @@ async def test_sns_fifo_and_eventbridge_get_their_routed_events(
     details = [m["detail"] for m in from_bus]
     assert {e["id"] for e in details} == {e["id"] for e in expected}  # EventBridge keeps no order
     assert all(e == {x["id"]: x for x in expected}[e["id"]] for e in details)
+
+
+async def test_a_text_template_posts_chat_messages(
+    history_file: Path, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    recv, url = receiver
+    sink = WebhookSink(
+        "slack", url=url, secret=SECRET, events_per_request=10, max_request_bytes=1 << 20, timeout=10,
+        text_template="{type}: {data_from} -[{data_type}]-> {data_to}",
+    )  # fmt: skip
+    delivery = EventDelivery(
+        sink, source="main", retry=RetryPolicy(0.01, 0.05, 2), dead_letters=DeadLetterFile(tmp_path / "dl")
+    )
+    changes = await read_changes(history_file, 5000)
+    edges = events_of("main", changes, Route.of(["graph.edge.added"]))
+    await sink.start()
+    try:
+        await delivery.deliver(edges)
+    finally:
+        await sink.close()
+    lines = [line for text in recv.texts for line in text.split("\n")]
+    assert lines == [f"graph.edge.added: {e['data']['from']} -[{e['data']['type']}]-> {e['data']['to']}" for e in edges]
+    assert len(recv.texts) == -(-len(edges) // 10) and recv.bad_signatures == 0

@@ -287,6 +287,7 @@ def build_event_sink(name: str, cfg: Any) -> EventSink:
             events_per_request=cfg.events_per_request,
             max_request_bytes=cfg.max_request_bytes,
             timeout=timeout,
+            text_template=cfg.text_template,
         )
     raise TypeError(f"not an event sink config: {type(cfg).__name__}")
 

@@ -304,70 +304,72 @@ class KinesisSink(_AwsEventSink):
 _SQS_ID = re.compile(r"[!-~]{1,128}")
 
 
-class SQSSink(_AwsEventSink):
-    """`SendMessageBatch` into a queue. FIFO (the URL ends in `.fifo`): `MessageGroupId` = element id,
-    `MessageDeduplicationId` = event id (each hashed when SQS would refuse it). A standard queue has no order."""
+class _MessagingSink(_AwsEventSink):
+    """SQS and SNS: batches of 10 messages / 256 KiB; on a FIFO target (its name ends in `.fifo`)
+    `MessageGroupId` = element id and `MessageDeduplicationId` = event id, each hashed when the service would
+    refuse it; per-entry failures come back in `Failed`, a sender fault meaning the message is refused."""
 
-    kind = "sqs"
-    service = "sqs"
     max_records = 10
     max_call_bytes = 256 * 1024
     max_record_bytes = 256 * 1024
+    body_field = ""
+    fifo = False
+
+    def entry(self, event: dict[str, Any]) -> Entry:
+        return Entry(event, orjson.dumps(event), ordering_key(event["subject"], 128, _SQS_ID))
+
+    def messages(self, entries: list[Entry]) -> list[dict[str, Any]]:
+        batch = []
+        for i, e in enumerate(entries):
+            message: dict[str, Any] = {"Id": str(i), self.body_field: e.body.decode()}
+            if self.fifo:
+                message["MessageGroupId"] = e.key
+                message["MessageDeduplicationId"] = ordering_key(e.event["id"], 128, _SQS_ID)
+            batch.append(message)
+        return batch
+
+    @staticmethod
+    def outcomes(answer: dict[str, Any], n: int) -> list[ErrorClass | None]:
+        outcomes: list[ErrorClass | None] = [None] * n
+        for failed in answer.get("Failed", []):
+            outcomes[int(failed["Id"])] = REJECTED if failed.get("SenderFault") else RETRY["server_error"]
+        return outcomes
+
+
+class SQSSink(_MessagingSink):
+    """`SendMessageBatch` into a queue (FIFO when the URL ends in `.fifo`). A standard queue keeps no order."""
+
+    kind = "sqs"
+    service = "sqs"
+    body_field = "MessageBody"
 
     def __init__(self, name: str, *, queue_url: str, **aws: Any) -> None:
         super().__init__(name, **aws)
         self.queue_url = queue_url
         self.fifo = queue_url.endswith(".fifo")
 
-    def entry(self, event: dict[str, Any]) -> Entry:
-        return Entry(event, orjson.dumps(event), ordering_key(event["subject"], 128, _SQS_ID))
-
     async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
-        batch = []
-        for i, e in enumerate(entries):
-            message: dict[str, Any] = {"Id": str(i), "MessageBody": e.body.decode()}
-            if self.fifo:
-                message["MessageGroupId"] = e.key
-                message["MessageDeduplicationId"] = ordering_key(e.event["id"], 128, _SQS_ID)
-            batch.append(message)
-        answer = await self.client.send_message_batch(QueueUrl=self.queue_url, Entries=batch)
-        outcomes: list[ErrorClass | None] = [None] * len(entries)
-        for failed in answer.get("Failed", []):
-            outcomes[int(failed["Id"])] = REJECTED if failed.get("SenderFault") else RETRY["server_error"]
-        return outcomes
+        answer = await self.client.send_message_batch(QueueUrl=self.queue_url, Entries=self.messages(entries))
+        return self.outcomes(answer, len(entries))
 
 
-class SNSSink(_AwsEventSink):
-    """`PublishBatch` to a topic. A FIFO topic (the ARN ends in `.fifo`) gets `MessageGroupId` = element id and
-    `MessageDeduplicationId` = event id, as `SQSSink`."""
+class SNSSink(_MessagingSink):
+    """`PublishBatch` to a topic (FIFO when the ARN ends in `.fifo`)."""
 
     kind = "sns"
     service = "sns"
-    max_records = 10
-    max_call_bytes = 256 * 1024
-    max_record_bytes = 256 * 1024
+    body_field = "Message"
 
     def __init__(self, name: str, *, topic_arn: str, **aws: Any) -> None:
         super().__init__(name, **aws)
         self.topic_arn = topic_arn
         self.fifo = topic_arn.endswith(".fifo")
 
-    def entry(self, event: dict[str, Any]) -> Entry:
-        return Entry(event, orjson.dumps(event), ordering_key(event["subject"], 128, _SQS_ID))
-
     async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
-        batch = []
-        for i, e in enumerate(entries):
-            message: dict[str, Any] = {"Id": str(i), "Message": e.body.decode()}
-            if self.fifo:
-                message["MessageGroupId"] = e.key
-                message["MessageDeduplicationId"] = ordering_key(e.event["id"], 128, _SQS_ID)
-            batch.append(message)
-        answer = await self.client.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=batch)
-        outcomes: list[ErrorClass | None] = [None] * len(entries)
-        for failed in answer.get("Failed", []):
-            outcomes[int(failed["Id"])] = REJECTED if failed.get("SenderFault") else RETRY["server_error"]
-        return outcomes
+        answer = await self.client.publish_batch(
+            TopicArn=self.topic_arn, PublishBatchRequestEntries=self.messages(entries)
+        )
+        return self.outcomes(answer, len(entries))
 
 
 _EVENTBRIDGE_RETRYABLE = {"ThrottlingException": "throttling", "InternalFailure": "server_error",
@@ -438,9 +440,11 @@ class WebhookSink(EventSink):
         events_per_request: int,
         max_request_bytes: int,
         timeout: float,
+        text_template: str | None = None,
     ) -> None:
         self.name, self.url, self.timeout = name, url, timeout
         self.secret = secret.encode() if secret else None
+        self.text_template = text_template
         self.max_records = events_per_request
         self.max_call_bytes = max_request_bytes
         self.max_record_bytes = max_request_bytes
@@ -457,8 +461,12 @@ class WebhookSink(EventSink):
 
     async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
         assert self._session is not None
-        body = b"[" + b",".join(e.body for e in entries) + b"]"
-        headers = {"Content-Type": "application/cloudevents-batch+json"}
+        if self.text_template is None:
+            body = b"[" + b",".join(e.body for e in entries) + b"]"
+            headers = {"Content-Type": "application/cloudevents-batch+json"}
+        else:  # a chat message (Slack's incoming webhooks): {"text": one line per event}
+            text = "\n".join(render(self.text_template, e.event) for e in entries)
+            body, headers = orjson.dumps({"text": text}), {"Content-Type": "application/json"}
         if self.secret is not None:
             headers[SIGNATURE_HEADER] = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         async with self._session.post(self.url, data=body, headers=headers) as response:
@@ -480,6 +488,23 @@ class WebhookSink(EventSink):
         if isinstance(exc, aiohttp.ClientError | ConnectionError):
             return RETRY["connection"]
         return ErrorClass(False, "internal")
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(template: str, event: dict[str, Any]) -> str:
+    """`template` with `{type}`, `{subject}`, `{time}`, `{id}`, `{source}` and the data fields as `{data_NAME}`
+    (`{data_label}`, `{data_type}`, `{data_from}`, `{data_to}`, `{data_key}`, `{data_value}`) filled in; a field
+    the event lacks is empty."""
+    fields = _Fields({k: v for k, v in event.items() if k != "data"})
+    fields.update({f"data_{k}": v for k, v in event["data"].items()})
+    try:
+        return template.format_map(fields)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # e.g. {data_value.x} on a number
+        return f"{event['type']} {event['subject']}"
 
 
 def _retry_after(headers: Any) -> float | None:
