@@ -698,7 +698,12 @@ class _EventSinkBase(_Model):
         description="Source batches buffered for this sink; when full the source waits for it (and so do the "
         "source's other sinks).",
     )
-    window_max_events: int = Field(5000, ge=1, description="Most changes turned into events and delivered at once.")
+    window_max_events: int = Field(
+        1000,
+        ge=1,
+        description="Most changes turned into events and delivered before the sink's checkpoint is written (what a "
+        "crash or a drain replays at most).",
+    )
     retry_initial_seconds: float = Field(0.1, gt=0, description="First retry delay (full jitter, doubling).")
     retry_max_seconds: float = Field(10.0, gt=0, description="Retry delay ceiling; >= retry_initial_seconds.")
     attempts_before_unhealthy: int = Field(

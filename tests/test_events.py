@@ -33,6 +33,7 @@ from daemon.sinks.base import RetryPolicy
 from daemon.sources.file import FileSource
 from daemon.supervisor import Supervisor
 from tests.stand.comparator import assert_converged, read_falkordb_graph
+from tests.stand.daemon_process import DaemonProcess
 from tests.stand.moto_process import MotoProcess
 from tests.stand.workload import History, generate_history
 
@@ -147,6 +148,7 @@ class Receiver:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.texts: list[str] = []  # chat messages (`text_template`)
+        self.delay = 0.0  # seconds before answering
         self.script: list[int] = []  # statuses to answer before accepting
         self.down = False  # answer 503 to everything
         self.requests = 0
@@ -155,6 +157,8 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
             self.bad_signatures += 1
@@ -371,6 +375,7 @@ async def test_a_sink_down_holds_nothing_back_and_catches_up_after(
     assert len(recv.events) == delivered, "a restart after everything was checkpointed replayed events"
 
 
+@pytest.mark.usefixtures("uncached_logs")  # `checkpoint show` runs in-process and configures logging
 async def test_a_graph_sink_ahead_of_an_event_sink_resumes_where_each_stopped(
     history_file: Path,
     engine: EmbeddedFalkorDB,
@@ -491,3 +496,48 @@ async def test_a_text_template_posts_chat_messages(
     lines = [line for text in recv.texts for line in text.split("\n")]
     assert lines == [f"graph.edge.added: {e['data']['from']} -[{e['data']['type']}]-> {e['data']['to']}" for e in edges]
     assert len(recv.texts) == -(-len(edges) // 10) and recv.bad_signatures == 0
+
+
+async def test_sigkill_mid_run_loses_nothing_and_replays_only_same_ids(
+    history: History,
+    history_file: Path,
+    engine: EmbeddedFalkorDB,
+    moto: MotoProcess,
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    """The daemon process is killed while the webhook is a third through; a second run finishes. Every event is in
+    Kinesis and at the webhook, per-element order held, duplicates are replays with the same id and content."""
+    recv, url = receiver
+    recv.delay = 0.01
+    moto.client("kinesis").create_stream(StreamName="killed", ShardCount=1)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        config_text(
+            tmp_path,
+            history_file,
+            engine,
+            "killed",
+            {
+                "stream": f'kind = "kinesis"\nstream = "killed"\n{aws_keys(moto)}',
+                "hook": f'kind = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\nevents_per_request = 5\n',
+            },
+        )
+    )
+    expected = events_of("main", await read_changes(history_file, 5000), Route())
+    first = DaemonProcess(path)
+    try:
+        while len(recv.events) < len(expected) // 3:
+            assert first.proc.poll() is None, first.log_tail()
+            await asyncio.sleep(0.01)
+    finally:
+        first.kill()
+    cut = len(recv.events)
+    assert cut < len(expected)
+    second = DaemonProcess(path)
+    assert await asyncio.to_thread(second.wait, 60) == 0, second.log_tail()
+    assert_delivered("webhook", recv.events, expected)
+    assert_delivered("kinesis", read_kinesis(moto, "killed"), expected)
+    assert len(recv.events) < len(expected) + cut  # the second run resumed from a checkpoint, not the start
+    graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("killed")
+    assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))

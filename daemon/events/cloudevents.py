@@ -13,6 +13,7 @@ element id; `time` the source commit time (RFC 3339, UTC; absent when the source
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,10 +45,22 @@ _TYPES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+_TYPE_NAMES = {
+    (kind, add): ".".join([TYPE_PREFIX, element, *([aspect] if aspect else []), added if add else removed])
+    for kind, (element, aspect, added, removed) in _TYPES.items()
+    for add in (True, False)
+}
+
+
 def event_type(change: GraphChange) -> str:
-    element, aspect, added, removed = _TYPES[change.kind]
-    parts = [TYPE_PREFIX, element, *([aspect] if aspect else []), added if change.add else removed]
-    return ".".join(parts)
+    return _TYPE_NAMES[(change.kind, change.add)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_text(commit_ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds (many changes share a commit time: cached)."""
+    text = datetime.fromtimestamp(commit_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
 
 
 EVENT_TYPES = sorted(
@@ -73,7 +86,7 @@ def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
         "record": change.kind,
         "op": "ADD" if change.add else "REMOVE",
         "id": change.id,
-        "position": [str(p) if isinstance(p, str) else p for p in change.position],
+        "position": list(change.position),
     }
     if change.partition:
         data["partition"] = change.partition
@@ -97,15 +110,14 @@ def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
         "data": data,
     }
     if change.commit_ms:
-        event["time"] = datetime.fromtimestamp(change.commit_ms / 1000, UTC).isoformat(timespec="milliseconds")
-        event["time"] = event["time"].replace("+00:00", "Z")
+        event["time"] = _time_text(change.commit_ms)
     return event
 
 
 def json_value(value: Any) -> Any:
     """A property value as JSON: scalars, lists and maps as they are; bytes, dates and anything else as text
     (`daemon.values.show`), so an event can always be encoded."""
-    if value is None or isinstance(value, bool | str):
+    if value is None or type(value) is str or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else str(value)

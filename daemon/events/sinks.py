@@ -46,15 +46,15 @@ _DEAD = ErrorClass(False, "dead_lettered")  # an outcome: the event was written 
 
 @dataclass(slots=True)
 class Entry:
-    """One event ready to send: its encoded body and its ordering key."""
+    """One event ready to send: its encoded body, its ordering key and its size as the target counts it."""
 
     event: dict[str, Any]
     body: bytes
     key: str
+    size: int = 0
 
-    @property
-    def size(self) -> int:
-        return len(self.body) + len(self.key.encode())
+    def __post_init__(self) -> None:
+        self.size = len(self.body) + (len(self.key) if self.key.isascii() else len(self.key.encode()))
 
 
 class EventSink(ABC):
@@ -137,15 +137,15 @@ class EventDelivery:
             outcomes = await self._call(call)
             failure: ErrorClass | None = None
             for entry, outcome in zip(call, outcomes, strict=True):
-                if outcome is None or outcome is _DEAD:
-                    pending[entry.key].popleft()
-                elif outcome.data_rejected:
-                    self._dead_letter([entry], outcome.reason, "the target refused the event")
-                    pending[entry.key].popleft()
-                else:
+                if outcome is not None and outcome is not _DEAD and not outcome.data_rejected:
                     failure = outcome
-            for key in [k for k, q in pending.items() if not q]:
-                del pending[key]
+                    continue
+                if outcome is not None and outcome is not _DEAD:
+                    self._dead_letter([entry], outcome.reason, "the target refused the event")
+                queue = pending[entry.key]
+                queue.popleft()
+                if not queue:
+                    del pending[entry.key]
             if failure is None:
                 attempt = 0
                 continue
