@@ -149,6 +149,7 @@ class Receiver:
         self.events: list[dict[str, Any]] = []
         self.texts: list[str] = []  # chat messages (`text_template`)
         self.delay = 0.0  # seconds before answering
+        self.poison: set[str] = set()  # event ids refused with 422 (with whatever shares their request)
         self.script: list[int] = []  # statuses to answer before accepting
         self.down = False  # answer 503 to everything
         self.requests = 0
@@ -168,6 +169,8 @@ class Receiver:
         if self.script:
             return web.Response(status=self.script.pop(0), headers={"Retry-After": "0"})
         parsed = orjson.loads(body)
+        if isinstance(parsed, list) and any(e["id"] in self.poison for e in parsed):
+            return web.Response(status=422, text="refused")
         if isinstance(parsed, dict):
             self.texts.append(parsed["text"])
         else:
@@ -541,3 +544,82 @@ async def test_sigkill_mid_run_loses_nothing_and_replays_only_same_ids(
     assert len(recv.events) < len(expected) + cut  # the second run resumed from a checkpoint, not the start
     graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("killed")
     assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))
+
+
+async def test_a_webhook_refusing_an_event_dead_letters_that_one_only(
+    history_file: Path, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """A 4xx answer splits the request down to the refused event; the others arrive, in order."""
+    recv, url = receiver
+    events = events_of("main", (await read_changes(history_file, 5000))[:200], Route())
+    recv.poison = {events[37]["id"], events[150]["id"]}
+    sink = WebhookSink("w", url=url, secret=SECRET, events_per_request=50, max_request_bytes=1 << 20, timeout=10)
+    dead = DeadLetterFile(tmp_path / "dl.jsonl")
+    delivery = EventDelivery(sink, source="main", retry=RetryPolicy(0.01, 0.05, 2), dead_letters=dead)
+    await sink.start()
+    try:
+        await delivery.deliver(events)
+    finally:
+        await sink.close()
+    assert recv.events == [e for e in events if e["id"] not in recv.poison]
+    lines = [orjson.loads(line) for line in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
+    assert {line["event"]["id"] for line in lines} == recv.poison
+    assert all(line["stage"] == "deliver" and line["reason"].startswith("rejected") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"sources.0.sinks": ["hook", "graph"]}, "the first sink should be a graph sink"),
+        ({"sources.0.sinks": ["graph", "other"]}, "is a graph sink: one graph sink per source"),
+        ({"sources.0.sinks": ["graph", "nope"]}, 'no sink named "nope"'),
+        ({"sources.0.sinks": ["graph"]}, "event sink fed by no source"),
+        ({"sources.0.sinks": ["graph", "hook"], "checkpoint.kind": "dynamodb"}, 'need [checkpoint] kind = "sqlite"'),
+        ({"sources.0.sink": "other"}, "sinks should start with the graph sink"),
+    ],
+)
+def test_check_config_refuses_fan_outs_it_cannot_run(change: dict[str, Any], problem: str) -> None:
+    from daemon.config import ConfigError
+
+    data: dict[str, Any] = {
+        "sources": [{"name": "main", "kind": "file", "path": "/dev/null", "sinks": ["graph", "hook"]}],
+        "sinks": {
+            "graph": {"kind": "falkordb"},
+            "other": {"kind": "falkordb"},
+            "hook": {"kind": "webhook", "url": "http://127.0.0.1:9/x"},
+        },
+    }
+    for key, value in change.items():
+        if key == "checkpoint.kind":
+            data["checkpoint"] = {"kind": value, "table": "t", "region": "us-east-1"}
+        else:
+            data["sources"][0][key.rsplit(".", 1)[1]] = value
+    lines = []
+    if "checkpoint" in data:
+        lines += ["[checkpoint]", *(f"{k} = {orjson.dumps(v).decode()}" for k, v in data["checkpoint"].items())]
+    lines += ["[[sources]]", *(f"{k} = {orjson.dumps(v).decode()}" for k, v in data["sources"][0].items())]
+    for name, table in data["sinks"].items():
+        lines += [f"[sinks.{name}]", *(f"{k} = {orjson.dumps(v).decode()}" for k, v in table.items())]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("\n".join(lines))
+    assert problem in str(caught.value), str(caught.value)
+
+
+def test_the_source_is_told_a_position_is_done_only_when_every_sink_has_it() -> None:
+    told: list[dict[str, Any]] = []
+
+    class Reader:  # what FanOutSource needs of a source, recording acknowledgements
+        name, state, polling = "main", "reading", True
+
+        def acknowledge(self, applied: dict[str, Any]) -> None:
+            told.append(dict(applied))
+
+    fan = FanOutSource(Reader(), [])
+    fan._applied = {"main": {}, "main@a": {}, "main@b": {}}
+    fan.acknowledge({"s1": ("5",), "s2": ("SHARD_END",)})
+    fan._on_applied("main@a", {"s1": ("7",), "s2": ("SHARD_END",)})
+    assert told == []
+    fan._on_applied("main@b", {"s1": ("3",), "s2": ("SHARD_END",)})
+    assert told == [{"s1": ("3",), "s2": ("SHARD_END",)}]
+    fan._on_applied("main@b", {"s1": ("9",)})
+    assert told[-1] == {"s1": ("5",)}
