@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -623,3 +624,69 @@ def test_the_source_is_told_a_position_is_done_only_when_every_sink_has_it() -> 
     assert told == [{"s1": ("3",), "s2": ("SHARD_END",)}]
     fan._on_applied("main@b", {"s1": ("9",)})
     assert told[-1] == {"s1": ("5",)}
+
+
+async def test_a_dynamodb_source_fans_out_with_event_names_and_images(
+    engine: EmbeddedFalkorDB, moto: MotoProcess, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """The shipped DynamoDB rules through moto's stream into the graph and a webhook: the graph equals the table's,
+    each element's last event says what the graph holds of it, and every event carries the record's eventName
+    and images."""
+    from daemon.config import load_config
+    from tests.stand.dynamodb_daemon import social_config
+    from tests.stand.dynamodb_workload import SocialWorkload, create_table, expected_graph, scan
+
+    recv, url = receiver
+    client = moto.client("dynamodb")
+    create_table(client, table="events_social")
+    SocialWorkload(client, seed=16, table="events_social").run(400)
+    graph_cfg = {"kind": "falkordb", "url": f"redis://{engine.host}:{engine.port}", "password": engine.password,
+                 "graph": "ddb"}  # fmt: skip
+    path = social_config(tmp_path, moto, sink=graph_cfg)
+    text = re.sub(r'^table = "social"', 'table = "events_social"', path.read_text(), flags=re.M)
+    text = re.sub(r'^sink = "graph"', 'sinks = ["graph", "hook"]', text, flags=re.M)
+    path.write_text(text + f'\n[sinks.hook]\nkind = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\n')
+    supervisor = Supervisor(load_config(path), exit_when_idle=True)
+    assert await asyncio.wait_for(supervisor.run(), 60) == 0
+    expected = expected_graph(scan(client, "events_social"))
+    graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("ddb")
+    assert_converged(expected, await asyncio.to_thread(read_falkordb_graph, graph, allow_unlabelled=True))
+
+    validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+    last: dict[str, dict[str, Any]] = {}
+    for event in recv.events:
+        validator.validate(event)
+        assert event["data"]["partition"] and event["data"]["dynamodb"]["eventName"] in ("INSERT", "MODIFY", "REMOVE")
+        last[event["subject"]] = event
+    assert len({e["id"] for e in recv.events}) == len(recv.events)  # no restart: no replay
+    for vertex_id, vertex in expected.vertices.items():
+        if vertex.labels:  # (a bare vertex is an edge's endpoint whose own item is gone or never was)
+            assert last[vertex_id]["type"] == "graph.vertex.upserted", (vertex_id, last[vertex_id])
+            assert last[vertex_id]["data"]["label"] in vertex.labels
+        else:
+            assert vertex_id not in last or last[vertex_id]["type"] == "graph.vertex.removed"
+    for edge_id, edge in expected.edges.items():
+        assert last[edge_id]["type"] == "graph.edge.upserted" and last[edge_id]["data"]["type"] == edge.type
+    gone = set(last) - set(expected.vertices) - set(expected.edges)
+    assert gone and all(last[g]["type"].endswith(".removed") for g in gone)
+
+
+async def test_an_event_sink_failing_for_good_restarts_the_source_without_losing_anything(
+    history: History, history_file: Path, engine: EmbeddedFalkorDB, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """A 403 (not retryable, not the data's fault) ends the run; the supervisor restarts the source from the
+    checkpoints and, the receiver letting it in again, everything arrives; the graph is whole."""
+    from daemon.observability import METRICS
+
+    recv, url = receiver
+    recv.script = [403]
+    text = config_text(tmp_path, history_file, engine, "restart",
+                       {"hook": f'kind = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\n'})  # fmt: skip
+    restarts = METRICS.task_restarts.labels(source="main")
+    before = restarts._value.get()
+    supervisor = Supervisor(parse_config(text), exit_when_idle=True)
+    assert await asyncio.wait_for(supervisor.run(), 60) == 0
+    assert restarts._value.get() == before + 1
+    assert_delivered("webhook", recv.events, events_of("main", await read_changes(history_file, 5000), Route()))
+    graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("restart")
+    assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))

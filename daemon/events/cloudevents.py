@@ -100,6 +100,8 @@ def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
         data["key"] = change.key
     if change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or (change.add and change.kind in (WHOLE_VERTEX, WHOLE_EDGE)):
         data["value"] = json_value(change.value)
+    if change.origin is not None:  # a DynamoDB record: eventName, TTL expiry, keys and images as the stream has them
+        data["dynamodb"] = {k: v for k, v in change.origin.items() if v is not None}
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": event_id(source, change, index),
