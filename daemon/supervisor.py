@@ -484,6 +484,8 @@ class Supervisor:
         self._announce_stopping()
         for p in self.pipelines:
             p.request_stop()
+            if isinstance(p.source, FanOutSource):
+                p.source.request_stop()  # its event sinks finish the windows they are delivering
         pending = [t for t in tasks if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.config.daemon.drain_grace_seconds)

@@ -690,3 +690,39 @@ async def test_an_event_sink_failing_for_good_restarts_the_source_without_losing
     assert_delivered("webhook", recv.events, events_of("main", await read_changes(history_file, 5000), Route()))
     graph = falkordb.FalkorDB(host=engine.host, port=engine.port, password=engine.password).select_graph("restart")
     assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))
+
+
+async def test_a_drain_lets_event_sinks_finish_their_windows(
+    history_file: Path, engine: EmbeddedFalkorDB, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """SIGTERM's drain while a slow webhook is mid-window: the window is delivered and checkpointed before the
+    process ends, so the next run sends exactly the rest, nothing twice."""
+    recv, url = receiver
+    recv.delay = 0.02
+    text = config_text(
+        tmp_path,
+        history_file,
+        engine,
+        "drain",
+        {"hook": f'kind = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\nevents_per_request = 10\n'
+                 "window_max_events = 200\n"},
+    )  # fmt: skip
+    supervisor = Supervisor(parse_config(text))
+    run = asyncio.create_task(supervisor.run())
+    while len(recv.events) < 60:
+        assert not run.done()
+        await asyncio.sleep(0.01)
+    supervisor.request_drain()
+    assert await asyncio.wait_for(run, 30) == 0
+    expected = events_of("main", await read_changes(history_file, 5000), Route())
+    store = SQLiteCheckpointStore(tmp_path / "data" / "checkpoints.sqlite3")
+    try:
+        reached = store.load(lane_key("main", "hook"))[""]
+    finally:
+        store.close()
+    assert [e["id"] for e in recv.events] == [e["id"] for e in expected if tuple(e["data"]["position"]) <= reached]
+    assert len(recv.events) < len(expected)
+    again = Supervisor(parse_config(text), exit_when_idle=True)
+    recv.delay = 0.0
+    assert await asyncio.wait_for(again.run(), 30) == 0
+    assert [e["id"] for e in recv.events] == [e["id"] for e in expected]  # each once, in order

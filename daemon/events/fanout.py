@@ -79,6 +79,7 @@ class EventLane:
         self.caught_up = False
         self.busy = False
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
+        self.stopping = False  # a drain: return after the window being delivered
         self._m_depth = METRICS.event_buffer_depth.labels(source=source, sink=sink.name)
 
     @property
@@ -112,6 +113,8 @@ class EventLane:
                     self.positions.pop(partition, None)
             self.caught_up = window[-1].caught_up
             self.busy = False
+            if self.stopping:
+                return  # a drain: this window is delivered and checkpointed
 
     def status(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,7 @@ class FanOutSource:
         self.checkpoints = checkpoints  # the store the pipeline uses (set by the supervisor)
         self._applied: dict[str, dict[str, Position]] = {}  # branch -> partition -> applied position
         self._acknowledged: dict[str, Position] = {}
+        self._stopping = False
 
     @property
     def state(self) -> str:
@@ -200,6 +204,13 @@ class FanOutSource:
                     task.result()
                     raise RuntimeError(f"event sink branch {task.get_name()} ended")
         finally:
+            if self._stopping:  # a drain: each event sink finishes (and checkpoints) the window it is delivering
+                reader.cancel()
+                busy = [w for lane, w in zip(self.lanes, workers, strict=True) if lane.busy and not w.done()]
+                if busy:
+                    log.info("drain: event sinks finish the windows they are delivering", source=self.name,
+                             sinks=[lane.sink.name for lane in self.lanes if lane.busy])  # fmt: skip
+                    await asyncio.wait(busy)  # bounded by the drain grace: the supervisor cancels us after it
             for task in [reader, *workers]:
                 task.cancel()
             for task in [reader, *workers]:
@@ -221,6 +232,12 @@ class FanOutSource:
         finally:
             if not putter.done():
                 putter.cancel()
+
+    def request_stop(self) -> None:
+        """A drain: once the pipeline stops this source, the event sinks finish their windows first."""
+        self._stopping = True
+        for lane in self.lanes:
+            lane.stopping = True
 
     def acknowledge(self, applied: dict[str, Position]) -> None:
         self._on_applied(self.name, applied)
