@@ -168,7 +168,7 @@ def run(quick: bool) -> Section:
         rows, cpu_us = asyncio.run(_measure(quick, Path(tmp)))
     return Section(
         key="events",
-        title="9. Event sinks",
+        title="11. Event sinks",
         command=COMMAND,
         columns=["what", "events", "events/s", "CPU us/event (daemon side)"],
         rows=rows,
