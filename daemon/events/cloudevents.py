@@ -74,8 +74,7 @@ EVENT_TYPES = sorted(
 
 def event_id(source: str, change: GraphChange, index: int) -> str:
     """`source/partition/p1.p2/index`: stable for a change whatever page or window it was read in."""
-    position = ".".join(str(p) for p in change.position)
-    return f"{source}/{change.partition}/{position}/{index}"
+    return f"{source}/{change.partition}/{'.'.join(map(str, change.position))}/{index}"
 
 
 def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
@@ -106,7 +105,7 @@ def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
         "specversion": SPEC_VERSION,
         "id": event_id(source, change, index),
         "source": f"{SOURCE_PREFIX}/{source}",
-        "type": event_type(change),
+        "type": _TYPE_NAMES[(change.kind, change.add)],
         "subject": change.id,
         "datacontenttype": "application/json",
         "data": data,
@@ -166,10 +165,11 @@ def events_of(source: str, changes: Sequence[GraphChange], route: Route) -> list
     the same position in `changes` (all changes of one source record are always handed over together)."""
     out: list[dict[str, Any]] = []
     index, last = 0, None
+    everything = route.everything
     for change in changes:
         key = (change.partition, change.position)
         index = index + 1 if key == last else 0
         last = key
-        if route.everything or route.accepts(change):
+        if everything or route.accepts(change):
             out.append(to_event(source, change, index))
     return out

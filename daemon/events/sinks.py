@@ -110,9 +110,10 @@ class EventDelivery:
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         """Return once every event is delivered or dead-lettered."""
         entries = []
+        make, limit = self.sink.entry, self.sink.max_record_bytes
         for event in events:
-            entry = self.sink.entry(event)
-            if entry.size > self.sink.max_record_bytes:
+            entry = make(event)
+            if entry.size > limit:
                 self._dead_letter([entry], "too_large", f"{entry.size} bytes > {self.sink.max_record_bytes}")
             else:
                 entries.append(entry)
@@ -124,7 +125,10 @@ class EventDelivery:
     async def _deliver_keyed(self, entries: list[Entry]) -> None:
         pending: dict[str, deque[Entry]] = {}
         for entry in entries:
-            pending.setdefault(entry.key, deque()).append(entry)
+            queue = pending.get(entry.key)
+            if queue is None:
+                pending[entry.key] = queue = deque()
+            queue.append(entry)
         attempt = 0
         while pending:
             call, size = [], 0
