@@ -351,7 +351,10 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
             admin = SQLiteAdmin(config)
         if request.action == "show":
             sources = _sources(config, request.source, one=False)
-            rows = await admin.rows([s.name for s in sources])
+            # A source's event sinks checkpoint under SOURCE@SINK (docs/events.md): shown with it.
+            rows = await admin.rows(
+                [key for s in sources for key in (s.name, *(f"{s.name}@{e}" for e in s.event_sinks))]
+            )
             if request.partition is not None:
                 rows = [r for r in rows if r.partition == request.partition]
             _show(rows, sources, admin, request.fmt, out)

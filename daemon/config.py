@@ -306,7 +306,16 @@ class StartPosition(_Model):
 
 class _SourceBase(_Model):
     name: Name = Field(description="Unique source name: metric label, checkpoint key, env override selector.")
-    sink: str = Field(description="Name of the `[sinks.NAME]` table this source replicates into.")
+    sink: str = Field(
+        description="Name of the `[sinks.NAME]` table this source replicates into (a graph sink). With `sinks` "
+        "it may be left out: it is then `sinks[0]`."
+    )
+    sinks: list[str] = Field(
+        default_factory=list,
+        description="Every sink this source feeds, read from the stream once (docs/events.md): the graph sink first, "
+        "then event sinks (kinesis, sqs, sns, eventbridge, webhook), each with its own checkpoint (`SOURCE@SINK`). "
+        "Default `[sink]`.",
+    )
     queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
     window_max_changes: int = Field(
         20000,
@@ -318,6 +327,30 @@ class _SourceBase(_Model):
     edge_type_cache_size: int = Field(
         200000, ge=0, description="Edge id -> type entries kept to route edge-property records; 0 disables."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many_sinks(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            sink, sinks = data.get("sink"), data.get("sinks")
+            if sink is None and isinstance(sinks, list) and sinks:
+                data = {**data, "sink": sinks[0]}
+            elif sink is not None and sinks is None:
+                data = {**data, "sinks": [sink]}
+        return data
+
+    @model_validator(mode="after")
+    def _sinks_start_with_sink(self) -> _SourceBase:
+        if not self.sinks or self.sinks[0] != self.sink:
+            raise ValueError(f"sinks should start with the graph sink {self.sink!r} (or leave `sink` out)")
+        if len(set(self.sinks)) != len(self.sinks):
+            raise ValueError("sinks should name each sink once")
+        return self
+
+    @property
+    def event_sinks(self) -> list[str]:
+        """The sinks this source feeds besides its graph sink."""
+        return list(self.sinks[1:])
 
 
 class NeptuneSourceConfig(_SourceBase):
@@ -696,6 +729,148 @@ class NeptuneAnalyticsSinkConfig(_SinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
+class RouteConfig(_Model):
+    """`route = {...}` of an event sink: which changes it takes (docs/events.md). Every filter that is set must
+    match; an empty route takes everything."""
+
+    types: list[Annotated[str, annotated_types.MinLen(1)]] = Field(
+        default_factory=list,
+        description='Globs on the event type, e.g. ["graph.edge.added"] or ["graph.vertex.*"].',
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Vertex labels / edge types; property changes carry none and do not match a label filter.",
+    )
+    properties: list[str] = Field(
+        default_factory=list, description="Property keys; only property changes of these keys match."
+    )
+
+
+class _EventSinkBase(_Model):
+    route: RouteConfig = Field(default_factory=RouteConfig, description="Which changes this sink takes.")
+    buffer_batches: int = Field(
+        64,
+        ge=1,
+        description="Source batches buffered for this sink; when full the source waits for it (and so do the "
+        "source's other sinks).",
+    )
+    window_max_events: int = Field(
+        1000,
+        ge=1,
+        description="Most changes turned into events and delivered before the sink's checkpoint is written (what a "
+        "crash or a drain replays at most).",
+    )
+    retry_initial_seconds: float = Field(0.1, gt=0, description="First retry delay (full jitter, doubling).")
+    retry_max_seconds: float = Field(10.0, gt=0, description="Retry delay ceiling; >= retry_initial_seconds.")
+    attempts_before_unhealthy: int = Field(
+        4, ge=1, description="Failed calls in a row before the sink is reported not ready."
+    )
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one call.")
+
+    @field_validator("retry_max_seconds")
+    @classmethod
+    def _retry_max(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("retry_initial_seconds")
+        if low is not None and value < low:
+            raise ValueError(f"should be >= retry_initial_seconds ({low})")
+        return value
+
+
+class KinesisSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "kinesis"`: CloudEvents into a Kinesis data stream (`PutRecords`, partition key =
+    element id)."""
+
+    kind: Literal["kinesis"] = Field(description="Sink kind.")
+    stream: Annotated[str, annotated_types.MinLen(1)] = Field(description="Stream name or ARN.")
+    region: Region = Field(description="AWS region of the stream.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+class SQSSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "sqs"`: CloudEvents into an SQS queue (`SendMessageBatch`; a FIFO queue groups by
+    element id and de-duplicates by event id)."""
+
+    kind: Literal["sqs"] = Field(description="Sink kind.")
+    queue_url: HttpUrl = Field(description="Queue URL; a name ending in .fifo is a FIFO queue (per-element order).")
+    region: Region = Field(description="AWS region of the queue.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+class SNSSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "sns"`: CloudEvents published to an SNS topic (`PublishBatch`; a FIFO topic groups by
+    element id and de-duplicates by event id)."""
+
+    kind: Literal["sns"] = Field(description="Sink kind.")
+    topic_arn: Annotated[str, annotated_types.MinLen(1)] = Field(
+        description="Topic ARN; a name ending in .fifo is a FIFO topic (per-element order)."
+    )
+    region: Region = Field(description="AWS region of the topic.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+class EventBridgeSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "eventbridge"`: CloudEvents put on an EventBridge bus (`PutEvents`; detail-type = the
+    event type). EventBridge keeps no order between events."""
+
+    kind: Literal["eventbridge"] = Field(description="Sink kind.")
+    event_bus: Annotated[str, annotated_types.MinLen(1)] = Field("default", description="Event bus name or ARN.")
+    region: Region = Field(description="AWS region of the bus.")
+    endpoint: HttpUrl | None = Field(None, description="endpoint_url for botocore; default the public endpoint.")
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+
+def _check_text_template(value: str) -> str:
+    from daemon.events.sinks import render
+
+    sample = {"type": "t", "subject": "s", "id": "i", "source": "s", "time": "", "data": {"id": "s"}}
+    try:
+        render(value, sample)
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a usable template ({exc}); fields are written {{type}}, {{data_label}}, ...") from None
+    return value
+
+
+class WebhookSinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "webhook"`: CloudEvents POSTed as a JSON array, signed with HMAC-SHA256."""
+
+    kind: Literal["webhook"] = Field(description="Sink kind.")
+    url: HttpUrl = Field(repr=False, json_schema_extra=_secret("url"), description="URL the events are POSTed to.")
+    secret: SecretStr | None = Field(
+        None,
+        json_schema_extra=_secret(),
+        description="HMAC-SHA256 key of the `X-Graph-Replicator-Signature` header (secret); or `secret_env`.",
+    )
+    secret_env: str | None = Field(
+        None, min_length=1, description="Environment variable holding the secret (read at start)."
+    )
+    events_per_request: int = Field(100, ge=1, le=10000, description="Most events in one request.")
+    text_template: Annotated[str, AfterValidator(_check_text_template)] | None = Field(
+        None,
+        description='Post `{"text": ...}` (a Slack-style incoming webhook) instead of the CloudEvents, one line per '
+        "event from this template: `{type}`, `{subject}`, `{time}`, `{id}`, `{data_label}`, `{data_type}`, "
+        "`{data_from}`, `{data_to}`, `{data_key}`, `{data_value}`.",
+    )
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body; a larger event is "
+                                   "dead-lettered with its size.")  # fmt: skip
+
+    def secret_value(self, environ: Mapping[str, str] | None = None) -> str | None:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_env is not None:
+            value = (os.environ if environ is None else environ).get(self.secret_env)
+            if not value:
+                raise ValueError(f"webhook secret: environment variable {self.secret_env} is not set")
+            return value
+        return None
+
+
+GRAPH_SINK_KINDS = frozenset({"falkordb", "neptune", "neptune-analytics"})
+EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "sns", "eventbridge", "webhook"})
+
+
 def _check_role_arn(value: str) -> str:
     if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+", value):
         raise ValueError('should be an IAM role ARN such as "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"')
@@ -776,6 +951,11 @@ SINK_KINDS: dict[str, type[_Model]] = {
     "falkordb": FalkorDBSinkConfig,
     "neptune": NeptuneSinkConfig,
     "neptune-analytics": NeptuneAnalyticsSinkConfig,
+    "kinesis": KinesisSinkConfig,
+    "sqs": SQSSinkConfig,
+    "sns": SNSSinkConfig,
+    "eventbridge": EventBridgeSinkConfig,
+    "webhook": WebhookSinkConfig,
 }
 
 
@@ -800,7 +980,12 @@ SourceConfig = Annotated[
 SinkConfig = Annotated[
     Annotated[FalkorDBSinkConfig, Tag("falkordb")]
     | Annotated[NeptuneSinkConfig, Tag("neptune")]
-    | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")],
+    | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")]
+    | Annotated[KinesisSinkConfig, Tag("kinesis")]
+    | Annotated[SQSSinkConfig, Tag("sqs")]
+    | Annotated[SNSSinkConfig, Tag("sns")]
+    | Annotated[EventBridgeSinkConfig, Tag("eventbridge")]
+    | Annotated[WebhookSinkConfig, Tag("webhook")],
     Discriminator(_kind_of(None)),
 ]
 
@@ -990,10 +1175,43 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                     f'no sink named "{sink}" in [sinks] (defined sinks: {defined})',
                 )
             )
+        problems.extend(_check_fan_out(data, i, source, sinks))
+    for name, cfg in sinks.items():
+        fed = any(isinstance(s, dict) and name in (s.get("sinks") or []) for s in sources or [])
+        if isinstance(cfg, dict) and cfg.get("kind") in EVENT_SINK_KINDS and not fed:
+            problems.append((f"sinks.{_toml_key(name)}", "event sink fed by no source (add it to a source's sinks)"))
     lowered = [n.lower() for n in sinks]
     for name in sinks:
         if lowered.count(name.lower()) > 1:
             problems.append((f"sinks.{_toml_key(name)}", "sink names differ only in case"))
+    return problems
+
+
+def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
+    """`sinks = [...]`: each named sink exists; the first is a graph sink, the others event sinks; fan-out to
+    event sinks needs the SQLite checkpoint store in this version (docs/events.md)."""
+    names = source.get("sinks")
+    if not isinstance(names, list):
+        names = [source["sink"]] if isinstance(source.get("sink"), str) else []
+    problems = []
+    defined = ", ".join(f'"{n}"' for n in sinks) or "none"
+    for j, name in enumerate(names):
+        if not isinstance(name, str) or (j == 0 and "sinks" not in source):
+            continue
+        key = _user_key(("sources", i, "sinks"), data)
+        kind = sinks[name].get("kind") if isinstance(sinks.get(name), dict) else None
+        if name not in sinks:
+            problems.append((key, f'no sink named "{name}" in [sinks] (defined sinks: {defined})'))
+        elif j == 0 and kind in EVENT_SINK_KINDS:
+            problems.append((key, f'the first sink should be a graph sink ({", ".join(sorted(GRAPH_SINK_KINDS))}); '
+                                  f'"{name}" is a {kind} sink'))  # fmt: skip
+        elif j > 0 and kind in GRAPH_SINK_KINDS:
+            problems.append((key, f'"{name}" is a graph sink: one graph sink per source, first in the list '
+                                  "(replicate into a second graph with a second source)"))  # fmt: skip
+    checkpoint = data.get("checkpoint")
+    if len(names) > 1 and isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
+        problems.append((_user_key(("sources", i, "sinks"), data),
+                         'event sinks need [checkpoint] kind = "sqlite" in this version'))  # fmt: skip
     return problems
 
 
@@ -1204,6 +1422,13 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ('`[sinks.NAME]` kind = "falkordb"', FalkorDBSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune"', NeptuneSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune-analytics"', NeptuneAnalyticsSinkConfig, _SinkBase),
+    ("`[sinks.NAME]`, every event sink kind (docs/events.md)", _EventSinkBase, None),
+    ("`route = {...}` (an event sink's filter)", RouteConfig, None),
+    ('`[sinks.NAME]` kind = "kinesis"', KinesisSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "sqs"', SQSSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "sns"', SNSSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "eventbridge"', EventBridgeSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "webhook"', WebhookSinkConfig, _EventSinkBase),
     ("`[bootstrap]`", BootstrapConfig, None),
 ]
 _CHECK_NAMES: dict[Any, str] = {
@@ -1257,7 +1482,7 @@ def reference_markdown() -> str:
             if field.is_required():
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{_toml_value(field.default_factory())}`"  # type: ignore[call-arg]
+                default = f"`{_toml_value(_plain(field.default_factory()))}`"  # type: ignore[call-arg]
             elif field.default is None:
                 default = "unset"
             else:

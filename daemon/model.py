@@ -17,7 +17,7 @@ shard read to its end and applied, like the sentinel of the Kinesis Client Libra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 VERTEX_LABEL = "vl"
@@ -58,6 +58,9 @@ class GraphChange:
     position: Position = (0, 0)
     commit_ms: int = 0
     partition: str = ""
+    # What the source record said beyond the change, for event sinks (a DynamoDB record: eventName, TTL expiry,
+    # keys and images); not part of the change's identity or equality.
+    origin: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description for the dead-letter file and logs."""

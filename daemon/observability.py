@@ -285,6 +285,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.events_sent = Counter(
+            p + "events_sent_total", "CloudEvents an event sink delivered", ["source", "sink"], registry=r
+        )
+        self.events_dead_lettered = Counter(
+            p + "events_dead_lettered_total",
+            "CloudEvents an event sink gave up on (written to the dead-letter file), by reason",
+            ["source", "sink", "reason"],
+            registry=r,
+        )
+        self.event_buffer_depth = Gauge(
+            p + "event_buffer_batches", "Batches waiting in an event sink's buffer", ["source", "sink"], registry=r
+        )
         self.ready = Gauge(p + "ready", "1 while /readyz answers ready, 0 otherwise (draining included)", registry=r)
         self.event_loop_lag = Gauge(
             p + "event_loop_lag_seconds",

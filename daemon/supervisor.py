@@ -74,6 +74,7 @@ from daemon.config import (
 )
 from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
+from daemon.events.fanout import FanOutSource, fan_out
 from daemon.lease_coordinator import LeaseCoordinator
 from daemon.leases import FencedOff, Lease, LeaseLost
 from daemon.model import SHARD_END, Position, SourceStopped
@@ -154,6 +155,12 @@ class Summary:
     failed: dict[str, str]
     dead_letters: int = 0  # lines this run wrote to the dead-letter file
     dead_letter_file: str = ""
+
+
+def _event_sinks(pipeline: Pipeline) -> dict[str, Any]:
+    """`/status` of a source's event sinks (docs/events.md), when it has any."""
+    source = pipeline.source
+    return {"event_sinks": source.status()} if isinstance(source, FanOutSource) else {}
 
 
 class LeasedCheckpoints:
@@ -299,7 +306,7 @@ class Supervisor:
         if sink is None:
             sink = self.sinks[cfg.sink] = build_sink(cfg.sink, sink_cfg, self.config)
             self._sink_slots[cfg.sink] = asyncio.Semaphore(sink_cfg.concurrency)
-        source = build_source(cfg, self.dead_letters)
+        source = fan_out(build_source(cfg, self.dead_letters), cfg, self.config, self.dead_letters)
         applier = PlanApplier(
             sink,
             source=cfg.name,
@@ -312,7 +319,7 @@ class Supervisor:
         )
         planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
         applier.replan = planner.plan
-        return Pipeline(
+        pipeline = Pipeline(
             source,
             planner,
             applier,
@@ -320,6 +327,9 @@ class Supervisor:
             queue_size=cfg.queue_size,
             window_max_changes=cfg.window_max_changes,
         )
+        if isinstance(source, FanOutSource):  # event sinks checkpoint beside the graph sink, in the same store
+            source.checkpoints = pipeline.checkpoints
+        return pipeline
 
     def request_drain(self) -> None:
         if not self.draining:
@@ -364,6 +374,9 @@ class Supervisor:
                 reasons.append(f"sink {p.applier.sink.name}: failing{why}")
             elif (waiting := p.applier.oldest_call_seconds()) > UNANSWERED_CALL_SECONDS:
                 reasons.append(f"sink {p.applier.sink.name}: a batch call has not answered for {waiting:.0f} s")
+            for lane in p.source.lanes if isinstance(p.source, FanOutSource) else ():
+                if not lane.delivery.healthy:
+                    reasons.append(f"event sink {lane.sink.name}: failing ({lane.delivery.failing_reason})")
         return (not reasons, reasons)
 
     def status(self) -> dict[str, Any]:
@@ -374,7 +387,8 @@ class Supervisor:
             "draining": self.draining,
             "uptime_seconds": round(time.time() - self.started, 3),
             "sources": [
-                dict(p.status(), error=self.failed.get(p.name), **self._lease_status(p)) for p in self.pipelines
+                dict(p.status(), error=self.failed.get(p.name), **self._lease_status(p), **_event_sinks(p))
+                for p in self.pipelines
             ],
             "dead_letters": self.dead_letters.count,
             "sinks": self._sink_status(),
@@ -440,6 +454,9 @@ class Supervisor:
             for sink in self.sinks.values():
                 with suppress(Exception):
                     await sink.close()
+            for p in self.pipelines:
+                if isinstance(p.source, FanOutSource):
+                    await p.source.close()
             if self.http is not None:
                 await self.http.stop()
             if self.checkpoints is not None:
@@ -473,7 +490,7 @@ class Supervisor:
     def _idle(self, pipeline: Pipeline) -> bool:
         """Caught up with everything applied and checkpointed; with shared shards: every shard this instance holds
         is at its head, and the last take round found no shard free to take (others hold the rest)."""
-        if not pipeline.caught_up:
+        if not pipeline.caught_up or not getattr(pipeline.source, "idle", True):  # event sinks delivered too
             return False
         if not pipeline.sharded:
             return True
@@ -499,6 +516,8 @@ class Supervisor:
         self._announce_stopping()
         for p in self.pipelines:
             p.request_stop()
+            if isinstance(p.source, FanOutSource):
+                p.source.request_stop()  # its event sinks finish the windows they are delivering
         pending = [t for t in tasks if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.config.daemon.drain_grace_seconds)

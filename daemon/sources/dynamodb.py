@@ -655,6 +655,16 @@ class DynamoDBStreamSource:
                 continue
             if outcome.skipped is not None:
                 METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
+            if outcome.changes:  # for event sinks (docs/events.md): the record's own words, by reference
+                origin = {
+                    "eventName": event,
+                    "ttl": ttl,
+                    "keys": keys,
+                    "newImage": new,
+                    "oldImage": body.get("OldImage"),
+                }
+                for change in outcome.changes:
+                    change.origin = origin
             changes.extend(outcome.changes)
         return changes
 

@@ -38,6 +38,7 @@ MODULES: list[tuple[str, str]] = [
     ("engine_restart", "8. Embedded engine restart with a large graph"),
     ("startup", "9. Start-up: process start to first batch applied"),
     ("shard_leases", "10. DynamoDB shards shared across instances"),
+    ("events", "11. Event sinks"),
 ]
 DOC = ROOT / "docs" / "performance.md"
 

@@ -1,0 +1,175 @@
+"""`GraphChange` -> CloudEvents 1.0, JSON structured mode (docs/events.md, docs/cloudevents.schema.json).
+
+One change is one event. `id` is built from the source name, the partition, the change's position and its
+index among the changes of that position (a DynamoDB record can map to several changes), so the same change read
+again after a restart gets the same id and consumers can de-duplicate replays. `type` names the element, the
+aspect and the operation: `graph.vertex.label.added`, `graph.vertex.property.removed`, `graph.edge.added`,
+`graph.vertex.upserted` (a whole DynamoDB item mapped to a vertex) and so on (`EVENT_TYPES`). `subject` is the
+element id; `time` the source commit time (RFC 3339, UTC; absent when the source does not say).
+
+`Route` is a sink's filter: type globs, labels / edge types, property keys; every filter that is set must match.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon.model import (
+    EDGE,
+    EDGE_PROPERTY,
+    VERTEX_LABEL,
+    VERTEX_PROPERTY,
+    WHOLE_EDGE,
+    WHOLE_VERTEX,
+    GraphChange,
+)
+from daemon.values import show
+
+SPEC_VERSION = "1.0"
+TYPE_PREFIX = "graph"
+SOURCE_PREFIX = "graph-replicator"
+
+# kind -> (element, aspect or "", type suffix for ADD, for REMOVE)
+_TYPES: dict[str, tuple[str, str, str, str]] = {
+    VERTEX_LABEL: ("vertex", "label", "added", "removed"),
+    VERTEX_PROPERTY: ("vertex", "property", "added", "removed"),
+    EDGE: ("edge", "", "added", "removed"),
+    EDGE_PROPERTY: ("edge", "property", "added", "removed"),
+    WHOLE_VERTEX: ("vertex", "", "upserted", "removed"),
+    WHOLE_EDGE: ("edge", "", "upserted", "removed"),
+}
+
+
+_TYPE_NAMES = {
+    (kind, add): ".".join([TYPE_PREFIX, element, *([aspect] if aspect else []), added if add else removed])
+    for kind, (element, aspect, added, removed) in _TYPES.items()
+    for add in (True, False)
+}
+
+
+def event_type(change: GraphChange) -> str:
+    return _TYPE_NAMES[(change.kind, change.add)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_text(commit_ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds (many changes share a commit time: cached)."""
+    text = datetime.fromtimestamp(commit_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+EVENT_TYPES = sorted(
+    {
+        ".".join([TYPE_PREFIX, element, *([aspect] if aspect else []), op])
+        for element, aspect, added, removed in _TYPES.values()
+        for op in (added, removed)
+    }
+)
+
+
+def event_id(source: str, change: GraphChange, index: int) -> str:
+    """`source/partition/p1.p2/index`: stable for a change whatever page or window it was read in."""
+    return f"{source}/{change.partition}/{'.'.join(map(str, change.position))}/{index}"
+
+
+def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
+    """The CloudEvent of one change (a JSON-ready dict)."""
+    element = _TYPES[change.kind][0]
+    data: dict[str, Any] = {
+        "kind": element,
+        "record": change.kind,
+        "op": "ADD" if change.add else "REMOVE",
+        "id": change.id,
+        "position": list(change.position),
+    }
+    if change.partition:
+        data["partition"] = change.partition
+    if change.kind in (VERTEX_LABEL, WHOLE_VERTEX):
+        data["label"] = change.key
+    elif change.kind in (EDGE, WHOLE_EDGE):
+        data["type"] = change.key
+        data["from"] = change.from_id
+        data["to"] = change.to_id
+    else:
+        data["key"] = change.key
+    if change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or (change.add and change.kind in (WHOLE_VERTEX, WHOLE_EDGE)):
+        data["value"] = json_value(change.value)
+    if change.origin is not None:  # a DynamoDB record: eventName, TTL expiry, keys and images as the stream has them
+        data["dynamodb"] = {k: v for k, v in change.origin.items() if v is not None}
+    event: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event_id(source, change, index),
+        "source": f"{SOURCE_PREFIX}/{source}",
+        "type": _TYPE_NAMES[(change.kind, change.add)],
+        "subject": change.id,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if change.commit_ms:
+        event["time"] = _time_text(change.commit_ms)
+    return event
+
+
+def json_value(value: Any) -> Any:
+    """A property value as JSON: scalars, lists and maps as they are; bytes, dates and anything else as text
+    (`daemon.values.show`), so an event can always be encoded."""
+    if value is None or type(value) is str or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return show(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which changes a sink takes. Empty filters take everything; each filter that is set must match:
+    `types` (globs on the event type), `labels` (the label of a `vl` / whole-vertex change, the type of an edge
+    or whole-edge change; property changes carry no label and do not match), `properties` (the key of a
+    property change; other changes do not match)."""
+
+    types: tuple[str, ...] = ()
+    labels: frozenset[str] = frozenset()
+    properties: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, types: Iterable[str] = (), labels: Iterable[str] = (), properties: Iterable[str] = ()) -> Route:
+        return cls(tuple(types), frozenset(labels), frozenset(properties))
+
+    @property
+    def everything(self) -> bool:
+        return not (self.types or self.labels or self.properties)
+
+    def accepts(self, change: GraphChange) -> bool:
+        if self.types and not any(fnmatch.fnmatchcase(event_type(change), t) for t in self.types):
+            return False
+        if self.labels and (change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or change.key not in self.labels):
+            return False
+        return not self.properties or (
+            change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) and change.key in self.properties
+        )
+
+
+def events_of(source: str, changes: Sequence[GraphChange], route: Route) -> list[dict[str, Any]]:
+    """The events of changes in source order, routed. The index of a change counts the changes before it with
+    the same position in `changes` (all changes of one source record are always handed over together)."""
+    out: list[dict[str, Any]] = []
+    index, last = 0, None
+    everything = route.everything
+    for change in changes:
+        key = (change.partition, change.position)
+        index = index + 1 if key == last else 0
+        last = key
+        if everything or route.accepts(change):
+            out.append(to_event(source, change, index))
+    return out

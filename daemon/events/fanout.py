@@ -1,0 +1,330 @@
+"""Fan-out: one source read once, feeding its graph pipeline and every event sink, each with its own checkpoint.
+
+`FanOutSource` stands in for the source in the source's `Pipeline` (the graph sink, `sinks[0]`, unchanged: its
+checkpoint stays under the source's name). Its `run` reads every branch's checkpoint, starts the real source
+from the **lowest** of them (per partition; a partition some branch has no checkpoint for is read from the
+source's start), and hands each batch to every branch: the pipeline's queue and one bounded buffer per event
+sink (`EventLane`). A branch is handed only the changes after its own checkpoint, so a restart replays to each
+sink exactly what it had not acknowledged. Each `EventLane` turns its changes into CloudEvents, delivers them
+(`EventDelivery`) and then checkpoints its low watermark under `SOURCE@SINK` in the same store
+(`lane_key`; `@` cannot occur in a source name).
+
+A slow or failing event sink fills its buffer (`buffer_batches`) and then the source waits for it: the other
+branches go on for as long as that buffer lasts and then wait too, so no branch ever skips a change or loses
+its progress (each checkpoint is its own). The source is told a position is applied (`acknowledge`, which is
+how a DynamoDB parent shard finishes) only once every branch has it. A branch that fails for good (a
+non-retryable error) ends the run; the supervisor restarts the whole source from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import Any
+
+import structlog
+
+from daemon.deadletter import DeadLetterFile
+from daemon.events.cloudevents import Route, events_of
+from daemon.events.sinks import EventDelivery, EventSink
+from daemon.model import ChangeBatch, Position
+from daemon.observability import METRICS
+from daemon.sinks.base import RetryPolicy
+
+log = structlog.get_logger("daemon.events.fanout")
+
+LANE_SEPARATOR = "@"
+
+
+def lane_key(source: str, sink: str) -> str:
+    """The checkpoint key of an event sink's branch of a source."""
+    return f"{source}{LANE_SEPARATOR}{sink}"
+
+
+def after(batch: ChangeBatch, checkpoint: Position | None) -> ChangeBatch | None:
+    """What of `batch` a branch checkpointed at `checkpoint` has not applied: None when nothing (a caught-up
+    marker is kept, without a position, so it never moves a checkpoint back)."""
+    if checkpoint is None or batch.position is None or batch.position > checkpoint:
+        if checkpoint is None or not batch.changes or batch.changes[0].position > checkpoint:
+            return batch
+        changes = [c for c in batch.changes if c.position > checkpoint]
+        return ChangeBatch(batch.partition, changes, batch.position, batch.caught_up, batch.head_position,
+                           batch.commit_complete, batch.holding)  # fmt: skip
+    if batch.caught_up:
+        return ChangeBatch(batch.partition, [], None, caught_up=True, head_position=batch.head_position)
+    return None
+
+
+class EventLane:
+    """One event sink's branch of a source: bounded buffer -> CloudEvents -> delivery -> checkpoint."""
+
+    def __init__(
+        self,
+        source: str,
+        sink: EventSink,
+        route: Route,
+        *,
+        buffer_batches: int,
+        window_max_events: int,
+        retry: RetryPolicy,
+        dead_letters: DeadLetterFile,
+    ) -> None:
+        self.source, self.sink, self.route = source, sink, route
+        self.key = lane_key(source, sink.name)
+        self.buffer_batches = buffer_batches
+        self.window_max = window_max_events
+        self.delivery = EventDelivery(sink, source=source, retry=retry, dead_letters=dead_letters)
+        self.queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=buffer_batches)
+        self.positions: dict[str, Position] = {}
+        self.caught_up = False
+        self.busy = False
+        self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
+        self.stopping = False  # a drain: return after the window being delivered
+        self._m_depth = METRICS.event_buffer_depth.labels(source=source, sink=sink.name)
+
+    @property
+    def idle(self) -> bool:
+        """Caught up with everything handed to it delivered and checkpointed."""
+        return self.caught_up and not self.busy and self.queue.empty()
+
+    async def run(self, checkpoints: Any, on_applied: Any) -> None:
+        while True:
+            window = [await self.queue.get()]
+            self.busy = True
+            count = len(window[0].changes)
+            while count < self.window_max and not self.queue.empty():
+                window.append(self.queue.get_nowait())
+                count += len(window[-1].changes)
+            self._m_depth.set(self.queue.qsize())
+            events = events_of(self.source, [c for b in window for c in b.changes], self.route)
+            if events:
+                await self.sink.start()
+                await self.delivery.deliver(events)
+            reached = {b.partition: b.position for b in window if b.position is not None}
+            moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
+            if moved:
+                await checkpoints.save_many(self.key, moved)
+                self.positions.update(moved)
+                on_applied(self.key, moved)
+            if self.forget:
+                gone, self.forget = self.forget, []
+                await checkpoints.forget(self.key, gone)
+                for partition in gone:
+                    self.positions.pop(partition, None)
+            self.caught_up = window[-1].caught_up
+            self.busy = False
+            if self.stopping:
+                return  # a drain: this window is delivered and checkpointed
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sink": self.sink.name,
+            "kind": self.sink.kind,
+            "checkpoint_key": self.key,
+            "position": {p: list(pos) for p, pos in sorted(self.positions.items())} or None,
+            "buffered_batches": self.queue.qsize(),
+            "events_sent": self.delivery.sent,
+            "events_dead_lettered": self.delivery.dead_lettered,
+            "healthy": self.delivery.healthy,
+            "failing_reason": self.delivery.failing_reason,
+            "caught_up": self.idle,
+        }
+
+
+class FanOutSource:
+    """The source of a pipeline with event sinks (see the module docstring); a `daemon.pipeline.Source`."""
+
+    def __init__(self, inner: Any, lanes: list[EventLane], checkpoints: Any = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.lanes = lanes
+        self.checkpoints = checkpoints  # the store the pipeline uses (set by the supervisor)
+        self._applied: dict[str, dict[str, Position]] = {}  # branch -> partition -> applied position
+        self._acknowledged: dict[str, Position] = {}
+        self._stopping = False
+
+    @property
+    def state(self) -> str:
+        return str(self.inner.state)
+
+    @property
+    def polling(self) -> bool:
+        return bool(self.inner.polling)
+
+    @property
+    def idle(self) -> bool:
+        """Every event sink has delivered and checkpointed everything read so far."""
+        return all(lane.idle for lane in self.lanes)
+
+    async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
+        assert self.checkpoints is not None
+        starts: dict[str, dict[str, Position]] = {self.name: dict(resume)}
+        for lane in self.lanes:
+            lane.positions = await self.checkpoints.load(lane.key)
+            lane.caught_up = False
+            lane.queue = asyncio.Queue(maxsize=lane.buffer_batches)  # a restart drops what the last run buffered
+            starts[lane.key] = dict(lane.positions)
+        self._applied = {branch: dict(positions) for branch, positions in starts.items()}
+        self._acknowledged = {}
+        partitions = set().union(*starts.values())
+        combined = {p: min(s[p] for s in starts.values()) for p in partitions if all(p in s for s in starts.values())}
+        if combined != resume:
+            log.info("fan-out: reading from the slowest branch's checkpoint", source=self.name,
+                     resume={p: list(pos) for p, pos in combined.items()})  # fmt: skip
+        feed: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self.inner.run(feed, combined), name=f"source:{self.name}:read")
+        workers = [
+            asyncio.create_task(lane.run(self.checkpoints, self._on_applied), name=f"lane:{lane.key}")
+            for lane in self.lanes
+        ]
+        watched = {reader, *workers}
+        try:
+            while True:
+                if reader.done() and feed.empty():
+                    reader.result()  # raises what the source raised
+                    break  # the source ended (a file read to its end)
+                getter = asyncio.ensure_future(feed.get())
+                done, _ = await asyncio.wait({getter, *watched}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    for task in done - {reader}:
+                        task.result()  # an event sink's branch failed: raise it (the pipeline restarts)
+                        raise RuntimeError(f"event sink branch {task.get_name()} ended")
+                    watched.discard(reader)
+                    continue
+                batch = getter.result()
+                if (mine := after(batch, starts[self.name].get(batch.partition))) is not None:
+                    await self._put(out, mine, watched)
+                for lane in self.lanes:
+                    if (theirs := after(batch, starts[lane.key].get(batch.partition))) is not None:
+                        await self._put(lane.queue, theirs, watched)
+            while not self.idle:  # the input ended: let the event sinks finish before returning
+                done, _ = await asyncio.wait(workers, timeout=0.05)
+                for task in done:
+                    task.result()
+                    raise RuntimeError(f"event sink branch {task.get_name()} ended")
+        finally:
+            if self._stopping:  # a drain: each event sink finishes (and checkpoints) the window it is delivering
+                reader.cancel()
+                busy = [w for lane, w in zip(self.lanes, workers, strict=True) if lane.busy and not w.done()]
+                if busy:
+                    log.info("drain: event sinks finish the windows they are delivering", source=self.name,
+                             sinks=[lane.sink.name for lane in self.lanes if lane.busy])  # fmt: skip
+                    await asyncio.wait(busy)  # bounded by the drain grace: the supervisor cancels us after it
+            for task in [reader, *workers]:
+                task.cancel()
+            for task in [reader, *workers]:
+                with suppress(asyncio.CancelledError):
+                    await task
+
+    async def _put(self, queue: asyncio.Queue[ChangeBatch], batch: ChangeBatch, watched: set[asyncio.Task]) -> None:
+        """Put, or raise what a branch raised while waiting for room (a failed branch frees no room)."""
+        if not queue.full():
+            queue.put_nowait(batch)
+            return
+        putter = asyncio.ensure_future(queue.put(batch))
+        try:
+            while not putter.done():
+                done, _ = await asyncio.wait({putter, *watched}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {putter}:
+                    task.result()  # raises what a failed branch raised; the reader may end normally
+                    watched.discard(task)
+        finally:
+            if not putter.done():
+                putter.cancel()
+
+    def request_stop(self) -> None:
+        """A drain: once the pipeline stops this source, the event sinks finish their windows first."""
+        self._stopping = True
+        for lane in self.lanes:
+            lane.stopping = True
+
+    def acknowledge(self, applied: dict[str, Position]) -> None:
+        self._on_applied(self.name, applied)
+
+    def take_forgotten(self) -> list[str]:
+        """The source's finished shards past the stream's retention (every branch applied them to their end): the
+        pipeline deletes the source's rows, each event sink its own at the end of its next window."""
+        take = getattr(self.inner, "take_forgotten", None)
+        gone = take() if take is not None else []
+        for lane in self.lanes:
+            lane.forget.extend(gone)
+        return gone
+
+    def _on_applied(self, branch: str, applied: dict[str, Position]) -> None:
+        """Tell the source what every branch has applied (the lowest position of each partition)."""
+        self._applied.setdefault(branch, {}).update(applied)
+        branches = list(self._applied.values())
+        common: dict[str, Position] = {}
+        for partition in applied:
+            if all(partition in b for b in branches):
+                low = min(b[partition] for b in branches)
+                if self._acknowledged.get(partition) != low:
+                    common[partition] = low
+        if common:
+            self._acknowledged.update(common)
+            self.inner.acknowledge(common)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [lane.status() for lane in self.lanes]
+
+    async def close(self) -> None:
+        """Close every event sink's connections (the supervisor's last step)."""
+        for lane in self.lanes:
+            with suppress(Exception):
+                await lane.sink.close()
+
+
+def build_event_sink(name: str, cfg: Any) -> EventSink:
+    """The event sink object for one `[sinks.NAME]` table of an event kind."""
+    from daemon.config import (
+        EventBridgeSinkConfig,
+        KinesisSinkConfig,
+        SNSSinkConfig,
+        SQSSinkConfig,
+        WebhookSinkConfig,
+    )
+    from daemon.events.sinks import EventBridgeSink, KinesisSink, SNSSink, SQSSink, WebhookSink
+
+    timeout = cfg.request_timeout_seconds
+    if isinstance(cfg, KinesisSinkConfig | SQSSinkConfig | SNSSinkConfig | EventBridgeSinkConfig):
+        aws = {"region": cfg.region, "endpoint": cfg.endpoint, "profile": cfg.profile, "timeout": timeout}
+        if isinstance(cfg, KinesisSinkConfig):
+            return KinesisSink(name, stream=cfg.stream, **aws)
+        if isinstance(cfg, SNSSinkConfig):
+            return SNSSink(name, topic_arn=cfg.topic_arn, **aws)
+        if isinstance(cfg, EventBridgeSinkConfig):
+            return EventBridgeSink(name, event_bus=cfg.event_bus, **aws)
+        return SQSSink(name, queue_url=cfg.queue_url, **aws)
+    if isinstance(cfg, WebhookSinkConfig):
+        return WebhookSink(
+            name,
+            url=cfg.url,
+            secret=cfg.secret_value(),
+            events_per_request=cfg.events_per_request,
+            max_request_bytes=cfg.max_request_bytes,
+            timeout=timeout,
+            text_template=cfg.text_template,
+        )
+    raise TypeError(f"not an event sink config: {type(cfg).__name__}")
+
+
+def fan_out(source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile) -> Any:
+    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink."""
+    if not source_cfg.event_sinks:
+        return source
+    lanes = []
+    for name in source_cfg.event_sinks:
+        cfg = config.sinks[name]
+        lanes.append(
+            EventLane(
+                source_cfg.name,
+                build_event_sink(name, cfg),
+                Route.of(cfg.route.types, cfg.route.labels, cfg.route.properties),
+                buffer_batches=cfg.buffer_batches,
+                window_max_events=cfg.window_max_events,
+                retry=RetryPolicy(cfg.retry_initial_seconds, cfg.retry_max_seconds, cfg.attempts_before_unhealthy),
+                dead_letters=dead_letters,
+            )
+        )
+    return FanOutSource(source, lanes)
