@@ -801,11 +801,11 @@ class Cluster:
         started = time.monotonic()
         while not (self.check_exits() or predicate()):
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.table()}\n{self.tails()}")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.lease_table_text()}\n{self.tails()}")
             time.sleep(interval)
         return time.monotonic() - started
 
-    def table(self) -> str:
+    def lease_table_text(self) -> str:
         """The lease table as the failure message shows it: who holds what, who asked for what."""
         try:
             leases = self.leases()
