@@ -26,6 +26,7 @@ EXIT_CONFIG = 2
 EXIT_BUSY = 4  # another graph-replicator process owns the data directory
 CONFIG_HELP = "the daemon's TOML config file"
 LOOK_STATEMENT = "MATCH (n) RETURN n LIMIT 5"  # the query the run summary suggests
+LOOK_SPARQL = "SELECT * WHERE { GRAPH ?g { ?s ?p ?o } } LIMIT 5"  # the same for an RDF target
 
 
 def _load(path: str) -> Config | None:
@@ -131,10 +132,12 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     for name, counts in summary.graphs.items():
         held = "could not be counted" if counts is None else f"holds {counts[0]:,} vertices and {counts[1]:,} edges"
         lines.append(f"target {name!r} {held}")
-    sink = "" if len(summary.graphs) < 2 else f" --sink {shlex.quote(next(iter(summary.graphs)))}"
-    lines.append(
-        f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(LOOK_STATEMENT)}"
-    )
+    for name, count in summary.quads.items():
+        lines.append(f"target {name!r} holds {count:,} quads")
+    targets = [*summary.graphs, *summary.quads]
+    sink = "" if len(targets) < 2 else f" --sink {shlex.quote(targets[0])}"
+    look = LOOK_STATEMENT if summary.graphs or not summary.quads else LOOK_SPARQL
+    lines.append(f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(look)}")
     return "\n".join(lines)
 
 

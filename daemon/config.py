@@ -320,10 +320,10 @@ class _SourceBase(_Model):
     )
 
 
-class NeptuneSourceConfig(_SourceBase):
-    """`[[sources]] kind = "neptune"`: a Neptune Database property-graph stream."""
+class _NeptuneStreamBase(_SourceBase):
+    """What the property-graph and the SPARQL stream sources of Neptune share (`daemon.sources.stream_reader`)."""
 
-    kind: Literal["neptune"] = Field(description="Source kind.")
+    kind: str = Field(description="Source kind.")
     endpoint: HttpUrl = Field(
         description="Cluster endpoint URL, normally https://CLUSTER-ENDPOINT:8182 (botocore's endpoint_url)."
     )
@@ -334,7 +334,9 @@ class NeptuneSourceConfig(_SourceBase):
         description='Where to begin when no checkpoint exists: "trim_horizon" (oldest record kept), "latest" '
         "(only changes made from now on) or {commit_num = N, op_num = M} (from that position, inclusive).",
     )
-    limit: int = Field(1000, ge=1, le=100000, description="GetPropertygraphStream page size (records).")
+    limit: int = Field(
+        1000, ge=1, le=100000, description="GetPropertygraphStream / GetSparqlStream page size (records)."
+    )
     poll_interval_min_seconds: float = Field(
         0.05, gt=0, description="Pause after an empty poll, doubled while the stream stays idle."
     )
@@ -366,6 +368,25 @@ class NeptuneSourceConfig(_SourceBase):
         if low is not None and value < low:
             raise ValueError(f"should be >= poll_interval_min_seconds ({low})")
         return value
+
+
+class NeptuneSourceConfig(_NeptuneStreamBase):
+    """`[[sources]] kind = "neptune"`: a Neptune Database property-graph stream."""
+
+    kind: Literal["neptune"] = Field(description="Source kind.")
+
+
+class NeptuneSparqlSourceConfig(_NeptuneStreamBase):
+    """`[[sources]] kind = "neptune-sparql"`: a Neptune Database RDF (SPARQL) stream of N-Quads (docs/rdf.md); its
+    sink is an RDF sink (`oxigraph`, `sparql`)."""
+
+    kind: Literal["neptune-sparql"] = Field(description="Source kind.")
+    blank_node_prefix: str | None = Field(
+        None,
+        min_length=1,
+        description="IRI prefix of the skolem IRIs that stand for the stream's blank nodes (`_:b7` becomes "
+        "<PREFIX b7>); unset = https://graph-replicator.invalid/.well-known/genid/<source name>/.",
+    )
 
 
 class FileSourceConfig(_SourceBase):
@@ -640,6 +661,43 @@ class NeptuneAnalyticsSinkConfig(_SinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
+class OxigraphSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "oxigraph"`: an embedded pyoxigraph RDF store under `<data_dir>/oxigraph/NAME` (the RDF
+    default, like the embedded FalkorDB for property graphs); for `neptune-sparql` sources (docs/rdf.md)."""
+
+    kind: Literal["oxigraph"] = Field(description="Sink kind.")
+    path: PathText | None = Field(
+        None, min_length=1, description="Store directory; unset = `<data_dir>/oxigraph/NAME`."
+    )
+
+
+class SparqlSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "sparql"`: any SPARQL 1.1 Update endpoint (Neptune RDF, Fuseki, GraphDB, Oxigraph
+    server) over the SPARQL 1.1 protocol; for `neptune-sparql` sources (docs/rdf.md)."""
+
+    kind: Literal["sparql"] = Field(description="Sink kind.")
+    update_url: HttpUrl = Field(
+        description="Update endpoint URL, e.g. https://CLUSTER-ENDPOINT:8182/sparql (Neptune), "
+        "http://HOST:3030/DATASET/update (Fuseki)."
+    )
+    query_url: HttpUrl | None = Field(None, description="Query endpoint URL; unset = `update_url`.")
+    auth: Literal["none", "sigv4"] = Field(
+        "none", description='"sigv4": sign every request for Neptune IAM auth (service neptune-db); "none": no auth.'
+    )
+    region: Region | None = Field(None, description='AWS region of the cluster (required with auth = "sigv4").')
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+    @model_validator(mode="after")
+    def _region_for_sigv4(self) -> SparqlSinkConfig:
+        if self.auth == "sigv4" and self.region is None:
+            raise ValueError('region is required with auth = "sigv4"')
+        return self
+
+
+RDF_SOURCE_KINDS = frozenset({"neptune-sparql"})
+RDF_SINK_KINDS = frozenset({"oxigraph", "sparql"})
+
+
 def _check_role_arn(value: str) -> str:
     if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+", value):
         raise ValueError('should be an IAM role ARN such as "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"')
@@ -713,6 +771,7 @@ CHECKPOINT_KINDS: dict[str, type[_Model]] = {
 }
 SOURCE_KINDS: dict[str, type[_Model]] = {
     "neptune": NeptuneSourceConfig,
+    "neptune-sparql": NeptuneSparqlSourceConfig,
     "file": FileSourceConfig,
     "dynamodb": DynamoDBSourceConfig,
 }
@@ -720,6 +779,8 @@ SINK_KINDS: dict[str, type[_Model]] = {
     "falkordb": FalkorDBSinkConfig,
     "neptune": NeptuneSinkConfig,
     "neptune-analytics": NeptuneAnalyticsSinkConfig,
+    "oxigraph": OxigraphSinkConfig,
+    "sparql": SparqlSinkConfig,
 }
 
 
@@ -737,6 +798,7 @@ CheckpointConfig = Annotated[
 ]
 SourceConfig = Annotated[
     Annotated[NeptuneSourceConfig, Tag("neptune")]
+    | Annotated[NeptuneSparqlSourceConfig, Tag("neptune-sparql")]
     | Annotated[FileSourceConfig, Tag("file")]
     | Annotated[DynamoDBSourceConfig, Tag("dynamodb")],
     Discriminator(_kind_of(None)),
@@ -744,7 +806,9 @@ SourceConfig = Annotated[
 SinkConfig = Annotated[
     Annotated[FalkorDBSinkConfig, Tag("falkordb")]
     | Annotated[NeptuneSinkConfig, Tag("neptune")]
-    | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")],
+    | Annotated[NeptuneAnalyticsSinkConfig, Tag("neptune-analytics")]
+    | Annotated[OxigraphSinkConfig, Tag("oxigraph")]
+    | Annotated[SparqlSinkConfig, Tag("sparql")],
     Discriminator(_kind_of(None)),
 ]
 
@@ -934,6 +998,16 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                     f'no sink named "{sink}" in [sinks] (defined sinks: {defined})',
                 )
             )
+        elif isinstance(sink, str) and isinstance(sinks[sink], dict):
+            source_rdf, sink_kind = source.get("kind") in RDF_SOURCE_KINDS, sinks[sink].get("kind")
+            if isinstance(sink_kind, str) and source_rdf != (sink_kind in RDF_SINK_KINDS):
+                wanted = "an RDF sink (oxigraph, sparql)" if source_rdf else "a property-graph sink"
+                problems.append(
+                    (
+                        _user_key(("sources", i, "sink"), data),
+                        f'sink "{sink}" is kind "{sink_kind}"; a "{source.get("kind")}" source needs {wanted}',
+                    )
+                )
     lowered = [n.lower() for n in sinks]
     for name in sinks:
         if lowered.count(name.lower()) > 1:
@@ -1138,6 +1212,8 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[[sources]]`, every kind", _SourceBase, None),
     ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
     ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
+    ('`[[sources]]` kind = "neptune-sparql" (the keys of kind "neptune", and:)', NeptuneSparqlSourceConfig,
+     NeptuneSourceConfig),  # fmt: skip
     ('`[[sources]]` kind = "file"', FileSourceConfig, _SourceBase),
     ('`[[sources]]` kind = "dynamodb"', DynamoDBSourceConfig, _SourceBase),
     ("`[[sources.rules]]` (dynamodb mapping rules)", MappingRule, None),
@@ -1148,6 +1224,8 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ('`[sinks.NAME]` kind = "falkordb"', FalkorDBSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune"', NeptuneSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "neptune-analytics"', NeptuneAnalyticsSinkConfig, _SinkBase),
+    ('`[sinks.NAME]` kind = "oxigraph" (RDF)', OxigraphSinkConfig, _SinkBase),
+    ('`[sinks.NAME]` kind = "sparql" (RDF)', SparqlSinkConfig, _SinkBase),
     ("`[bootstrap]`", BootstrapConfig, None),
 ]
 _CHECK_NAMES: dict[Any, str] = {

@@ -44,7 +44,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,10 @@ from daemon.config import (
     FileSourceConfig,
     NeptuneAnalyticsSinkConfig,
     NeptuneSinkConfig,
+    NeptuneSparqlSourceConfig,
+    OxigraphSinkConfig,
     SourceConfig,
+    SparqlSinkConfig,
 )
 from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
@@ -68,6 +71,7 @@ from daemon.leases import FencedOff, Lease, LeaseLost
 from daemon.model import SHARD_END, Position, SourceStopped
 from daemon.observability import METRICS, HttpServer
 from daemon.pipeline import Pipeline, Source
+from daemon.rdf import RdfPlanner
 from daemon.scheduler import Planner
 from daemon.sdnotify import SystemdNotifier
 from daemon.sinks.analytics import NeptuneAnalyticsSink
@@ -100,6 +104,10 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
             engine_fsync=cfg.engine_fsync,
             **common,
         )
+    if isinstance(cfg, OxigraphSinkConfig | SparqlSinkConfig):
+        from daemon.sinks.rdf_build import build_rdf_sink
+
+        return build_rdf_sink(name, cfg, config)
     if isinstance(cfg, NeptuneSinkConfig):
         return NeptuneSink(name, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile, **common)
     if isinstance(cfg, NeptuneAnalyticsSinkConfig):
@@ -129,6 +137,10 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
         )
     if isinstance(cfg, DynamoDBSourceConfig):
         return DynamoDBStreamSource(cfg, dead_letters=dead_letters)
+    if isinstance(cfg, NeptuneSparqlSourceConfig):
+        from daemon.sources.neptune_sparql import NeptuneSparqlStreamSource
+
+        return NeptuneSparqlStreamSource(cfg, dead_letters=dead_letters)
     return NeptuneStreamSource(cfg, dead_letters=dead_letters)
 
 
@@ -143,6 +155,7 @@ class Summary:
     failed: dict[str, str]
     dead_letters: int = 0  # lines this run wrote to the dead-letter file
     dead_letter_file: str = ""
+    quads: dict[str, int] = field(default_factory=dict)  # RDF sinks: quads held
 
 
 class LeasedCheckpoints:
@@ -291,7 +304,11 @@ class Supervisor:
             ),
             dead_letters=self.dead_letters,
         )
-        planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
+        planner: Any = (
+            RdfPlanner()
+            if getattr(sink, "rdf", False)
+            else Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
+        )
         applier.replan = planner.plan
         return Pipeline(
             source,
@@ -491,8 +508,12 @@ class Supervisor:
     async def _summarise(self) -> Summary:
         seconds = time.time() - self.started
         graphs: dict[str, tuple[int, int] | None] = {}
+        quads: dict[str, int] = {}  # RDF sinks: quads held
         for name, sink in self.sinks.items():
             try:
+                if getattr(sink, "rdf", False):
+                    quads[name] = await sink.count_quads()  # type: ignore[attr-defined]
+                    continue
                 vertices = await sink.query("MATCH (n) RETURN count(n) AS n")
                 edges = await sink.query("MATCH ()-[r]->() RETURN count(r) AS n")
                 graphs[name] = (int(vertices[0]["n"]), int(edges[0]["n"]))
@@ -509,6 +530,7 @@ class Supervisor:
             failed,
             self.dead_letters.count,
             str(self.dead_letters.path),
+            quads,
         )
 
     async def _keep_running(self, pipeline: Pipeline) -> None:
