@@ -1212,8 +1212,11 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[[sources]]`, every kind", _SourceBase, None),
     ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
     ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
-    ('`[[sources]]` kind = "neptune-sparql" (the keys of kind "neptune", and:)', NeptuneSparqlSourceConfig,
-     NeptuneSourceConfig),  # fmt: skip
+    (
+        '`[[sources]]` kind = "neptune-sparql" (the keys of kind "neptune", and:)',
+        NeptuneSparqlSourceConfig,
+        NeptuneSourceConfig,
+    ),
     ('`[[sources]]` kind = "file"', FileSourceConfig, _SourceBase),
     ('`[[sources]]` kind = "dynamodb"', DynamoDBSourceConfig, _SourceBase),
     ("`[[sources.rules]]` (dynamodb mapping rules)", MappingRule, None),

@@ -3,9 +3,12 @@ data directory, written in-process, like the embedded FalkorDB for property grap
 
 It takes the `INSERT DATA` / `DELETE DATA` batches of `daemon.rdf.RdfPlanner` through `PlanApplier` (retries,
 bisection, dead letters): an insert batch is one `Store.extend` (atomic), a delete batch one `DELETE DATA` update
-(one transaction); both are idempotent, so a replay after a crash converges. Each batch is flushed before it
-counts as applied, so a checkpoint never gets ahead of what the store keeps. Store calls block, so they run in
-worker threads (the store is safe to share between threads).
+(one transaction); both are idempotent, so a replay after a crash converges. A call returns once RocksDB wrote
+the change to its write-ahead log, so a killed daemon (SIGKILL, OOM) loses nothing it checkpointed; the log is
+not fsynced per batch (pyoxigraph has no switch for it, and `Store.flush`, which writes a new table file, costs
+about 50 ms a call), so an operating-system crash or power loss can lose the last writes after their checkpoint:
+bootstrap again after one (docs/rdf.md). Store calls block, so they run in worker threads (the store is safe to
+share between threads).
 
 `query` answers SPARQL (SELECT rows of terms in N-Triples form, ASK as `{"ask": bool}`, CONSTRUCT/DESCRIBE as
 subject/predicate/object rows): what `graph-replicator query` prints for such a sink. RocksDB lets one process
@@ -86,12 +89,10 @@ class OxigraphSink(RdfSink):
 
 def _insert(store: Store, quads: list[Any]) -> None:
     store.extend(quads)
-    store.flush()
 
 
 def _update(store: Store, update: str) -> None:
     store.update(update)
-    store.flush()
 
 
 def solution_rows(result: Any) -> list[dict[str, Any]]:

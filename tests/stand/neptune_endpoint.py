@@ -806,8 +806,10 @@ class NeptuneStand:
                 raise _DropConnection
             return web.json_response({})
         try:
-            result = await asyncio.to_thread(self.rdf_store.query, query)
-            body = result.serialize(format=pyoxigraph.QueryResultsFormat.JSON)
+            # pyoxigraph results are bound to the thread that made them: query and serialise in one thread
+            body = await asyncio.to_thread(
+                lambda: self.rdf_store.query(query).serialize(format=pyoxigraph.QueryResultsFormat.JSON)
+            )
         except SyntaxError as exc:
             raise StandError(400, "MalformedQueryException", str(exc)) from None
         return web.Response(body=body, content_type="application/sparql-results+json")
