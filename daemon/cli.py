@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, NeptuneSourceConfig, format_resolved, load_config
+from daemon.config import (
+    Config,
+    ConfigError,
+    NeptuneSourceConfig,
+    NeptuneSparqlSourceConfig,
+    format_resolved,
+    load_config,
+)
 
 if TYPE_CHECKING:
     from daemon.supervisor import Summary
@@ -288,6 +295,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         try:
             lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator query").acquire()
         except DataDirBusy as busy:
+            if sink_cfg.kind == "oxigraph":  # RocksDB lets one process open the store; reading beside a writer is UB
+                print(
+                    f"graph-replicator query: {busy}; the embedded Oxigraph store of sink {name!r} can be opened by "
+                    "one process at a time: stop the daemon to query it, or replicate into a SPARQL server "
+                    '(kind = "sparql") to query it live (docs/rdf.md)',
+                    file=sys.stderr,
+                )
+                return 1
             sink = _attached_sink(name, sink_cfg, config, busy)
             if sink is None:
                 return 1
@@ -338,6 +353,8 @@ def _query_refusal(exc: BaseException) -> tuple[int, str] | None:
 
     from daemon.aws import error_code
 
+    if isinstance(exc, SyntaxError):  # pyoxigraph: a SPARQL statement that does not parse
+        return EXIT_CONFIG, f"SPARQL syntax error: {' '.join(str(exc).split())}"
     if isinstance(exc, redis.exceptions.ResponseError):
         text = " ".join(str(exc).split())
     elif code := error_code(exc):
@@ -383,8 +400,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from daemon.capture import Capture
 
     source = next((s for s in config.sources if s.name == args.source), None)
-    if not isinstance(source, NeptuneSourceConfig):
-        neptune = ", ".join(s.name for s in config.sources if isinstance(s, NeptuneSourceConfig)) or "none"
+    if not isinstance(source, NeptuneSourceConfig | NeptuneSparqlSourceConfig):
+        streams = (NeptuneSourceConfig, NeptuneSparqlSourceConfig)
+        neptune = ", ".join(s.name for s in config.sources if isinstance(s, streams)) or "none"
         print(f"no neptune source named {args.source!r} in {args.config} (neptune sources: {neptune})", file=sys.stderr)
         return EXIT_CONFIG
     capture = Capture(
@@ -518,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
 
-    query = sub.add_parser("query", help="run an openCypher statement on a configured sink and print rows")
+    query = sub.add_parser(
+        "query", help="run an openCypher statement (SPARQL on an RDF sink) on a configured sink and print rows"
+    )
     query.add_argument("--config", required=True, help=CONFIG_HELP)
     query.add_argument("--sink", help="sink name (default: the first)")
     query.add_argument(

@@ -396,7 +396,20 @@ class FileSourceConfig(_SourceBase):
     path: PathText = Field(
         min_length=1,
         description="A capture file, or a directory whose files are read in name order: JSON lines of "
-        "GetPropertygraphStream records or whole response pages, optionally gzipped.",
+        'GetPropertygraphStream (or, with format = "nquads", GetSparqlStream) records or whole response pages, '
+        "optionally gzipped.",
+    )
+    format: Literal["pg_json", "nquads"] = Field(
+        "pg_json",
+        description='What the records hold: "pg_json" (a property-graph stream, into a property-graph sink) or '
+        '"nquads" (a SPARQL stream, into an RDF sink; docs/rdf.md).',
+    )
+    blank_node_prefix: str | None = Field(
+        None,
+        min_length=1,
+        description='format = "nquads": IRI prefix of the skolem IRIs for blank nodes; unset = '
+        "https://graph-replicator.invalid/.well-known/genid/<source name>/ (set it to the live source's to replay "
+        "into the same replica).",
     )
     limit: int = Field(5000, ge=1, le=100000, description="Records per batch handed to the apply loop.")
     on_malformed: Literal["stop", "dead_letter"] = Field(
@@ -669,6 +682,10 @@ class OxigraphSinkConfig(_SinkBase):
     path: PathText | None = Field(
         None, min_length=1, description="Store directory; unset = `<data_dir>/oxigraph/NAME`."
     )
+
+    @property
+    def embedded(self) -> bool:
+        return True
 
 
 class SparqlSinkConfig(_SinkBase):
@@ -999,13 +1016,17 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
         elif isinstance(sink, str) and isinstance(sinks[sink], dict):
-            source_rdf, sink_kind = source.get("kind") in RDF_SOURCE_KINDS, sinks[sink].get("kind")
+            source_rdf = source.get("kind") in RDF_SOURCE_KINDS or (
+                source.get("kind") == "file" and source.get("format") == "nquads"
+            )
+            sink_kind = sinks[sink].get("kind")
             if isinstance(sink_kind, str) and source_rdf != (sink_kind in RDF_SINK_KINDS):
                 wanted = "an RDF sink (oxigraph, sparql)" if source_rdf else "a property-graph sink"
                 problems.append(
                     (
                         _user_key(("sources", i, "sink"), data),
-                        f'sink "{sink}" is kind "{sink_kind}"; a "{source.get("kind")}" source needs {wanted}',
+                        f'sink "{sink}" is kind "{sink_kind}"; {"an RDF" if source_rdf else "a property-graph"} '
+                        f"source needs {wanted}",
                     )
                 )
     lowered = [n.lower() for n in sinks]

@@ -134,6 +134,7 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             poll_interval_seconds=cfg.poll_interval_seconds,
             max_record_bytes=cfg.max_record_bytes,
             dead_letters=dead_letters,
+            translate=_nquads_translation(cfg) if cfg.format == "nquads" else None,
         )
     if isinstance(cfg, DynamoDBSourceConfig):
         return DynamoDBStreamSource(cfg, dead_letters=dead_letters)
@@ -142,6 +143,15 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
 
         return NeptuneSparqlStreamSource(cfg, dead_letters=dead_letters)
     return NeptuneStreamSource(cfg, dead_letters=dead_letters)
+
+
+def _nquads_translation(cfg: FileSourceConfig) -> Any:
+    """A file source's record translation for SPARQL stream captures."""
+    from daemon.rdf import default_blank_node_prefix
+    from daemon.sources.neptune_sparql import translate_sparql_record
+
+    prefix = cfg.blank_node_prefix or default_blank_node_prefix(cfg.name)
+    return lambda record: translate_sparql_record(record, prefix)
 
 
 @dataclass(frozen=True, slots=True)
