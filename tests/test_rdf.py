@@ -208,3 +208,13 @@ def test_config_pairs_rdf_sources_with_rdf_sinks() -> None:
         parse_config(BASE.format(sink="remote", auth="sigv4"))
     remote = parse_config(BASE.format(sink="remote", auth="sigv4") + 'region = "us-east-1"\n').sinks["remote"]
     assert remote.kind == "sparql" and remote.auth == "sigv4"
+
+
+def test_a_page_parsed_in_one_call_equals_each_statement_parsed_alone() -> None:
+    from daemon.rdf import parse_statements
+    from tests.stand.rdf_workload import generate_rdf_history
+
+    stmts = [op["data"]["stmt"] for ops in generate_rdf_history(3, 80, blank_node_prefix=PREFIX).commits for op in ops]
+    assert parse_statements(stmts, PREFIX) == [parse_statement(s, PREFIX) for s in stmts]
+    for bad in ('<http://s> <http://p> "x .\n', "# a comment\n", "<http://s> <http://p> <http://o> .", None):
+        assert parse_statements([*stmts[:5], bad, *stmts[5:9]], PREFIX) is None  # then record by record
