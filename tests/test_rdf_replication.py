@@ -21,7 +21,7 @@ from daemon.config import load_config
 from daemon.rdf import default_blank_node_prefix, nquad
 from daemon.supervisor import Supervisor
 from tests.stand.daemon_process import AWS_ENV, DaemonProcess, write_config
-from tests.stand.harness import status, wait_for
+from tests.stand.harness import metric_value, status, wait_for
 from tests.stand.neptune_endpoint import NeptuneStand
 from tests.stand.rdf_workload import RdfHistory, generate_rdf_history
 
@@ -135,6 +135,8 @@ def test_sigkill_mid_run_converges(stand: NeptuneStand, history: RdfHistory, tmp
         wait_for(lambda d=daemon, f=floor: (status(d)["sources"][0]["position"] or [0])[0] > f, 60, "progress")
         time.sleep(0.3)
         positions.append(status(daemon)["sources"][0]["position"])
+        _, metrics = daemon.get("/metrics")
+        assert metric_value(metrics.decode(), "graph_replicator_records_applied_total", source="main", sink="target")
         daemon.kill()
     stand.faults.clear()
     final = DaemonProcess(path)
