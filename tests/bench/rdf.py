@@ -135,6 +135,7 @@ def run(quick: bool) -> Section:
             "nodes, typed and language-tagged literals, escapes, add/remove/re-add); every contender's result "
             "equals the reference dataset. The daemon coalesces each window to the last operation per quad and "
             "sends one INSERT DATA and one DELETE DATA per batch of 2,000 quads; the naive consumer sends one "
-            "update per record and waits for it. All in one process beside the stand."
+            "update per record and waits for it. All in one process beside the stand; one run of each contender, not "
+            "a median of repetitions (so expect more spread between runs than in the other sections)."
         ),
     )
