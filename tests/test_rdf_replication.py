@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pyoxigraph import DefaultGraph, Quad, Store
+from pyoxigraph import DefaultGraph, NamedNode, Quad, Store
 
 from daemon.cli import main as cli_main
 from daemon.config import load_config
@@ -221,3 +221,59 @@ def test_rdf_quickstart_replays_the_shipped_sample(tmp_path: Path) -> None:
     del store
     assert_same(expected, held)
     assert len({q.graph_name for q in held}) == 4  # three branches and the default graph
+
+
+def test_sigkill_mid_run_into_the_sparql_endpoint_converges(
+    stand: NeptuneStand, history: RdfHistory, tmp_path: Path
+) -> None:
+    load(stand, history)
+    stand.faults.configure(rate=1.0, kinds=["slow"], seed=2, paths=("sparql_stream",))
+    sink = {"kind": "sparql", "update_url": f"{stand.url}/sparql", "auth": "sigv4", "region": "us-east-1"}
+    path = config(tmp_path, stand, sink, limit=40, queue_size=2)
+    daemon = DaemonProcess(path, exit_when_idle=False)
+    wait_for(lambda: (status(daemon)["sources"][0]["position"] or [0])[0] > 20, 60, "progress")
+    time.sleep(0.3)
+    killed_at = status(daemon)["sources"][0]["position"]
+    daemon.kill()
+    assert stand.sparql_stream.last_event_id() > tuple(killed_at)  # the kill left work to do
+    stand.faults.clear()
+    final = DaemonProcess(path)
+    assert final.wait(120) == 0, final.log_tail()
+    assert_same(history.reference, set(stand.rdf_store.quads_for_pattern(None, None, None, None)))
+
+
+def test_sparql_sink_errors_are_classified_and_unsigned_requests_refused(stand: NeptuneStand) -> None:
+    """Neptune's JSON error codes and bare HTTP statuses map to the retry classes; without SigV4 the stand (like
+    Neptune with IAM auth) answers 403, which is not retried and not dead-lettered."""
+    from daemon.sinks.sparql import SparqlSink, results_rows, sparql_error
+
+    sink = SparqlSink("s", update_url=f"{stand.url}/sparql")
+    body = b'{"code": "ConcurrentModificationException", "detailedMessage": "retry"}'
+    assert sink.classify(sparql_error(500, body, "application/json")).reason == "conflict"
+    assert sink.classify(sparql_error(503, b"busy", "text/plain")).reason == "server_error"
+    assert sink.classify(sparql_error(429, b"", "text/plain")).reason == "throttling"
+    assert sink.classify(sparql_error(400, b"Parse error", "text/plain")).data_rejected
+    document = {"head": {"vars": ["x", "y"]}, "results": {"bindings": [
+        {"x": {"type": "literal", "value": "a", "xml:lang": "en"},
+         "y": {"type": "literal", "value": "2", "datatype": "http://www.w3.org/2001/XMLSchema#integer"}},
+        {"x": {"type": "uri", "value": "http://s"}}]}}  # fmt: skip
+    assert results_rows(document) == [
+        {"x": '"a"@en', "y": '"2"^^<http://www.w3.org/2001/XMLSchema#integer>'},
+        {"x": "<http://s>", "y": None},
+    ]
+
+    async def unsigned() -> BaseException:
+        await sink.start()
+        try:
+            await sink.execute("INSERT DATA", [{"quad": Quad(NamedNode("http://s"), NamedNode("http://p"),
+                                                             NamedNode("http://o"))}])  # fmt: skip
+        except Exception as exc:
+            return exc
+        finally:
+            await sink.close()
+        raise AssertionError("an unsigned update was accepted")
+
+    refused = asyncio.run(unsigned())
+    cls = sink.classify(refused)
+    assert not cls.retryable and not cls.data_rejected and cls.reason == "access_denied"
+    assert len(stand.rdf_store) == 0
