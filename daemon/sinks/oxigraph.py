@@ -47,11 +47,13 @@ class OxigraphSink(RdfSink):
         self.name = name
         self.path = path
         self._store: Store | None = None
+        self._opening = asyncio.Lock()  # sources sharing the sink start it concurrently; RocksDB opens once
 
     async def start(self) -> None:
-        if self._store is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._store = await asyncio.to_thread(Store, str(self.path))
+        async with self._opening:
+            if self._store is None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._store = await asyncio.to_thread(Store, str(self.path))
 
     async def close(self) -> None:
         store, self._store = self._store, None
