@@ -195,9 +195,9 @@ def test_capture_of_a_sparql_stream_replays_through_the_file_source(
     assert_same(history.reference, embedded_quads(tmp_path))
 
 
-def test_rdf_quickstart_replays_the_shipped_sample(tmp_path: Path) -> None:
+def test_rdf_quickstart_replays_the_shipped_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped sample into the embedded store equals the sample's statements applied in order (ADD / REMOVE on
-    a set of quads), blank nodes under the configured prefix."""
+    a set of quads), blank nodes under the configured prefix; `query` refuses while a daemon holds the store."""
     import gzip
 
     from daemon.rdf import parse_statement
@@ -221,6 +221,18 @@ def test_rdf_quickstart_replays_the_shipped_sample(tmp_path: Path) -> None:
     del store
     assert_same(expected, held)
     assert len({q.graph_name for q in held}) == 4  # three branches and the default graph
+
+    # while a daemon holds the data directory, `query` refuses (RocksDB opens a store in one process)
+    from daemon.datadir import DataDirLock
+
+    lock = DataDirLock(tmp_path / "data", "graph-replicator run").acquire()
+    try:
+        assert cli_main(["query", "--config", str(path), "ASK { ?s ?p ?o }"]) == 1
+    finally:
+        lock.release()
+    assert "one process at a time" in capsys.readouterr().err
+    assert cli_main(["query", "--config", str(path), "--format", "json", "ASK { ?s ?p ?o }"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == '{"ask":true}'
 
 
 def test_sigkill_mid_run_into_the_sparql_endpoint_converges(
