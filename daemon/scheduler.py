@@ -432,7 +432,9 @@ class Planner:
             found = self._statement_cache[shape] = statement
         return found
 
-    def _group(self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]) -> list[list[list[Batch]]]:
+    def _group(
+        self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]
+    ) -> list[list[list[Batch]]]:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
         for m in mutations:
             if isinstance(m, EdgeMutation) and m.action == EDGE_NOOP:
