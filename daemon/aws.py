@@ -4,29 +4,20 @@ botocore signs requests (SigV4 from the normal credential chain) and speaks the 
 botocore's own retries OFF (`total_max_attempts = 1`) because botocore would silently re-send any HTTP 500,
 which Neptune uses for ConcurrentModificationException: the daemon's classified retry, metrics and bisection
 must see every failure.
+
+aiobotocore, botocore and aiohttp are imported when a client is first opened (or an error first classified),
+not with this module: a daemon whose sources and sinks need no AWS client (the quick start: a capture file into
+the embedded engine) starts without them, about a quarter of its imports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import platform
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
-
-import aiobotocore
-import aiohttp
-import botocore
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    ReadTimeoutError,
-)
 
 from daemon import __version__
 from daemon.sinks.base import REJECTED, RETRY, ErrorClass
@@ -77,13 +68,19 @@ _DATA_REJECTED_CODES = frozenset(
 # and `ApproximateCreationDateTime` stays epoch seconds.
 MODEL_EXTRAS = Path(__file__).with_name("aws_models")
 
+
 # A fixed User-Agent: botocore otherwise rebuilds its structured one (about 20 sanitised components) for every
 # request and again before sending it, about a quarter of a small request's client CPU. This one names the
 # daemon, so CloudTrail and the service logs show which tool made a call.
-USER_AGENT = (
-    f"graph-replicator/{__version__} aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__} "
-    f"Python/{platform.python_version()}"
-)
+@functools.cache
+def user_agent() -> str:
+    import aiobotocore
+    import botocore
+
+    return (
+        f"graph-replicator/{__version__} aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__} "
+        f"Python/{platform.python_version()}"
+    )
 
 
 async def open_client(
@@ -98,6 +95,9 @@ async def open_client(
     inject_host_prefix: bool = True,
 ) -> Any:
     """An aiobotocore client whose lifetime is bound to `stack`, with botocore retries off."""
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import AioSession
+
     session = AioSession(profile=profile)
     session.get_component("data_loader").search_paths.insert(0, str(MODEL_EXTRAS))
     config = AioConfig(
@@ -106,7 +106,7 @@ async def open_client(
         read_timeout=timeout_seconds,
         max_pool_connections=max_connections,
         inject_host_prefix=inject_host_prefix,
-        user_agent=USER_AGENT,
+        user_agent=user_agent(),
     )
     return await stack.enter_async_context(
         session.create_client(service, endpoint_url=endpoint, region_name=region, config=config)
@@ -114,6 +114,8 @@ async def open_client(
 
 
 def error_code(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
@@ -121,6 +123,16 @@ def error_code(exc: BaseException) -> str:
 
 def classify_aws_error(exc: BaseException) -> ErrorClass:
     """Retryable or not, with a bounded reason label."""
+    import aiohttp
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        HTTPClientError,
+        ReadTimeoutError,
+    )
+
     if isinstance(exc, ClientError):
         code = error_code(exc)
         if code in _RETRYABLE_CODES:

@@ -255,6 +255,7 @@ class DynamoDBAdmin:
         return rows
 
     async def change(self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO) -> None:
+        from daemon.checkpoint_dynamodb import watch_owners
         from daemon.leases import LeaseLost
 
         store = await self.store(create=True)
@@ -274,13 +275,7 @@ class DynamoDBAdmin:
                 f"for lease_duration_seconds = {wait:g} s to see whether it is alive",
                 file=out,
             )
-            await self.sleep(wait)
-            again = {lease.partition: lease for lease in await store.list_leases(source)}
-            alive = [
-                lease
-                for p, lease in again.items()
-                if lease.owner and (p not in seen or seen[p].counter != lease.counter)
-            ]
+            alive, again = await watch_owners(store, source, wait, sleep=self.sleep)
             if alive:
                 raise AdminError(
                     f"refused: source {source!r} is being replicated: lease(s) owned by {_owners(alive)} were renewed "

@@ -30,7 +30,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -40,6 +40,7 @@ from botocore.exceptions import ClientError
 from daemon.aws import classify_aws_error, error_code, open_client
 from daemon.leases import Lease, LeaseLost
 from daemon.model import SHARD_END, Position
+from daemon.observability import METRICS, Metrics
 from daemon.sinks.base import ErrorClass, full_jitter
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -109,13 +110,15 @@ class DynamoDBCheckpointStore:
         retry_attempts: int = 5,
         retry_initial_seconds: float = 0.05,
         retry_max_seconds: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.table = table
         self.retry_attempts = retry_attempts
         self.retry_initial_seconds = retry_initial_seconds
         self.retry_max_seconds = retry_max_seconds
-        self.retries: Counter[str] = Counter()  # retried table calls by reason, for metrics
+        self.retries: Counter[str] = Counter()  # retried table calls by reason (also the metric below)
+        self._m_retries = (metrics or METRICS).lease_table_retries
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @classmethod
@@ -123,10 +126,18 @@ class DynamoDBCheckpointStore:
         cls, stack: AsyncExitStack, *, table: str, region: str, endpoint: str | None = None, **kwargs: Any
     ) -> DynamoDBCheckpointStore:
         """A store on its own client (bound to `stack`), with the table created if it is missing."""
-        client = await open_client(stack, "dynamodb", endpoint=endpoint, region=region, timeout_seconds=10.0)
-        store = cls(client, table, **kwargs)
+        store = await cls.connect(stack, table=table, region=region, endpoint=endpoint, **kwargs)
         await store.ensure_table()
         return store
+
+    @classmethod
+    async def connect(
+        cls, stack: AsyncExitStack, *, table: str, region: str, endpoint: str | None = None, **kwargs: Any
+    ) -> DynamoDBCheckpointStore:
+        """A store on its own client (bound to `stack`), before any call to the table: `ensure_table` may then be
+        retried on the same client while the table is unreachable."""
+        client = await open_client(stack, "dynamodb", endpoint=endpoint, region=region, timeout_seconds=10.0)
+        return cls(client, table, **kwargs)
 
     # ------------------------------------------------------------------------------------------ table
 
@@ -166,15 +177,16 @@ class DynamoDBCheckpointStore:
 
     async def save_many(self, source: str, positions: dict[str, Position], leases: Mapping[str, Lease]) -> None:
         """Write each partition's position, each conditional on the caller's lease of it (one item per write:
-        every partition's watermark stands alone, so they need no transaction)."""
+        every partition's watermark stands alone, so they need no transaction). A write bumps the counter and the
+        heartbeat like a renewal, so a partition checkpointed often needs no renewal calls of its own."""
         now = time.time()
         for partition, position in positions.items():
             lease = self._held(source, partition, leases)
             await self._conditional_update(
                 lease,
-                "SET #cp = :cp, #u = :now",
+                "SET #cp = :cp, #u = :now, #c = #c + :one, #h = :now",
                 {":cp": {"S": _position_text(position)}, ":now": {"N": repr(now)}},
-                bump=False,
+                bump=True,
             )
             lease.position = tuple(position)
 
@@ -476,4 +488,35 @@ class DynamoDBCheckpointStore:
                 if not cls.retryable or attempt >= self.retry_attempts:
                     raise
                 self.retries[cls.reason] += 1
+                self._m_retries.labels(reason=cls.reason).inc()
                 await asyncio.sleep(full_jitter(attempt - 1, self.retry_initial_seconds, self.retry_max_seconds))
+
+
+async def watch_owners(
+    store: DynamoDBCheckpointStore,
+    source: str,
+    seconds: float,
+    *,
+    poll: float | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> tuple[list[Lease], dict[str, Lease]]:
+    """Which owners of `source`'s leases are alive, judged as every instance judges expiry: a lease whose counter
+    moves within `seconds` of watching (or that gains an owner) has a live owner. Returns those, as soon as one is
+    seen (reading every `poll` seconds; once at the end when None), and the leases as last read, which a write
+    conditional on their counters expects. Returns at once, with nobody alive, when no lease is owned."""
+    first = {lease.partition: lease for lease in await store.list_leases(source)}
+    latest = first
+    waited = 0.0
+    while waited < seconds and any(lease.owner for lease in first.values()):
+        pause = seconds - waited if poll is None else min(poll, seconds - waited)
+        await sleep(pause)
+        waited += pause
+        latest = {lease.partition: lease for lease in await store.list_leases(source)}
+        alive = [
+            lease
+            for partition, lease in latest.items()
+            if lease.owner and (partition not in first or first[partition].counter != lease.counter)
+        ]
+        if alive:
+            return alive, latest
+    return [], latest

@@ -119,6 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"graph-replicator run: refused: {exc}", file=sys.stderr)
             return EXIT_BUSY
         code = await supervisor.run()
+        if supervisor.fatal is not None:
+            print(f"graph-replicator run: {supervisor.fatal}", file=sys.stderr)
         if supervisor.summary is not None:
             print(_format_summary(supervisor.summary, args.config))
         return code
@@ -247,9 +249,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             for partition, position in s["position"].items():
                 print(f"  {partition}  {_position(position)}")
     for s in status["sources"]:
+        if s.get("leases"):
+            print(f"\n{s['source']} leases (this instance is {s['owner_id']}):")
+            _print_leases(s["leases"])
+    for s in status["sources"]:
         if s.get("error"):
             print(f"\n{s['source']}: {s['error']}")
     return 0
+
+
+def _print_leases(leases: list[dict[str, Any]]) -> None:
+    """One line a partition: its owner (`me` for this instance, `-` for nobody), checkpoint, pending steal;
+    finished shards (read to their end) are only counted."""
+    finished = [lease for lease in leases if lease["position"] == ["SHARD_END"]]
+    rows = [
+        (
+            lease["partition"] or "(stream)",
+            "me" if lease["held_by_me"] else lease["owner"] or "-",
+            "/".join(map(str, lease["position"])) if lease["position"] else "-",
+            f"asked for by {lease['pending_owner']}" if lease["pending_owner"] else "",
+        )
+        for lease in leases
+        if lease not in finished
+    ]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True)).rstrip())
+    if finished:
+        print(f"  ({len(finished)} finished shards)")
 
 
 def _position(position: list[Any] | dict[str, Any] | None) -> str:
@@ -615,7 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--config", required=True, help=CONFIG_HELP)
     bootstrap.add_argument("--source", help="name of the [[sources]] entry (default: the only one)")
     bootstrap.add_argument(
-        "--force", action="store_true", help="bootstrap a source that has a checkpoint (replaced on success)"
+        "--force",
+        action="store_true",
+        help="bootstrap a source that has a checkpoint (replaced on success), or whose leases a live instance holds "
+        "(DynamoDB store: taken from it at the hand-off)",
     )
     bootstrap.add_argument(
         "--allow-non-empty-target",

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import annotated_types
@@ -439,24 +439,63 @@ class AttributeCondition(_Model):
     )
     begins_with: str | None = Field(None, min_length=1, description="The attribute is a string with this prefix.")
     exists: bool | None = Field(None, description="The attribute is present (true) or absent (false).")
+    regex: str | None = Field(
+        None,
+        min_length=1,
+        description="The attribute is a string that this regular expression (Python `re` syntax) matches as a "
+        "whole; its named groups `(?P<NAME>...)` are captures that id templates use as `{ATTRIBUTE~NAME}`.",
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"regular expression {regex!r} does not compile: {exc}") from None
+        return regex
 
     @property
     def guarantees_presence(self) -> bool:
-        return self.equals is not None or self.begins_with is not None or self.exists is True
+        return self.equals is not None or self.begins_with is not None or self.exists is True or self.regex is not None
+
+    @property
+    def captures(self) -> list[str]:
+        """The named groups of `regex`, in order (none without one)."""
+        return list(re.compile(self.regex).groupindex) if self.regex is not None else []
 
 
-_TEMPLATE_PART = re.compile(r"\{([^{}\[\]]+)(?:\[(\d+)\])?\}")
+# `{NAME}`, `{NAME[i]}`, `{NAME[i:]}` or `{NAME~GROUP}`; a NAME holds no brace, bracket or tilde.
+_TEMPLATE_PART = re.compile(r"\{([^{}\[\]~]+)(?:\[(\d+)(:?)\]|~([^{}\[\]~]+))?\}")
 
 
-def template_attributes(template: str) -> list[tuple[str, int | None]]:
-    """The `{NAME}` / `{NAME[i]}` references of an id template, in order; ValueError on a malformed one."""
+class TemplateRef(NamedTuple):
+    """One `{...}` of an id template: the attribute it reads and which piece of it.
+
+    `index` alone: the i-th part when the value is split on the rule's separator; with `rest`, the parts from
+    the i-th on, joined by the separator again (everything after a prefix); `group`: the named group of the
+    attribute's `regex` test."""
+
+    attr: str
+    index: int | None = None
+    rest: bool = False
+    group: str | None = None
+
+
+def template_refs(template: str) -> list[TemplateRef]:
+    """The references of an id template, in order; ValueError on a malformed one."""
     rest = _TEMPLATE_PART.sub("", template)
     if "{" in rest or "}" in rest:
         raise ValueError(
-            f"malformed template {template!r}: use {{ATTRIBUTE}} or {{ATTRIBUTE[i]}} (the i-th part when "
-            "the value is split on the rule's separator) and no other braces"
+            f"malformed template {template!r}: use {{ATTRIBUTE}}, {{ATTRIBUTE[i]}} (the i-th part when the value "
+            "is split on the rule's separator), {ATTRIBUTE[i:]} (the parts from the i-th on) or "
+            "{ATTRIBUTE~NAME} (a named group of the attribute's `regex` test), and no other braces"
         )
-    found = [(m[1], int(m[2]) if m[2] is not None else None) for m in _TEMPLATE_PART.finditer(template)]
+    found = [
+        TemplateRef(m[1], int(m[2]) if m[2] is not None else None, bool(m[3]), m[4])
+        for m in _TEMPLATE_PART.finditer(template)
+    ]
     if not found:
         raise ValueError(f"template {template!r} names no attribute, so every item would get the same id")
     return found
@@ -502,7 +541,9 @@ class MappingRule(_Model):
         description="Attributes an item matching this rule must have (templates may use them); an item "
         "without one is dead-lettered.",
     )
-    separator: str = Field("#", min_length=1, description="Separator of `{ATTRIBUTE[i]}` parts in templates.")
+    separator: str = Field(
+        "#", min_length=1, description="Separator of `{ATTRIBUTE[i]}` / `{ATTRIBUTE[i:]}` parts in templates."
+    )
 
     @property
     def templates(self) -> dict[str, str]:
@@ -581,19 +622,34 @@ class DynamoDBSourceConfig(_SourceBase):
                 )
                 continue
             for attr, cond in rule.when.items():
-                if cond.equals is None and cond.begins_with is None and cond.exists is None:
-                    problems.append(f"{where}.when.{attr}: give equals, begins_with or exists")
+                if cond.equals is None and cond.begins_with is None and cond.exists is None and cond.regex is None:
+                    problems.append(f"{where}.when.{attr}: give equals, begins_with or exists (or regex)")
             known = keys | set(rule.required) | {a for a, c in rule.when.items() if c.guarantees_presence}
             for field_name, template in rule.templates.items():
                 try:
-                    refs = template_attributes(template)
+                    refs = template_refs(template)
                 except ValueError as exc:
                     problems.append(f"{where}.{field_name}: {exc}")
                     continue
-                for attr, _ in refs:
-                    if attr not in known:
+                for ref in refs:
+                    if ref.group is not None:
+                        cond = rule.when.get(ref.attr)
+                        captures = cond.captures if cond is not None else []
+                        if ref.group not in captures:
+                            has = (
+                                f"its `regex` test defines {', '.join(map(repr, captures))}"
+                                if captures
+                                else "it has no `regex` test with named groups"
+                                if cond is not None and cond.regex is not None
+                                else "`when` gives it no `regex` test"
+                            )
+                            problems.append(
+                                f"{where}.{field_name}: template names capture {ref.group!r} of attribute "
+                                f"{ref.attr!r}, which is not a capture of this rule: {has}"
+                            )
+                    elif ref.attr not in known:
                         problems.append(
-                            f"{where}.{field_name}: template names attribute {attr!r}, which this rule does not "
+                            f"{where}.{field_name}: template names attribute {ref.attr!r}, which this rule does not "
                             f"guarantee; it is not a key attribute ({', '.join(sorted(keys)) or 'none'}), nor "
                             "tested present by `when`, nor listed in `required`"
                         )

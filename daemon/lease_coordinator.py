@@ -25,6 +25,12 @@ deadline argument holds for steals too, where KCL lets a stealer take over while
 
 Renewals run every `renew_interval`, at most half of `lease_duration - margin`, so one late or failed
 heartbeat does not stop the writes.
+
+Observability (`daemon.observability.LeaseMetrics`, docs/metrics.md): takes, steal requests, losses and releases
+are counted where they happen; the taker keeps its last view of the whole table (`last_seen`, which `/status`
+shows without reading the table) and, from it, the partitions by state and how long the longest unowned one
+has been owned by nobody: a free lease since this instance first saw it free, an expired one since it expired
+(its counter stood still for `lease_duration`), so a normal failover reads at most `take_interval`.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from daemon.leases import Lease, LeaseLost, LeaseStore, monotonic, new_owner_id
+from daemon.observability import LeaseMetrics, Metrics
 
 log = structlog.get_logger("daemon.leases")
 
@@ -49,12 +57,22 @@ class LeaseRenewer:
     """Heartbeats the leases this instance holds and keeps each one's write deadline."""
 
     def __init__(
-        self, store: LeaseStore, owner: str, *, lease_duration: float, margin: float, clock: Clock = monotonic
+        self,
+        store: LeaseStore,
+        owner: str,
+        *,
+        lease_duration: float,
+        margin: float,
+        clock: Clock = monotonic,
+        metrics: LeaseMetrics | None = None,
     ) -> None:
         self.store, self.owner = store, owner
         self.lease_duration, self.margin, self.clock = lease_duration, margin, clock
+        self.metrics = metrics
         self.held: dict[str, Lease] = {}
         self._deadline: dict[str, float] = {}
+        self._written: dict[str, float] = {}  # partition -> when its last checkpoint write (a renewal too) was sent
+        self.skip_after_write = 0.0  # a lease written this recently is not renewed (the coordinator's interval)
         self.handed_off = 0
         self.handoffs: list[tuple[Lease, str, float | None]] = []  # dropped for (lease, wanted by, its deadline)
 
@@ -65,7 +83,17 @@ class LeaseRenewer:
 
     def drop(self, partition: str) -> Lease | None:
         self._deadline.pop(partition, None)
+        self._written.pop(partition, None)
         return self.held.pop(partition, None)
+
+    def written(self, partition: str, sent_at: float) -> None:
+        """A checkpoint write of `partition` sent at `sent_at` landed: it bumped the counter, so it extends the
+        deadline as a renewal would. Not when a hand-over was asked for: the next renewal answers that."""
+        lease = self.held.get(partition)
+        if lease is None or (lease.pending_owner and lease.pending_owner != self.owner):
+            return
+        self._deadline[partition] = max(self._deadline.get(partition, 0.0), sent_at + self.lease_duration - self.margin)
+        self._written[partition] = sent_at
 
     def deadline(self, partition: str) -> float | None:
         return self._deadline.get(partition)
@@ -85,21 +113,24 @@ class LeaseRenewer:
         lease = self.held[partition]
         if lease.shard_end:  # read to its end and checkpointed: free it, so its children become ready
             self.drop(partition)
-            with suppress(LeaseLost):
-                await self.store.release(lease)
+            await self.give_up(lease, "shard_end")
             return False
         sent = self.clock()
+        if sent - self._written.get(partition, float("-inf")) < self.skip_after_write:
+            return True  # a checkpoint write renewed it lately; its deadline is at least a renewal away
         try:
             await self.store.renew(lease)
         except LeaseLost as exc:
             if self.held.get(partition) is lease:  # (not released here meanwhile: finished, or handed over)
                 log.warning("lease lost at renewal", source=lease.source, partition=partition, owner=exc.actual_owner)
                 self.drop(partition)
+                self._lost()
             return False
         except Exception as exc:  # retries exhausted: keep it while the deadline lasts
             if not self.may_write(partition):
                 log.warning("lease renewal failed past its deadline; dropped", partition=partition, error=str(exc))
                 self.drop(partition)
+                self._lost()
                 return False
             log.info("lease renewal failed; will retry", partition=partition, error=str(exc))
             return True
@@ -112,6 +143,29 @@ class LeaseRenewer:
             self.handoffs.append((lease, wanted_by, deadline))
             return False
         return True
+
+    async def give_up(self, lease: Lease, reason: str, to: str | None = None) -> None:
+        """Free a lease already dropped (or hand it to `to`), counted as a release by `reason`. A write of ours
+        that landed without its answer reaching us (a renewal cancelled in flight) moved the counter: while the
+        table still names us, release at its counter. One another instance holds by now counts as lost."""
+        for _ in range(3):
+            try:
+                await self.store.release(lease, to=to)
+            except LeaseLost as exc:
+                if exc.actual_owner != self.owner or exc.actual_counter is None:
+                    self._lost()
+                    return  # someone else's now: nothing to release
+                if lease.partition in self.held:
+                    return  # taken again meanwhile (a new counter): ours and held, not ours to give away
+                lease.counter = exc.actual_counter
+                continue
+            if self.metrics is not None:
+                self.metrics.released[reason].inc()
+            return
+
+    def _lost(self) -> None:
+        if self.metrics is not None:
+            self.metrics.losses.inc()
 
 
 class LeaseTaker:
@@ -127,20 +181,49 @@ class LeaseTaker:
         max_steal: int = 1,
         steal_tolerance: int = 1,
         clock: Clock = monotonic,
+        metrics: LeaseMetrics | None = None,
     ) -> None:
         self.store, self.source, self.owner = store, source, owner
         self.lease_duration, self.max_steal, self.steal_tolerance = lease_duration, max_steal, steal_tolerance
         self.clock = clock
+        self.metrics = metrics
         self._seen: dict[str, tuple[str | None, int, float]] = {}  # partition -> (owner, counter, since)
         self.takes = 0
         self.steals = 0
-        self.last_seen: list[Lease] = []  # the whole table of this source as the last round read it
+        self.rounds = 0  # take rounds that listed the table
+        self.last_seen: list[Lease] = []  # the table as the last round saw it (taken leases as taken), by partition
         self.ready_unowned = 0  # partitions the last round left free or expired and ready to take (0: all placed)
+        self._unowned_since: dict[str, float] = {}  # takeable partition -> monotonic time it lost its owner
 
-    async def take_round(self, held: Mapping[str, Lease]) -> list[tuple[Lease, float]]:
-        """One round: returns the leases taken, each with the monotonic time its take was sent."""
+    def expired(self, lease: Lease, now: float) -> bool:
+        """Free, or its counter has stood still for `lease_duration` as this instance watched it."""
+        seen = self._seen.get(lease.partition)
+        return lease.owner is None or seen is None or now - seen[2] >= self.lease_duration
+
+    def unowned_seconds(self) -> float:
+        """How long the longest unowned takeable partition of the last round has been owned by nobody."""
+        if not self._unowned_since:
+            return 0.0
+        return max(0.0, self.clock() - min(self._unowned_since.values()))
+
+    def others_hold_everything(self, held: Mapping[str, Lease]) -> bool:
+        """This instance holds nothing, and its last round saw unfinished partitions, every one owned by another
+        instance whose lease has not expired: it has nothing to apply (a standby's idea of idle). A table with
+        no unfinished partition yet (a source that has not registered its shards) is not idle."""
+        active = [lease for lease in self.last_seen if not lease.shard_end]
+        if held or not active:
+            return False
+        now = self.clock()
+        return all(
+            lease.owner is not None and lease.owner != self.owner and not self.expired(lease, now) for lease in active
+        )
+
+    async def take_round(
+        self, held: Mapping[str, Lease], handing_over: Set[str] = frozenset()
+    ) -> list[tuple[Lease, float]]:
+        """One round: returns the leases taken, each with the monotonic time its take was sent. A lease this
+        instance is handing over (dropped, not released yet) still names it in the table but is not taken again."""
         leases = await self.store.list_leases(self.source)
-        self.last_seen = leases
         now = self.clock()
         by_partition = {lease.partition: lease for lease in leases}
         for partition in set(self._seen) - set(by_partition):
@@ -153,14 +236,21 @@ class LeaseTaker:
         active = [lease for lease in leases if not lease.shard_end]
 
         def expired(lease: Lease) -> bool:
-            return lease.owner is None or now - self._seen[lease.partition][2] >= self.lease_duration
+            return self.expired(lease, now)
 
         def ready(lease: Lease) -> bool:
             parents = (by_partition.get(p) for p in lease.parents)
             return all(parent is None or parent.shard_end for parent in parents)
 
+        self.rounds += 1
+        self._observe(leases, now, expired, ready)  # before taking: a take that fails leaves the view in place
+
         mine = [lease for lease in active if lease.partition in held]
-        handed = [lease for lease in active if lease.owner == self.owner and lease.partition not in held]
+        handed = [
+            lease
+            for lease in active
+            if lease.owner == self.owner and lease.partition not in held and lease.partition not in handing_over
+        ]
         asked = [  # steal requests not answered yet (an expired one is simply taken below)
             lease
             for lease in active
@@ -186,6 +276,13 @@ class LeaseTaker:
                 self.takes += 1
             except LeaseLost:
                 continue  # another instance was quicker
+        if taken:
+            copies = {lease.partition: replace(lease) for lease, _ in taken}  # the held ones change as they renew
+            for lease in copies.values():
+                self._seen[lease.partition] = (lease.owner, lease.counter, now)
+            self._observe([copies.get(lease.partition, lease) for lease in leases], now, expired, ready)
+            if self.metrics is not None:
+                self.metrics.acquired.inc(len(taken))
         self.ready_unowned = len({lease.partition for lease in free} - {lease.partition for lease, _ in taken})
         if wanted or asked or not loads:
             return taken
@@ -202,9 +299,35 @@ class LeaseTaker:
             try:
                 await self.store.steal(self.source, lease.partition, self.owner, victim, lease.counter)
                 self.steals += 1
+                if self.metrics is not None:
+                    self.metrics.steals.inc()
             except LeaseLost:
                 continue
         return taken
+
+    def _observe(
+        self, leases: list[Lease], now: float, expired: Callable[[Lease], bool], ready: Callable[[Lease], bool]
+    ) -> None:
+        """Remember this round's view of the table: `last_seen`, the partitions by state, and since when each
+        takeable partition has been owned by nobody."""
+        self.last_seen = sorted(leases, key=lambda lease: lease.partition)
+        states: Counter[str] = Counter()
+        unowned: dict[str, float] = {}
+        for lease in leases:
+            if lease.shard_end:
+                states["finished"] += 1
+            elif not expired(lease):
+                states["owned"] += 1
+            elif not ready(lease):
+                states["waiting"] += 1
+            else:
+                states["unowned"] += 1
+                since = self._seen[lease.partition][2]
+                unowned[lease.partition] = since if lease.owner is None else since + self.lease_duration
+        self._unowned_since = unowned
+        if self.metrics is not None:
+            for state, gauge in self.metrics.partitions.items():
+                gauge.set(states[state])
 
 
 class LeaseCoordinator:
@@ -224,13 +347,18 @@ class LeaseCoordinator:
         steal_tolerance: int = 1,
         clock: Clock = monotonic,
         on_change: Callable[[set[str]], Awaitable[None] | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if 2 * renew_interval > lease_duration - margin:
             raise ValueError("renew_interval should be at most half of lease_duration - margin")
         self.store, self.source = store, source
         self.owner = owner or new_owner_id()
         self.renew_interval, self.take_interval = renew_interval, take_interval
-        self.renewer = LeaseRenewer(store, self.owner, lease_duration=lease_duration, margin=margin, clock=clock)
+        self.metrics = LeaseMetrics(source, metrics)
+        self.renewer = LeaseRenewer(
+            store, self.owner, lease_duration=lease_duration, margin=margin, clock=clock, metrics=self.metrics
+        )
+        self.renewer.skip_after_write = renew_interval
         self.taker = LeaseTaker(
             store,
             source,
@@ -239,7 +367,11 @@ class LeaseCoordinator:
             max_steal=max_steal,
             steal_tolerance=steal_tolerance,
             clock=clock,
+            metrics=self.metrics,
         )
+        self.metrics.held.set_function(lambda: len(self.renewer.held))
+        self.metrics.duration.set(lease_duration)
+        self.metrics.unowned_seconds.set_function(lambda: 0.0 if self._closed else self.taker.unowned_seconds())
         self.on_change = on_change  # told the held partitions whenever they change (the source reads those)
         # Returns once nothing of this process writes the partition any more (the pipeline's `quiesce`).
         self.quiesce: Callable[[str], Awaitable[None]] | None = None
@@ -249,6 +381,7 @@ class LeaseCoordinator:
         self.take_pending = False  # `wake` asked for a take round that has not ended yet
         self._wakes = 0
         self._handovers: set[asyncio.Task[None]] = set()
+        self._handing_over: set[str] = set()  # partitions of those: not to be taken back by our own take rounds
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -275,13 +408,45 @@ class LeaseCoordinator:
         another instance could take the lease, and at once after a lost lease."""
         return self.renewer.may_write(partition)
 
+    def now(self) -> float:
+        """This coordinator's monotonic clock (`daemon.leases.monotonic`)."""
+        return self.renewer.clock()
+
+    def written(self, partition: str, sent_at: float) -> None:
+        """A conditional checkpoint write of `partition`, sent at `now()` = `sent_at`, landed (it renews)."""
+        self.renewer.written(partition, sent_at)
+
     def deadline(self, partition: str) -> float | None:
         """The monotonic time (`daemon.leases.monotonic`) from which `partition` may no longer be written."""
         return self.renewer.deadline(partition)
 
+    def view(self) -> list[dict[str, Any]]:
+        """Every partition of the source as the last take round saw the table (a held lease as it is now), for
+        `/status`: partition, owner, held_by_me, position (the checkpoint, a list) and pending_owner."""
+        held = self.renewer.held
+        rows = []
+        for seen in self.taker.last_seen:
+            lease = held.get(seen.partition, seen)
+            rows.append(
+                {
+                    "partition": lease.partition,
+                    "owner": lease.owner,
+                    "held_by_me": lease.partition in held,
+                    "position": list(lease.position) if lease.position is not None else None,
+                    "pending_owner": lease.pending_owner,
+                }
+            )
+        return rows
+
+    def standby_idle(self) -> bool:
+        """Nothing for this instance to apply: it holds no lease and, in its last take round, every unfinished
+        partition had another live owner (`run --exit-when-idle` counts such a source as idle)."""
+        return self.taker.others_hold_everything(self.renewer.held)
+
     async def lease_lost(self, partition: str) -> None:
         """A conditional write found the lease gone (`LeaseLost`): stop writing the partition at once."""
         if self.renewer.drop(partition) is not None:
+            self.metrics.losses.inc()
             await self._changed()
 
     def wake(self) -> None:
@@ -296,7 +461,7 @@ class LeaseCoordinator:
         lease = self.renewer.drop(partition)
         if lease is None:
             return
-        await self._release(lease)
+        await self._release(lease, reason="shard_end")
         self.wake()
         await self._changed()
 
@@ -307,7 +472,9 @@ class LeaseCoordinator:
         for lease, wanted_by, deadline in handoffs:  # each in its own task: renewals never wait for a hand-over
             task = asyncio.create_task(self._hand_over(lease, wanted_by, deadline), name=f"hand-over:{lease.partition}")
             self._handovers.add(task)
+            self._handing_over.add(lease.partition)
             task.add_done_callback(self._handovers.discard)
+            task.add_done_callback(lambda _, partition=lease.partition: self._handing_over.discard(partition))
 
     async def handovers_done(self) -> None:
         """Wait for the hand-overs in progress (tests; `stop` does it for a drain)."""
@@ -324,25 +491,18 @@ class LeaseCoordinator:
             except TimeoutError:
                 log.warning("lease not handed over: writes still in flight at its deadline; it will expire",
                             source=lease.source, partition=lease.partition)  # fmt: skip
+                self.metrics.losses.inc()
                 return
         self.renewer.handed_off += 1
-        await self._release(lease, to=wanted_by)
+        await self._release(lease, to=wanted_by, reason="handoff")
 
-    async def _release(self, lease: Lease, to: str | None = None) -> None:
-        """Free a lease (or hand it to `to`). A write of ours that landed without its answer reaching us (a
-        renewal cancelled in flight) moved the counter: while the table still names us, release at its counter."""
-        for _ in range(3):
-            try:
-                await self.store.release(lease, to=to)
-                return
-            except LeaseLost as exc:
-                if exc.actual_owner != self.owner or exc.actual_counter is None:
-                    return  # someone else's now: nothing to release
-                lease.counter = exc.actual_counter
+    async def _release(self, lease: Lease, to: str | None = None, *, reason: str) -> None:
+        """Free a lease (or hand it to `to`): `LeaseRenewer.give_up`, counted by `reason`."""
+        await self.renewer.give_up(lease, reason, to)
 
     async def take_once(self) -> None:
         wakes = self._wakes
-        taken = await self.taker.take_round(self.renewer.held)
+        taken = await self.taker.take_round(self.renewer.held, self._handing_over)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
         if taken:
@@ -379,7 +539,7 @@ class LeaseCoordinator:
             for partition in list(self.renewer.held):
                 lease = self.renewer.drop(partition)
                 if lease is not None:
-                    await self._release(lease)
+                    await self._release(lease, reason="drain")
 
     async def _every(
         self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None

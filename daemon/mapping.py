@@ -22,13 +22,14 @@ the scheduler orders and the sinks apply like any other change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from daemon.config import DynamoDBSourceConfig, MappingRule, template_attributes
+from daemon.config import DynamoDBSourceConfig, MappingRule, TemplateRef, template_refs
 from daemon.model import (
     EDGE_PROPERTY,
     VERTEX_LABEL,
@@ -92,60 +93,117 @@ class Outcome:
 class _Ids:
     """A rule's id templates (the element id, and an edge's endpoints) compiled to one function of the item.
 
-    Each `{ATTR}` / `{ATTR[i]}` reference is read and split once per item, even when several templates use it,
-    and the templates become `str.format` patterns over those values."""
+    The function is generated as Python source once, when the mapper is built: each attribute a template
+    names is read once (and matched against its `regex` once), each reference (`{ATTR}`, `{ATTR[i]}`,
+    `{ATTR[i:]}`, `{ATTR~GROUP}`) is computed once even when several templates use it, and each template is a
+    concatenation of constants and those values. Only `repr` of the config's strings reaches the source.
+    `render(item)` returns the ids in template order, or raises `UnmappableItem` as the rule says."""
 
-    def __init__(self, rule: str, templates: list[str], separator: str) -> None:
+    def __init__(self, rule: str, templates: list[str], separator: str, patterns: dict[str, re.Pattern[str]]) -> None:
         self.rule, self.separator = rule, separator
-        self.refs: list[tuple[str, int | None]] = []
-        self.patterns: list[str] = []
+        attrs: list[str] = []  # attribute -> t{i}
+        refs: list[TemplateRef] = []  # reference -> r{i}
+        lines = ["def render(item):"]
+        split: set[int] = set()  # attributes (by position) split into p{i} already
+        matched: set[int] = set()  # attributes matched against their regex into m{i} already
+        ids: list[list[str]] = []  # per template: its expression's terms
+        literals: list[str] = []
         for template in templates:
-            pattern: list[str] = []
-            refs = iter(template_attributes(template))
-            pos = 0
-            while pos < len(template):
-                start = template.find("{", pos)
-                if start < 0:
-                    pattern.append(_literal(template[pos:]))
-                    break
-                if start > pos:
-                    pattern.append(_literal(template[pos:start]))
-                ref = next(refs)
-                if ref not in self.refs:
-                    self.refs.append(ref)
-                pattern.append(f"{{{self.refs.index(ref)}}}")
-                pos = template.index("}", start) + 1
-            self.patterns.append("".join(pattern))
+            terms: list[str] = []
+            for literal, ref in _template_pieces(template):
+                if literal:
+                    terms.append(repr(literal))
+                    literals.append(literal)
+                if ref is None:
+                    continue
+                if ref.attr not in attrs:
+                    at = len(attrs)
+                    attrs.append(ref.attr)
+                    lines += [
+                        f"    v = item.get({ref.attr!r})",
+                        f"    t{at} = v.get('S') if v.__class__ is dict else None",
+                        f"    if t{at}.__class__ is not str:",
+                        f"        t{at} = _key_text(RULE, {ref.attr!r}, v)",
+                    ]
+                at = attrs.index(ref.attr)
+                if ref not in refs:
+                    r = f"r{len(refs)}"
+                    refs.append(ref)
+                    if ref.group is not None:
+                        if at not in matched:
+                            matched.add(at)
+                            lines.append(f"    m{at} = PATTERNS[{ref.attr!r}].fullmatch(t{at})")
+                        lines += [
+                            f"    {r} = m{at}[{ref.group!r}] if m{at} is not None else None",
+                            f"    if {r} is None:",
+                            f"        _no_capture(RULE, {ref.attr!r}, t{at}, {ref.group!r})",
+                        ]
+                    elif ref.index is not None:
+                        if at not in split:
+                            split.add(at)
+                            lines.append(f"    p{at} = t{at}.split(SEP)")
+                        lines += [
+                            f"    if len(p{at}) <= {ref.index}:",
+                            f"        _no_part(RULE, {ref.attr!r}, t{at}, {ref.index}, SEP)",
+                            f"    {r} = SEP.join(p{at}[{ref.index}:])" if ref.rest else f"    {r} = p{at}[{ref.index}]",
+                        ]
+                    else:
+                        lines.append(f"    {r} = t{at}")
+                terms.append(f"r{refs.index(ref)}")
+            ids.append(terms)
+        values = [f"r{i}" for i in range(len(refs))]
+        # Ids are ASCII without NUL when their pieces are (the common case, tested on the values only);
+        # otherwise every id is checked by the text rule, which names what is wrong.
+        clean = all(lit.isascii() and "\x00" not in lit for lit in literals)
+        fast = " and ".join(f"{v}.isascii() and '\\x00' not in {v}" for v in values) if clean else "False"
+        lines.append(f"    ids = ({', '.join(' + '.join(t) for t in ids)},)")
+        lines += [f"    if not ({fast}):", "        _check_ids(RULE, ids)", "    return ids"]
+        self.source = "\n".join(lines)
+        namespace: dict[str, Any] = {
+            "RULE": rule,
+            "SEP": separator,
+            "PATTERNS": patterns,
+            "_key_text": _key_text,
+            "_no_part": _no_part,
+            "_no_capture": _no_capture,
+            "_check_ids": _check_ids,
+        }
+        exec(compile(self.source, f"<id templates of rule {rule!r}>", "exec"), namespace)
+        self.render: Callable[[Item], tuple[str, ...]] = namespace["render"]
 
-    def render(self, item: Item) -> list[str]:
-        values = []
-        for attr, index in self.refs:
-            value = item.get(attr)
-            # the common case inline: a string attribute (what `_key_text` accepts first)
-            text = value.get("S") if value.__class__ is dict else None
-            if text.__class__ is not str:
-                text = _key_text(self.rule, attr, value)
-            if index is not None:
-                pieces = text.split(self.separator)
-                if index >= len(pieces):
-                    raise UnmappableItem(
-                        self.rule,
-                        f"attribute {attr!r} = {text!r} has no part {index} when split on {self.separator!r}",
-                    )
-                text = pieces[index]
-            values.append(text)
-        ids = [pattern.format(*values) for pattern in self.patterns]
-        for element_id in ids:
-            if not (element_id.isascii() and "\x00" not in element_id):
-                try:
-                    check_text(element_id, "id")
-                except UnsupportedValue as exc:
-                    raise UnmappableItem(self.rule, str(exc)) from None
-        return ids
+
+def _template_pieces(template: str) -> list[tuple[str, TemplateRef | None]]:
+    """(literal text before, reference) of each reference of a template, then (the tail, None)."""
+    out: list[tuple[str, TemplateRef | None]] = []
+    refs = iter(template_refs(template))
+    pos = 0
+    while True:
+        start = template.find("{", pos)
+        if start < 0:
+            out.append((template[pos:], None))
+            return out
+        out.append((template[pos:start], next(refs)))
+        pos = template.index("}", start) + 1
 
 
-def _literal(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
+def _no_part(rule: str, attr: str, text: str, index: int, separator: str) -> None:
+    raise UnmappableItem(rule, f"attribute {attr!r} = {text!r} has no part {index} when split on {separator!r}")
+
+
+def _no_capture(rule: str, attr: str, text: str, group: str) -> None:
+    raise UnmappableItem(
+        rule,
+        f"capture {group!r} of attribute {attr!r} = {show(text)} is not set (the attribute does not match its "
+        "`regex` test, or the group took no part in the match)",
+    )
+
+
+def _check_ids(rule: str, ids: tuple[str, ...]) -> None:
+    for element_id in ids:
+        try:
+            check_text(element_id, "id")
+        except UnsupportedValue as exc:
+            raise UnmappableItem(rule, str(exc)) from None
 
 
 def _key_text(rule: str, attr: str, value: Any) -> str:
@@ -167,43 +225,55 @@ def _key_text(rule: str, attr: str, value: Any) -> str:
     raise UnmappableItem(rule, f"attribute {attr!r} is {shown}, not a string or number")
 
 
+_UNSEEN: Any = object()  # an attribute name the rule has not met yet (see `_CompiledRule.properties`)
+_NAMES_MAX = 10_000  # attribute names remembered per rule; a table with more distinct names checks the rest each time
+
+
 class _CompiledRule:
+    """One rule, prepared once: its tests as one function of the item, its id templates compiled (`_Ids`), and
+    a table of the attribute names it has met (checked by the name rule, renamed, or skipped)."""
+
     def __init__(self, rule: MappingRule, key: set[str]) -> None:
         self.rule = rule
         self.name = rule.name
         self.key_only_tests = all(attr in key for attr in rule.when)
         sep = rule.separator
+        patterns = {attr: re.compile(cond.regex) for attr, cond in rule.when.items() if cond.regex is not None}
         if rule.vertex is not None:
             self.vertex = True
             self.label = rule.vertex.label
-            self.ids = _Ids(rule.name, [rule.vertex.id], sep)
+            self.ids = _Ids(rule.name, [rule.vertex.id], sep, patterns)
         else:
             assert rule.edge is not None
             self.vertex = False
             self.label = rule.edge.type
-            self.ids = _Ids(rule.name, [rule.edge.id, rule.edge.from_, rule.edge.to], sep)
+            self.ids = _Ids(rule.name, [rule.edge.id, rule.edge.from_, rule.edge.to], sep, patterns)
         self.skip = set(key) | set(rule.exclude) if rule.properties == "*" else set(rule.exclude)
         self.keep = None if rule.properties == "*" else list(rule.properties)
         self.rename = dict(rule.rename)
         self.required = list(rule.required)
         self.tests = [(attr, _test(cond)) for attr, cond in rule.when.items()]
-        refs = [attr for template in rule.templates.values() for attr, _ in template_attributes(template)]
+        self.test_item = _item_test(self.tests)
+        refs = [ref.attr for template in rule.templates.values() for ref in template_refs(template)]
         self.key_ids = all(attr in key for attr in refs)  # the element's id(s) come from the key alone
         # Set by ItemMapper: this rule and every rule before it test only key attributes, and its ids come from
         # the key; then an older image of the same item matches this rule too and maps to the same element.
         self.same_element_for_same_key = False
+        # attribute name -> property name (None: never a property); filled as names are met
+        self.names: dict[str, str | None] = {}
 
     def matches(self, item: Item, known: Callable[[str], bool] | None = None) -> bool:
         """Every test holds; tests on attributes `known` says the image lacks pass (a keys-only REMOVE)."""
+        if known is None:
+            return self.test_item(item)
         for attr, test in self.tests:
-            if (known is None or known(attr)) and not test(item.get(attr)):
+            if known(attr) and not test(item.get(attr)):
                 return False
         return True
 
     def element(self, item: Item, with_properties: bool) -> Element:
-        missing = [a for a in self.required if a not in item]
-        if missing:
-            raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
+        if self.required:
+            self._check_required(item)
         props = self.properties(item) if with_properties else None
         if self.vertex:
             (vertex_id,) = self.ids.render(item)
@@ -211,34 +281,135 @@ class _CompiledRule:
         edge_id, from_id, to_id = self.ids.render(item)
         return Element(self.name, False, edge_id, self.label, from_id, to_id, props)
 
+    def addition(self, item: Item, position: Position, commit_ms: int, partition: str) -> GraphChange:
+        """The whole-element ADD of an item this rule matched (what `element` gives, as a change)."""
+        if self.required:
+            self._check_required(item)
+        props = self.properties(item)
+        if self.vertex:
+            (vertex_id,) = self.ids.render(item)
+            return GraphChange(
+                WHOLE_VERTEX, True, vertex_id, self.label, props, None, None, position, commit_ms, partition
+            )
+        edge_id, from_id, to_id = self.ids.render(item)
+        return GraphChange(WHOLE_EDGE, True, edge_id, self.label, props, from_id, to_id, position, commit_ms, partition)
+
+    def _check_required(self, item: Item) -> None:
+        missing = [a for a in self.required if a not in item]
+        if missing:
+            raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
+
     def properties(self, item: Item) -> dict[str, Any]:
-        names = item if self.keep is None else [a for a in self.keep if a in item]
-        skip, rename = self.skip, self.rename
+        """The item's attributes as properties, by the name rule and the value rule (`from_dynamodb`), with the
+        common values (an ASCII string without NUL, a plain integer, a boolean) converted inline."""
+        names = self.names
         out: dict[str, Any] = {}
-        for attr in names:
-            if attr in skip:
+        for attr in item if self.keep is None else [a for a in self.keep if a in item]:
+            name = names.get(attr, _UNSEEN)
+            if name is None:
                 continue
-            value = item[attr]
-            # the common case inline: a plain string (ASCII without NUL) under an ASCII name; the rest by the
-            # value rule and the name rule
-            if value.__class__ is dict and len(value) == 1 and "S" in value:
-                text = value["S"]
-                if text.__class__ is str and text.isascii() and "\x00" not in text and attr.isascii():
-                    out[rename.get(attr, attr)] = text
+            if name is _UNSEEN:
+                name = self._name(attr)
+                if name is None:
                     continue
+            value = item[attr]
+            if value.__class__ is dict and len(value) == 1:
+                raw = value.get("S")
+                if raw is not None:
+                    if raw.__class__ is str and raw.isascii() and "\x00" not in raw:
+                        out[name] = raw
+                        continue
+                else:
+                    raw = value.get("N")
+                    if raw is not None:
+                        # up to 18 ASCII digits: within 64 bits, and `int` gives what the full rule gives
+                        if raw.__class__ is str and len(raw) <= 18 and raw.isdigit() and raw.isascii():
+                            out[name] = int(raw)
+                            continue
+                    else:
+                        raw = value.get("BOOL")
+                        if raw.__class__ is bool:
+                            out[name] = raw
+                            continue
             try:
-                check_name(attr, "attribute name")
                 value = from_dynamodb(value)
-            except (UnsupportedValue, InvalidName) as exc:
+            except UnsupportedValue as exc:
                 raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
             if value is not ABSENT:
-                out[rename.get(attr, attr)] = value
+                out[name] = value
         return out
+
+    def _name(self, attr: str) -> str | None:
+        """The property name of an attribute met for the first time (None: never a property), remembered."""
+        if attr in self.skip:
+            name = None
+        else:
+            try:
+                check_name(attr, "attribute name")
+            except InvalidName as exc:
+                raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
+            name = self.rename.get(attr, attr)
+        if len(self.names) < _NAMES_MAX:
+            self.names[attr] = name
+        return name
+
+
+def _matcher(rules: list[_CompiledRule]) -> Callable[[Item], _CompiledRule | None]:
+    """The first rule whose tests all hold, as one function generated once: each tested attribute's string is
+    read once, `begins_with` and string `equals` tests are inline, other tests call their function (`_test`)."""
+    lines = ["def match(item):"]
+    strings: dict[str, str] = {}  # attribute -> the variable holding its S value (None if it has none)
+    namespace: dict[str, Any] = {}
+    for r, rule in enumerate(rules):
+        namespace[f"R{r}"] = rule
+        terms = []
+        for t, (attr, cond) in enumerate(rule.rule.when.items()):
+            inline = cond.exists is None and cond.regex is None
+            starts = inline and cond.equals is None and cond.begins_with is not None
+            if not starts and not (inline and cond.begins_with is None and isinstance(cond.equals, str)):
+                namespace[f"T{r}_{t}"] = rule.tests[t][1]
+                terms.append(f"T{r}_{t}(item.get({attr!r}))")
+                continue
+            if attr not in strings:
+                strings[attr] = f"s{len(strings)}"
+                lines += [
+                    f"    v = item.get({attr!r})",
+                    f"    {strings[attr]} = v.get('S') if v.__class__ is dict else None",
+                ]
+            text = strings[attr]
+            if starts:
+                terms.append(f"{text}.__class__ is str and {text}.startswith({cond.begins_with!r})")
+            else:
+                terms.append(f"{text} == {cond.equals!r}")
+        lines += [f"    if {' and '.join(terms) or 'True'}:", f"        return R{r}"]
+    lines.append("    return None")
+    exec(compile("\n".join(lines), "<mapping rules>", "exec"), namespace)
+    return namespace["match"]
+
+
+def _item_test(tests: list[tuple[str, Callable[[Any], bool]]]) -> Callable[[Item], bool]:
+    """A rule's tests as one function of the item (the common counts of tests without a loop)."""
+    if not tests:
+        return lambda item: True
+    if len(tests) == 1:
+        ((a1, t1),) = tests
+        return lambda item: t1(item.get(a1))
+    if len(tests) == 2:
+        (a1, t1), (a2, t2) = tests
+        return lambda item: t1(item.get(a1)) and t2(item.get(a2))
+
+    def every(item: Item) -> bool:
+        for attr, test in tests:
+            if not test(item.get(attr)):
+                return False
+        return True
+
+    return every
 
 
 def _test(cond: Any) -> Callable[[dict[str, Any] | None], bool]:
-    exists, prefix, expected = cond.exists, cond.begins_with, cond.equals
-    if exists is None and expected is None and prefix is not None:  # the common test, specialised
+    exists, prefix, expected, regex = cond.exists, cond.begins_with, cond.equals, cond.regex
+    if exists is None and expected is None and regex is None and prefix is not None:  # the common test, specialised
 
         def begins_with(value: dict[str, Any] | None) -> bool:
             if value.__class__ is not dict:
@@ -247,19 +418,24 @@ def _test(cond: Any) -> Callable[[dict[str, Any] | None], bool]:
             return text.__class__ is str and text.startswith(prefix)
 
         return begins_with
-    if exists is None and prefix is None and isinstance(expected, str):
+    if exists is None and prefix is None and regex is None and isinstance(expected, str):
 
         def equals_string(value: dict[str, Any] | None) -> bool:
             return value.__class__ is dict and value.get("S") == expected
 
         return equals_string
+    fullmatch = re.compile(regex).fullmatch if regex is not None else None
 
     def test(value: dict[str, Any] | None) -> bool:
         if exists is not None and (value is not None) != exists:
             return False
-        if prefix is not None:
+        if prefix is not None or fullmatch is not None:
             text = value.get("S") if value.__class__ is dict else None
-            if text.__class__ is not str or not text.startswith(prefix):
+            if text.__class__ is not str:
+                return False
+            if prefix is not None and not text.startswith(prefix):
+                return False
+            if fullmatch is not None and fullmatch(text) is None:
                 return False
         return expected is None or (value.__class__ is dict and _equals(value, expected))
 
@@ -288,12 +464,15 @@ class ItemMapper:
         self.rules = [_CompiledRule(rule, self.key) for rule in cfg.rules]
         for i, rule in enumerate(self.rules):
             rule.same_element_for_same_key = rule.key_ids and all(r.key_only_tests for r in self.rules[: i + 1])
+        self._match = _matcher(self.rules)
         self.vertex_removes = cfg.vertex_removes
         self.ttl_deletes = cfg.ttl_deletes
         self.ttl_mark_property = cfg.ttl_mark_property
 
     def match(self, item: Item, keys_only: bool = False) -> _CompiledRule | None:
-        known = self.key.__contains__ if keys_only else None
+        if not keys_only:
+            return self._match(item)
+        known = self.key.__contains__
         for rule in self.rules:
             if rule.matches(item, known):
                 return rule
@@ -322,15 +501,6 @@ class ItemMapper:
         """The changes one stream record makes. `new` is the item after the record (None for a REMOVE, or when
         the item is gone by the time a keys-only record was read), `old` the item before it when the stream
         carries it."""
-
-        def removal(el: Element) -> GraphChange:
-            if not el.vertex:
-                kind = WHOLE_EDGE
-            elif self.vertex_removes == "detach":
-                kind = VERTEX_LABEL
-            else:
-                kind = WHOLE_VERTEX
-            return GraphChange(kind, False, el.id, el.name, None, el.from_id, el.to_id, position, commit_ms, partition)
 
         if (
             keys.__class__ is not dict
@@ -370,7 +540,7 @@ class ItemMapper:
                     partition,
                 )
                 return Outcome([mark])
-            return Outcome([removal(before)])
+            return Outcome([self._removal(before, position, commit_ms, partition)])
 
         if new is None:  # a keys-only record whose item is gone now: its REMOVE record follows
             return Outcome([], "item_gone")
@@ -381,13 +551,14 @@ class ItemMapper:
         if unchanged:
             return Outcome([], "unchanged")
         rule = self.match(new)
+        if rule is not None and (old is None or rule.same_element_for_same_key):
+            # the common case: no older element to compare with (see `same_element_for_same_key`)
+            return Outcome([rule.addition(new, position, commit_ms, partition)])
         after = rule.element(new, True) if rule is not None else None
-        before = None
-        if old is not None and not (rule is not None and rule.same_element_for_same_key):
-            before = self.element(old, with_properties=False)
+        before = self.element(old, with_properties=False) if old is not None else None
         out: list[GraphChange] = []
         if before is not None and (after is None or not before.same_element(after)):
-            out.append(removal(before))
+            out.append(self._removal(before, position, commit_ms, partition))
         if after is not None:
             out.append(
                 GraphChange(
@@ -404,3 +575,12 @@ class ItemMapper:
                 )
             )
         return Outcome(out, None if out else "no_rule")
+
+    def _removal(self, el: Element, position: Position, commit_ms: int, partition: str) -> GraphChange:
+        if not el.vertex:
+            kind = WHOLE_EDGE
+        elif self.vertex_removes == "detach":
+            kind = VERTEX_LABEL
+        else:
+            kind = WHOLE_VERTEX
+        return GraphChange(kind, False, el.id, el.name, None, el.from_id, el.to_id, position, commit_ms, partition)

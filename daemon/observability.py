@@ -188,6 +188,64 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # Leases in the shared (DynamoDB) checkpoint store (daemon.lease_coordinator); see `LeaseMetrics`.
+        self.leases_held = Gauge(
+            p + "leases_held",
+            "Leases of the source this instance holds (DynamoDB checkpoint store only)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_acquisitions = Counter(
+            p + "lease_acquisitions_total",
+            "Leases this instance took (free, expired, or handed to it)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_steals = Counter(
+            p + "lease_steals_total",
+            "Steal requests this instance made to the most loaded instance (each is a hand-off request)",
+            ["source"],
+            registry=r,
+        )
+        self.lease_losses = Counter(
+            p + "lease_losses_total",
+            "Leases this instance lost: refused at renewal or at a conditional checkpoint write, or dropped "
+            "past their deadline",
+            ["source"],
+            registry=r,
+        )
+        self.lease_releases = Counter(
+            p + "lease_releases_total",
+            "Leases this instance gave up, by reason: drain, handoff (a steal request answered), shard_end",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.lease_partitions = Gauge(
+            p + "lease_partitions",
+            "Partitions of the source in the lease table as this instance's last take round saw them, by state: "
+            "owned, unowned (free or expired), waiting (free, parents not finished), finished",
+            ["source", "state"],
+            registry=r,
+        )
+        self.lease_unowned_seconds = Gauge(
+            p + "lease_unowned_seconds",
+            "Longest time any takeable, unfinished partition of the source has been owned by nobody (free or "
+            "expired), as this instance sees it; 0 when every one has an owner",
+            ["source"],
+            registry=r,
+        )
+        self.lease_duration = Gauge(
+            p + "lease_duration_seconds",
+            "The configured lease duration (`lease_duration_seconds`), for alerts that compare with it",
+            ["source"],
+            registry=r,
+        )
+        self.lease_table_retries = Counter(
+            p + "lease_table_retries_total",
+            "Calls to the lease table retried after a retryable failure, by reason",
+            ["reason"],
+            registry=r,
+        )
         # The embedded FalkorDB engine (daemon.engine) of a sink without `url`.
         self.engine_restarts = Counter(
             p + "engine_restarts_total",
@@ -286,6 +344,30 @@ class SourceMetrics:
         if failing:
             self.up.set(0)
         return failing
+
+
+LEASE_PARTITION_STATES = ("owned", "unowned", "waiting", "finished")
+LEASE_RELEASE_REASONS = ("drain", "handoff", "shard_end")
+
+
+class LeaseMetrics:
+    """One source's lease series (the coordinator's), bound to its label once; every series exists from the
+    start at 0 so that rate() and alerts see the first event."""
+
+    def __init__(self, source: str, metrics: Metrics | None = None) -> None:
+        m = metrics or METRICS
+        self.held = m.leases_held.labels(source=source)
+        self.acquired = m.lease_acquisitions.labels(source=source)
+        self.steals = m.lease_steals.labels(source=source)
+        self.losses = m.lease_losses.labels(source=source)
+        self.released = {
+            reason: m.lease_releases.labels(source=source, reason=reason) for reason in LEASE_RELEASE_REASONS
+        }
+        self.partitions = {
+            state: m.lease_partitions.labels(source=source, state=state) for state in LEASE_PARTITION_STATES
+        }
+        self.unowned_seconds = m.lease_unowned_seconds.labels(source=source)
+        self.duration = m.lease_duration.labels(source=source)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

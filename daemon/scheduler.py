@@ -293,10 +293,15 @@ class Planner:
                 vm = open_vertex.get(c.id)
                 if vm is None:
                     layer = max(vertex_write.get(c.id, -1), vertex_read.get(c.id, -1)) + 1
-                    vm = VertexMutation(c.id, layer)
+                    if c.kind == WHOLE_VERTEX and c.add:  # what `merge` makes of it, built in one step
+                        vm = VertexMutation(c.id, layer, {c.key: None}, {}, dict(c.value), {}, set(), True, False, [c])
+                    else:
+                        vm = VertexMutation(c.id, layer)
+                        vm.merge(c)
                     vertex_write[c.id] = layer
                     open_vertex[c.id] = vm
                     mutations.append(vm)
+                    continue
                 vm.merge(c)
                 continue
 
@@ -359,12 +364,11 @@ class Planner:
                 c.key,
                 source,
                 target,
-                changes=[*carried, c],
+                dict(c.value) if whole and c.add else {},
+                changes=[*carried, c] if carried else [c],
                 replace=whole and c.add,
                 collect_endpoints=whole and not c.add,
             )
-            if whole and c.add:
-                em.props = dict(c.value)
             edge_write[edge_id] = layer
             if vertex_read.get(source, -1) < layer:
                 vertex_read[source] = layer
@@ -432,25 +436,28 @@ class Planner:
             found = self._statement_cache[shape] = statement
         return found
 
-    def _group(
-        self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]
-    ) -> list[list[list[Batch]]]:
+    def _group(self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]) -> list[list[list[Batch]]]:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
+        statements = self._statement_cache
         for m in mutations:
             if isinstance(m, EdgeMutation) and m.action == EDGE_NOOP:
                 continue
             try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
-                parts = [(phase, shape, row, self._statement(shape)) for phase, shape, row in self._parts(m)]
+                parts = self._parts(m)
+                for _, shape, _ in parts:
+                    if shape not in statements:
+                        self._statement(shape)
             except InvalidName as exc:
                 rejected.extend((c, f"invalid_name: {exc}") for c in m.changes)
                 continue
             while len(layers) <= m.layer:
                 layers.append([{} for _ in range(_PHASES)])
-            for phase, shape, row, statement in parts:
-                batches = layers[m.layer][phase]
+            layer = layers[m.layer]
+            for phase, shape, row in parts:
+                batches = layer[phase]
                 batch = batches.get(shape)
                 if batch is None:
-                    batch = batches[shape] = Batch(shape, statement, no_effect=NO_EFFECT_REASONS.get(shape[0]))
+                    batch = batches[shape] = Batch(shape, statements[shape], no_effect=NO_EFFECT_REASONS.get(shape[0]))
                 batch.rows.append(row)
                 batch.mutations.append(m)
         out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
@@ -463,62 +470,62 @@ class Planner:
         identity, gone_extra = self._identity, self._gone_extra
         bare_labels, bare_keys = self._bare_labels, self._bare_keys
         parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
-
-        def put(phase: int, shape: tuple[Any, ...], row: dict[str, Any]) -> None:
-            parts.append((phase, shape, row))
-
-        def whole(props: dict[str, Any]) -> dict[str, Any]:
-            return props if identity else {**props, d.id_property: m.id}
-
-        props, removed = _split_props(m.props, None if identity else encode)
+        put = parts.append
+        if m.replace and identity and None not in m.props.values():
+            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
+            props, removed = m.props, []
+        else:
+            props, removed = _split_props(m.props, None if identity else encode)
         null_kind: tuple[Any, ...] = ("vnull",) if isinstance(m, VertexMutation) else ("enull", m.type)
         for key in m.retyped:
             if m.props.get(key) is not None:
-                put(RETYPE, (*null_kind, key), {"id": m.id})
+                put((RETYPE, (*null_kind, key), {"id": m.id}))
         if isinstance(m, VertexMutation):
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
             # with names, not label combinations; the others are added after.
             if m.add_labels and not identity:
-                put(CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id})
+                put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id}))
             if m.replace:
-                put(UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole(props)})
+                whole = props if identity else {**props, d.id_property: m.id}
+                put((UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole}))
             elif m.add_labels or props:
                 row: dict[str, Any] = {"id": m.id}
                 if props:
                     row["props"] = props
                 # a vertex that is only found (no label added) reports whether it was there
-                put(UPSERT, ("vupsert", True, bool(props)) if m.add_labels else ("vset",), row)
+                put((UPSERT, ("vupsert", True, bool(props)) if m.add_labels else ("vset",), row))
             for label in m.add_labels:
-                put(ADD_LABEL, ("vlabel", label), {"id": m.id})
+                put((ADD_LABEL, ("vlabel", label), {"id": m.id}))
             if m.remove_labels:
                 if m.replace:
                     gone = [encode(label) for label in m.remove_labels] + bare_labels
                     drop_row = {"id": m.id, "gone": gone, "keep": bare_keys}
-                    put(DROP, ("vorphan" if m.orphan_only else "vdrop",), drop_row)
+                    put((DROP, ("vorphan" if m.orphan_only else "vdrop",), drop_row))
                 else:
                     gone = [encode(label) for label in m.remove_labels] + gone_extra
-                    put(DROP, ("vdrop",), {"id": m.id, "gone": gone})
+                    put((DROP, ("vdrop",), {"id": m.id, "gone": gone}))
                 for label in m.remove_labels:
-                    put(REMOVE_LABEL, ("vunlabel", label), {"id": m.id})
+                    put((REMOVE_LABEL, ("vunlabel", label), {"id": m.id}))
             if m.replace:
                 return parts
         elif m.action == EDGE_DELETE:
-            put(UPSERT, (EDGE_DELETE, m.type), {"id": m.id})
+            put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
             if m.collect_endpoints:
                 for end in dict.fromkeys((m.from_id, m.to_id)):
-                    put(DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys})
+                    put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
             return parts
         elif m.replace:
-            put(UPSERT, ("ereplace", m.type), {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole(props)})
+            whole = props if identity else {**props, d.id_property: m.id}
+            put((UPSERT, ("ereplace", m.type), {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole}))
             return parts
         elif m.action == EDGE_UPSERT:
             row = {"id": m.id, "from": m.from_id, "to": m.to_id}
             if props:
                 row["props"] = props
-            put(UPSERT, (EDGE_UPSERT, m.type, bool(props)), row)
+            put((UPSERT, (EDGE_UPSERT, m.type, bool(props)), row))
         elif props:
-            put(UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props})
+            put((UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props}))
         for key in removed:
-            put(REMOVE_PROPERTY, (*null_kind, key), {"id": m.id})
+            put((REMOVE_PROPERTY, (*null_kind, key), {"id": m.id}))
         return parts

@@ -30,7 +30,17 @@
   the run at once, with no further checkpoint; the process then stands by again. A drain finishes the window,
   checkpoints it and releases the lease, so a standby takes over at its next take round instead of waiting
   for the lease to expire. A standby takes a dead holder's lease within `lease_duration_seconds +
-  take_interval_seconds` of the holder's last renewal.
+  take_interval_seconds` of the holder's last renewal. `/status` shows per source this instance's `owner_id`
+  and `leases`: the coordinator's last view of the table (owner, position, pending steal per partition; no
+  table read per request).
+* Lease table unreachable at start: `run` serves /healthz, /readyz and /status at once and opens the table
+  (created when missing) with retries, backing off up to `restart_backoff_max_seconds`; meanwhile readiness is
+  false with `lease table unreachable (...)`, and a SIGTERM exits 0. A failure that retrying cannot fix
+  (access denied, bad credentials, a refused request) stops the process with exit code 5 and the reason.
+* `--exit-when-idle` with the DynamoDB store: a Neptune or file source also counts as idle on a standby, that
+  is when this instance does not hold the source's lease and its last take round saw it owned by another live
+  instance (its lease not expired): there is nothing for it to apply, the holder applies. A standby that is to
+  take over a dead holder's work must not run with `--exit-when-idle`.
 * The supervisor owns the data directory (`daemon.datadir.DataDirLock`) from construction to the end of
   `run`; a second daemon on the same directory is refused. Each source's checkpoint is read before its sink
   is started, so `/status` and the final `stopped` line show the stored positions even while a sink cannot
@@ -49,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from botocore.exceptions import WaiterError
 
 from daemon.checkpoint import SQLiteCheckpointStore, SQLiteLeaseStore
 from daemon.config import (
@@ -71,7 +82,6 @@ from daemon.leases import FencedOff, Lease, LeaseLost
 from daemon.model import SHARD_END, Position, SourceStopped
 from daemon.observability import METRICS, HttpServer
 from daemon.pipeline import Pipeline, Source
-from daemon.rdf import RdfPlanner
 from daemon.scheduler import Planner
 from daemon.sdnotify import SystemdNotifier
 from daemon.sinks.analytics import NeptuneAnalyticsSink
@@ -84,7 +94,7 @@ from daemon.sources.neptune import NeptuneStreamSource, StreamExpired, StreamRes
 
 log = structlog.get_logger("daemon.supervisor")
 
-EXIT_OK, EXIT_SOURCE_FAILED = 0, 3
+EXIT_OK, EXIT_SOURCE_FAILED, EXIT_LEASE_TABLE = 0, 3, 5
 HEALTHY_RUN_SECONDS = 60.0  # a pipeline run that lasted this long resets the restart backoff
 UNANSWERED_CALL_SECONDS = 15.0  # a batch call unanswered this long makes the daemon not ready (a stalled target)
 
@@ -183,7 +193,10 @@ class LeasedCheckpoints:
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
         if not self.sharded:
+            sent = self.coordinator.now()
             await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+            for partition in positions:
+                self.coordinator.written(partition, sent)
             return None
         partitions = list(positions)
         saved = await asyncio.gather(*(self._save_shard(source, p, positions[p]) for p in partitions))
@@ -206,6 +219,7 @@ class LeasedCheckpoints:
             if not self.coordinator.may_write(partition):
                 await self.coordinator.lease_lost(partition)
                 return False
+            sent = self.coordinator.now()
             try:
                 await self.store.save_many(source, {partition: position}, self.coordinator.held)
             except LeaseLost:
@@ -221,6 +235,7 @@ class LeasedCheckpoints:
                             attempt=attempt, error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
+            self.coordinator.written(partition, sent)
             if position == SHARD_END:
                 await self.coordinator.finished(partition)
             return True
@@ -279,6 +294,9 @@ class Supervisor:
             self.checkpoints = SQLiteCheckpointStore(checkpoint_path)
         self.coordinators: dict[str, LeaseCoordinator] = {}  # source -> its lease coordinator (DynamoDB store)
         self.lease_trouble: dict[str, str] = {}  # source -> why its coordinator could not start (until it does)
+        self.store_trouble: str | None = None  # why the lease table cannot be opened (retried until it can)
+        self.fatal: str | None = None  # why `run` stopped without running the sources (exit code != 0)
+        self._store: Any = None
         self._stack = AsyncExitStack()
         self.sinks: dict[str, GraphSink] = {}
         self.pipelines: list[Pipeline] = []
@@ -314,11 +332,12 @@ class Supervisor:
             ),
             dead_letters=self.dead_letters,
         )
-        planner: Any = (
-            RdfPlanner()
-            if getattr(sink, "rdf", False)
-            else Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
-        )
+        if getattr(sink, "rdf", False):
+            from daemon.rdf import RdfPlanner  # pyoxigraph: imported only by configs that use RDF
+
+            planner: Any = RdfPlanner()
+        else:
+            planner = Planner(sink.dialect, applier.lookup_edge_types, cfg.edge_type_cache_size)
         applier.replan = planner.plan
         return Pipeline(
             source,
@@ -356,6 +375,8 @@ class Supervisor:
         reasons = []
         if self.draining:
             reasons.append("draining")
+        if self.store_trouble is not None:
+            reasons.append(f"lease table unreachable ({self.store_trouble})")
         for p in self.pipelines:
             if p.name in self.failed:
                 reasons.append(f"source {p.name}: {p.source.state}")
@@ -379,10 +400,19 @@ class Supervisor:
             "reasons": reasons,
             "draining": self.draining,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "sources": [dict(p.status(), error=self.failed.get(p.name)) for p in self.pipelines],
+            "sources": [
+                dict(p.status(), error=self.failed.get(p.name), **self._lease_status(p)) for p in self.pipelines
+            ],
             "dead_letters": self.dead_letters.count,
             "sinks": self._sink_status(),
         }
+
+    def _lease_status(self, pipeline: Pipeline) -> dict[str, Any]:
+        """`owner_id` (None with SQLite) and, with the DynamoDB store, `leases` as the coordinator last saw them."""
+        coordinator = self.coordinators.get(pipeline.name)
+        if self.shared is None or coordinator is None:
+            return {"owner_id": None} if self.shared is None else {"owner_id": None, "leases": []}
+        return {"owner_id": coordinator.owner, "leases": coordinator.view()}
 
     def _sink_status(self) -> list[dict[str, Any]]:
         """Each sink's kind, health (every source's applier on it healthy) and retries so far, by reason."""
@@ -408,28 +438,23 @@ class Supervisor:
         return out
 
     async def run(self) -> int:
-        if self.shared is not None:
-            try:
-                await self._open_shared_store()  # the table is created (and waited for) when missing
-            except BaseException:
-                with suppress(Exception):
-                    await self._stack.aclose()
-                self.datadir_lock.release()
-                raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_drain)
-        if self.http is not None:
-            await self.http.start()
-            log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
-        tasks = {asyncio.create_task(self._keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
-        # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
-        heartbeat = asyncio.create_task(
-            self.notifier.run_watchdog(self.status_line, on_lag=METRICS.event_loop_lag.set), name="watchdog"
-        )
-        self.notifier.ready(self.status_line())
+        heartbeat: asyncio.Task[None] | None = None
         try:
+            if self.http is not None:
+                await self.http.start()
+                log.info("http server listening", address=f"{self.http.host}:{self.http.port}")
+            # WATCHDOG=1 from a task on this loop: a loop that stops turning stops the pings, and systemd restarts us.
+            heartbeat = asyncio.create_task(
+                self.notifier.run_watchdog(self.status_line, on_lag=METRICS.event_loop_lag.set), name="watchdog"
+            )
+            self.notifier.ready(self.status_line())
+            if self.shared is not None and (code := await self._open_shared_store_retrying()) is not None:
+                return code
+            tasks = {asyncio.create_task(self._keep(p), name=f"pipeline:{p.name}"): p for p in self.pipelines}
             await self._wait_until_done(tasks)
             code = await self._shutdown(tasks)
             if self.exit_when_idle:
@@ -449,17 +474,23 @@ class Supervisor:
             with suppress(Exception):
                 await self._stack.aclose()
             self.datadir_lock.release()
-            heartbeat.cancel()
-            with suppress(asyncio.CancelledError):
-                await heartbeat
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with suppress(asyncio.CancelledError):
+                    await heartbeat
             self.notifier.close()
 
     async def _wait_until_done(self, tasks: dict[asyncio.Task[None], Pipeline]) -> None:
         while not self._drain.is_set():
             if all(t.done() for t in tasks) and (self.exit_when_idle or not self.failed):
                 return  # (sources that stopped for good keep the process up, serving their alerting metrics)
-            if self.exit_when_idle and all(self._idle(p) or p.name in self.failed for p in self.pipelines):
-                log.info("every source is caught up and checkpointed; exiting", sources=len(self.pipelines))
+            if self.exit_when_idle and all(
+                self._idle(p) or p.name in self.failed or self._standby_idle(p) for p in self.pipelines
+            ):
+                log.info(
+                    "every source is caught up and checkpointed (or held by another live instance); exiting",
+                    sources=len(self.pipelines),
+                )
                 return
             if self.exit_when_idle and self._gave_up_on_sinks():
                 return
@@ -594,14 +625,55 @@ class Supervisor:
                     await asyncio.wait_for(self._drain.wait(), timeout=backoff)
                 backoff = min(backoff * 2, ceiling)
 
+    def _standby_idle(self, pipeline: Pipeline) -> bool:
+        """A standby's source (one lease: Neptune, file) is idle: this instance does not hold the lease and another
+        live one does. (A sharded source's instances share the shards instead: `_idle`.)"""
+        coordinator = self.coordinators.get(pipeline.name)
+        return not pipeline.sharded and coordinator is not None and coordinator.standby_idle()
+
+    async def _open_shared_store_retrying(self) -> int | None:
+        """Open the lease table, retrying what may pass (connection, throttling, 5xx, a table still being created)
+        with backoff until it works (None) or a drain is requested (EXIT_OK); EXIT_LEASE_TABLE, with `fatal`
+        set, for a failure that retrying cannot fix."""
+        from daemon.checkpoint_dynamodb import classify_table_error
+
+        ceiling = self.config.daemon.restart_backoff_max_seconds
+        backoff = min(1.0, ceiling)
+        while True:
+            try:
+                await self._open_shared_store()
+                if self.store_trouble is not None:
+                    log.info("lease table reachable again")
+                self.store_trouble = None
+                return None
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if not (isinstance(exc, WaiterError) or classify_table_error(exc).retryable):
+                    assert self.shared is not None
+                    self.fatal = f"cannot use the lease table {self.shared.table!r}: {reason}"
+                    log.error("lease table refused; stopping", error=reason)
+                    return EXIT_LEASE_TABLE
+                self.store_trouble = reason
+                log.warning("lease table unreachable; retrying", error=reason, retry_in_seconds=backoff)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._drain.wait(), timeout=backoff)
+            if self._drain.is_set():
+                log.info("drained while waiting for the lease table; nothing was started")
+                return EXIT_OK
+            backoff = min(backoff * 2, ceiling)
+
     async def _open_shared_store(self) -> None:
         from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
 
         cfg = self.shared
         assert cfg is not None
-        store = await DynamoDBCheckpointStore.open(
-            self._stack, table=cfg.table, region=cfg.region, endpoint=str(cfg.endpoint) if cfg.endpoint else None
-        )
+        if self._store is None:  # one client for every attempt; it connects at its first call
+            endpoint = str(cfg.endpoint) if cfg.endpoint else None
+            self._store = await DynamoDBCheckpointStore.connect(
+                self._stack, table=cfg.table, region=cfg.region, endpoint=endpoint
+            )
+        store = self._store
+        await store.ensure_table()  # created (and waited for) when missing
         for pipeline in self.pipelines:
             coordinator = LeaseCoordinator.from_config(store, pipeline.name, cfg)
             self.coordinators[pipeline.name] = coordinator

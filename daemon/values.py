@@ -189,6 +189,24 @@ def dynamodb_number(text: str) -> int | float | str:
     digits = text[1:] if text[:1] == "-" else text
     if 0 < len(digits) <= 18 and digits.isdigit() and digits.isascii():
         return int(text)
+    # Second fast path: a plain decimal fraction of at most 15 digits with a non-zero fractional part. With 15
+    # significant digits or fewer a double reads back as the same decimal (DBL_DIG), so `float` gives what the
+    # Decimal route below gives for it; so does `int` for 19 digits within 64 bits.
+    whole, dot, fraction = digits.partition(".")
+    if dot:
+        if (
+            whole
+            and len(whole) + len(fraction) <= 15
+            and whole.isdigit()
+            and fraction.isdigit()
+            and digits.isascii()
+            and fraction.strip("0")
+        ):
+            return float(text)
+    elif len(digits) == 19 and digits.isdigit() and digits.isascii():
+        number = int(text)
+        if INT64_MIN <= number <= INT64_MAX:
+            return number
     if not _DYNAMODB_NUMBER.fullmatch(text):
         raise UnsupportedValue(f"N value {show(text)} is not a number")
     number = Decimal(text)
@@ -244,6 +262,8 @@ def _nested(value: Any, depth: int) -> Any:
         return sorted(_members(tag, raw, str))
     if tag == "NS":
         numbers = [(dynamodb_number(n), n) for n in _members(tag, raw, str)]
+        if all(n.__class__ is int for n, _ in numbers):  # integers order by value as their decimals do
+            return sorted(n for n, _ in numbers)
         return [n for n, _ in sorted(numbers, key=lambda pair: Decimal(pair[1]))]
     if tag == "BS":
         return sorted(_b64(b) for b in _members(tag, raw, (str, bytes, bytearray, memoryview)))

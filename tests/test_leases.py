@@ -24,6 +24,7 @@ from daemon.config import DynamoDBCheckpointConfig
 from daemon.lease_coordinator import LeaseCoordinator
 from daemon.leases import Lease, LeaseLost, new_owner_id
 from daemon.model import SHARD_END
+from daemon.observability import Metrics
 
 SEQ = "4" * 40  # DynamoDB sequence numbers have up to 40 digits: more than a JSON number carries
 
@@ -426,3 +427,191 @@ async def test_a_neptune_source_is_active_standby(store: DynamoDBCheckpointStore
     await active.stop()
     await standby.take_once()
     assert set(standby.held) == {""} and await store.load("src") == {"": (42, 1)}
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"source": "src", **labels})
+    return 0.0 if value is None else value
+
+
+async def test_lease_metrics_count_takes_steals_losses_and_releases(store: DynamoDBCheckpointStore) -> None:
+    await store.ensure_leases("src", {"a": (), "b": (), "c": ("a",)})
+    m1, m2 = Metrics(), Metrics()
+    first = await coordinator(store, "first", metrics=m1)
+    second = await coordinator(store, "second", metrics=m2)
+    await first.take_once()  # alone: takes a and b (c waits for a)
+    assert sample(m1, "graph_replicator_lease_acquisitions_total") == 2
+    assert sample(m1, "graph_replicator_leases_held") == 2
+    assert [sample(m1, "graph_replicator_lease_partitions", state=s) for s in ("owned", "unowned", "waiting")] == [
+        2,
+        0,
+        1,
+    ]
+    await second.take_once()  # 2 vs 0: a steal request
+    assert sample(m2, "graph_replicator_lease_steals_total") == 1 and sample(m2, "graph_replicator_leases_held") == 0
+    await first.renew_once()  # answers it: a hand-off (in a task of its own, once the writes in flight end)
+    await first.handovers_done()
+    assert sample(m1, "graph_replicator_lease_releases_total", source="src", reason="handoff") == 1
+    await second.take_once()
+    assert sample(m2, "graph_replicator_lease_acquisitions_total") == 1
+    assert sample(m2, "graph_replicator_leases_held") == 1 and sample(m1, "graph_replicator_leases_held") == 1
+    # Lost at renewal: a third instance took second's lease (as after expiry).
+    (partition,) = second.held
+    await store.take("src", partition, "thief", second.held[partition].counter)
+    await second.renew_once()
+    assert sample(m2, "graph_replicator_lease_losses_total") == 1 and not second.held
+    # Lost by a failed conditional checkpoint write.
+    (mine,) = first.held
+    await store.take("src", mine, "thief", first.held[mine].counter)
+    with pytest.raises(LeaseLost):
+        await store.save_many("src", {mine: (SEQ,)}, first.held)
+    await first.lease_lost(mine)
+    assert sample(m1, "graph_replicator_lease_losses_total") == 1
+    # shard_end and drain releases.
+    third = await coordinator(store, "thief", metrics=(m3 := Metrics()))
+    await third.take_once()  # adopts what was handed to it: a and b
+    assert set(third.held) == {"a", "b"}
+    await store.save_many("src", {"a": SHARD_END}, third.held)
+    await third.renew_once()
+    assert sample(m3, "graph_replicator_lease_releases_total", source="src", reason="shard_end") == 1
+    await third.take_once()  # the child is ready now
+    assert set(third.held) == {"b", "c"}
+    assert sample(m3, "graph_replicator_lease_partitions", state="finished") == 1
+    await third.stop()
+    assert sample(m3, "graph_replicator_lease_releases_total", source="src", reason="drain") == 2
+    assert sample(m3, "graph_replicator_leases_held") == 0
+
+
+class RefusesWrites:
+    """The real client, with every UpdateItem refused as a throttle (takes can never succeed)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "update_item":
+            return getattr(self._client, name)
+
+        async def refuse(**kwargs: Any) -> Any:
+            raise client_error("ProvisionedThroughputExceededException", 400)
+
+        return refuse
+
+
+async def test_unowned_seconds_counts_from_expiry_and_table_retries_are_a_metric(
+    store: DynamoDBCheckpointStore,
+) -> None:
+    await store.ensure_leases("src", {"a": ()})
+    now = [100.0]
+    holder = await coordinator(store, "holder", lease_duration=5.0, renew_interval=1.0, margin=1.0)
+    await holder.take_once()
+    metrics = Metrics()
+    stuck = DynamoDBCheckpointStore(
+        RefusesWrites(store.client), store.table, retry_attempts=2, retry_initial_seconds=0.001, metrics=metrics
+    )
+    watcher = LeaseCoordinator(
+        stuck,
+        "src",
+        "watcher",
+        lease_duration=5.0,
+        renew_interval=1.0,
+        margin=1.0,
+        clock=lambda: now[0],
+        metrics=metrics,
+    )
+    await watcher.take_once()  # sees `a` owned (its counter starts its clock at 100)
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 0
+    assert sample(metrics, "graph_replicator_lease_partitions", state="owned") == 1
+    now[0] = 108.0  # the holder stopped renewing: expired at 105
+    with pytest.raises(ClientError):
+        await watcher.take_once()  # its take is throttled past the retries
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 3.0
+    assert sample(metrics, "graph_replicator_lease_partitions", state="unowned") == 1
+    assert (
+        metrics.registry.get_sample_value("graph_replicator_lease_table_retries_total", {"reason": "throttling"}) == 1
+    )
+    now[0] = 120.0  # read at scrape time: it keeps growing while nobody takes it
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 15.0
+    assert [lease.owner for lease in watcher.taker.last_seen] == ["holder"]
+    # A working instance takes it: nobody-owned time is 0 again, and the view shows the new owner.
+    other = LeaseCoordinator(
+        store, "src", "other", lease_duration=5.0, renew_interval=1.0, margin=1.0, clock=lambda: now[0], metrics=metrics
+    )
+    await other.take_once()
+    now[0] = 126.0
+    await other.take_once()  # 6 s later it has seen the counter stand still: takes it
+    assert set(other.held) == {"a"} and [lease.owner for lease in other.taker.last_seen] == ["other"]
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 0
+    await holder.stop(release=False)
+
+
+async def test_a_free_lease_is_unowned_since_first_seen_free(store: DynamoDBCheckpointStore) -> None:
+    await store.ensure_leases("src", {"a": (), "b": ()})
+    now = [0.0]
+    metrics = Metrics()
+    stuck = DynamoDBCheckpointStore(RefusesWrites(store.client), store.table, retry_attempts=1, metrics=metrics)
+    c = LeaseCoordinator(
+        stuck, "src", "me", lease_duration=5.0, renew_interval=1.0, margin=1.0, clock=lambda: now[0], metrics=metrics
+    )
+    with pytest.raises(ClientError):
+        await c.take_once()
+    now[0] = 2.5
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 2.5
+    await c.stop()
+    assert sample(metrics, "graph_replicator_lease_unowned_seconds") == 0, "a stopped coordinator reports nothing"
+
+
+async def test_a_standby_is_idle_while_a_live_owner_holds_everything(store: DynamoDBCheckpointStore) -> None:
+    await store.ensure_leases("src", {"": ()})
+    now = [0.0]
+    active = await coordinator(store, "active")
+    standby = LeaseCoordinator(
+        store, "src", "standby", lease_duration=5.0, renew_interval=1.0, margin=1.0, clock=lambda: now[0]
+    )
+    assert not standby.standby_idle(), "no round yet: it does not know"
+    empty = LeaseCoordinator(store, "other-source", "x", lease_duration=5.0, renew_interval=1.0, margin=1.0)
+    await empty.take_once()
+    assert not empty.standby_idle(), "no lease in the table yet (shards not registered): not idle"
+    await active.take_once()
+    await standby.take_once()
+    assert standby.standby_idle() and not active.standby_idle()
+    now[0] = 6.0  # the active one's counter stood still past the lease: not live any more
+    assert not standby.standby_idle()
+    await active.stop()
+    await standby.take_once()
+    assert set(standby.held) == {""} and not standby.standby_idle()
+
+
+async def test_a_lease_being_handed_over_is_not_taken_back_by_its_own_take_round(
+    store: DynamoDBCheckpointStore,
+) -> None:
+    """The hand-over waits for the writes in flight to end (`quiesce`); a take round meanwhile sees the lease
+    still naming this instance. Taking it back would leave it held here while the release hands it to the other
+    instance: two writers."""
+    await store.ensure_leases("src", {"a": (), "b": ()})
+    first, second = await coordinator(store, "first"), await coordinator(store, "second")
+    await first.take_once()
+    await second.take_once()  # 2 vs 0: asks for one
+    writes_done = asyncio.Event()
+
+    async def quiesce(partition: str) -> None:
+        await writes_done.wait()
+
+    first.quiesce = quiesce
+    await first.renew_once()  # drops the one asked for; its hand-over waits for the writes
+    (asked,) = {"a", "b"} - set(first.held)
+    await first.take_once()
+    assert asked not in first.held and not first.may_write(asked)
+    writes_done.set()
+    await first.handovers_done()
+    await second.take_once()
+    assert set(second.held) == {asked} and second.may_write(asked)
+    (kept,) = first.held
+    # A release retried at the table's counter leaves alone a lease this instance holds again.
+    stale = Lease(**{field: getattr(first.held[kept], field) for field in Lease.__slots__})
+    await first.renew_once()  # the held lease's counter moves on
+    await first.renewer.give_up(stale, "handoff", to="second")
+    assert (await store.get_lease("src", kept)).owner == "first" and first.may_write(kept)  # type: ignore[union-attr]

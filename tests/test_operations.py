@@ -356,6 +356,7 @@ def test_alert_rules_use_only_catalogued_metrics_and_cover_the_required_conditio
         "graph_replicator_records_dead_lettered_total",
         "graph_replicator_ready",
         "graph_replicator_stream_expired",
+        "graph_replicator_lease_unowned_seconds",  # a partition owned by nobody for longer than the lease
     ):
         assert metric in by_metric, f"no alert on {metric}"
 
@@ -413,6 +414,12 @@ def test_dashboard_panels_query_the_catalogue() -> None:
         "graph_replicator_retries_total",
         "graph_replicator_queue_depth",
         "graph_replicator_records_dead_lettered_total",
+        "graph_replicator_leases_held",
+        "graph_replicator_lease_acquisitions_total",
+        "graph_replicator_lease_losses_total",
+        "graph_replicator_lease_steals_total",
+        "graph_replicator_lease_partitions",
+        "graph_replicator_lease_unowned_seconds",
     ):
         assert must in used, f"the dashboard does not show {must}"
     variables = {v["name"] for v in dashboard["templating"]["list"]}
@@ -799,3 +806,188 @@ async def test_status_command_prints_a_readable_table(capsys: pytest.CaptureFixt
     assert "orders: the stream no longer holds the changes" in out
     code = await asyncio.to_thread(main, ["status", "--url", f"http://127.0.0.1:{server.port}"])
     assert code == 1 and "cannot read" in capsys.readouterr().err
+
+
+async def test_status_command_prints_the_owner_of_each_partition(capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import main
+
+    me, other = "host-a:41:0a1b2c3d", "host-b:7:9f8e7d6c"
+
+    def lease(partition: str, owner: str | None, position: list | None, pending: str | None = None) -> dict:
+        return {
+            "partition": partition,
+            "owner": owner,
+            "held_by_me": owner == me,
+            "position": position,
+            "pending_owner": pending,
+        }
+
+    entry = {
+        "state": "polling",
+        "caught_up": False,
+        "lag_seconds": 1.0,
+        "changes_applied": 10,
+        "sink": "replica",
+        "sink_healthy": True,
+        "error": None,
+        "owner_id": me,
+    }
+    document = {
+        "ready": True,
+        "reasons": [],
+        "draining": False,
+        "uptime_seconds": 12.0,
+        "dead_letters": 0,
+        "sources": [
+            {**entry, "source": "main", "position": [4711, 3], "leases": [lease("", other, [4711, 3])]},
+            {
+                **entry,
+                "source": "orders",
+                "position": {"shardId-1": ["0042"], "shardId-2": ["0099"]},
+                "leases": [
+                    lease("shardId-0", None, ["SHARD_END"]),
+                    lease("shardId-1", me, ["0042"], pending=other),
+                    lease("shardId-2", other, ["0099"]),
+                    lease("shardId-3", None, None),
+                ],
+            },
+            {**entry, "source": "local", "position": [1, 1], "owner_id": None},  # SQLite: no leases
+        ],
+    }
+    server = HttpServer("127.0.0.1:0", lambda: (True, []), lambda: document, Metrics().registry)
+    await server.start()
+    try:
+        code = await asyncio.to_thread(main, ["status", "--url", f"http://127.0.0.1:{server.port}"])
+    finally:
+        await server.stop()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"main leases (this instance is {me}):\n  (stream)  {other}  4711/3\n" in out
+    orders = out.split(f"orders leases (this instance is {me}):\n", 1)[1].splitlines()[:4]
+    assert [line.split() for line in orders] == [
+        ["shardId-1", "me", "0042", "asked", "for", "by", other],
+        ["shardId-2", other, "0099"],
+        ["shardId-3", "-", "-"],
+        ["(1", "finished", "shards)"],
+    ]
+    assert orders[0].index("me") == orders[1].index(other), "columns line up"
+    assert "local leases" not in out
+
+
+# ------------------------------------------------------------------------------------------ shared state (DynamoDB)
+
+FARGATE = DEPLOY / "ecs" / "fargate"
+LEASE_TABLE_TEMPLATE = DEPLOY / "cloudformation" / "lease-table.yaml"
+STORE_SOURCE = ROOT / "daemon" / "checkpoint_dynamodb.py"
+
+
+def lease_table_actions() -> set[str]:
+    """Every DynamoDB API the checkpoint store calls, read from its code: the operations passed to `_call` and
+    the ones its waiters poll, as IAM action names."""
+    import ast
+
+    import botocore.session
+    from botocore import xform_name
+
+    session = botocore.session.get_session()
+    operations = {xform_name(op): op for op in session.get_service_model("dynamodb").operation_names}
+    waiters = session.get_waiter_model("dynamodb")
+    waiter_names = {xform_name(name): name for name in waiters.waiter_names}
+    actions = set()
+    for node in ast.walk(ast.parse(STORE_SOURCE.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+            continue
+        first = node.args[0]
+        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+            continue
+        if node.func.attr == "_call":
+            actions.add(operations[first.value])
+        elif node.func.attr == "get_waiter":
+            actions.add(waiters.get_waiter(waiter_names[first.value]).operation)
+    return {"dynamodb:" + action for action in actions}
+
+
+def statement_actions(policy: dict, resource: str) -> set[str]:
+    """The actions a policy allows on `resource` (ARN patterns with * matched)."""
+    allowed = set()
+    for statement in policy["Statement"]:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if statement["Effect"] == "Allow" and any(fnmatch(resource, pattern) for pattern in resources):
+            action = statement["Action"]
+            allowed |= {action} if isinstance(action, str) else set(action)
+    return allowed
+
+
+def lease_table_resource() -> dict:
+    template = yaml.safe_load(LEASE_TABLE_TEMPLATE.read_text())  # plain YAML: no !Ref short forms
+    (table,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
+    table["name"] = template["Parameters"]["TableName"]["Default"]
+    return table
+
+
+def test_the_iam_policy_allows_every_call_the_lease_table_store_makes() -> None:
+    needed = lease_table_actions()
+    assert {"dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable", "dynamodb:CreateTable"} <= needed
+    arn = f"arn:aws:dynamodb:us-east-1:111122223333:table/{lease_table_resource()['name']}"
+    granted = statement_actions(json.loads(IAM_POLICY.read_text()), arn)
+    assert needed <= granted, f"the policy lacks {sorted(needed - granted)} on {arn}"
+    extra = granted - needed - {"dynamodb:ListStreams"}  # (that one is granted on "*": it takes no resource)
+    assert not extra, f"more than the store uses: {sorted(extra)}"
+
+
+async def test_the_lease_table_template_has_the_key_schema_the_store_creates() -> None:
+    from botocore.exceptions import ClientError
+
+    from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
+
+    class Recorder:
+        """Answers DescribeTable with "not found" and records the CreateTable request."""
+
+        def __init__(self) -> None:
+            self.created: dict = {}
+
+        async def describe_table(self, **kwargs: object) -> dict:
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "no"}}, "DescribeTable")
+
+        async def create_table(self, **kwargs: object) -> dict:
+            self.created = kwargs
+            return {}
+
+        def get_waiter(self, name: str) -> object:
+            class Waiter:
+                async def wait(self, **kwargs: object) -> None:
+                    return None
+
+            return Waiter()
+
+    recorder = Recorder()
+    await DynamoDBCheckpointStore(recorder, "t").ensure_table()
+    table = lease_table_resource()["Properties"]
+    assert table["KeySchema"] == recorder.created["KeySchema"]
+    assert table["AttributeDefinitions"] == recorder.created["AttributeDefinitions"]
+    assert table["BillingMode"] == recorder.created["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_the_fargate_example_runs_several_tasks_with_their_state_in_dynamodb() -> None:
+    task = json.loads((FARGATE / "task-definition.json").read_text())
+    assert task["requiresCompatibilities"] == ["FARGATE"] and task["networkMode"] == "awsvpc"
+    for volume in task.get("volumes", []):  # scratch space only: nothing outlives the task
+        assert set(volume) == {"name"}, f"{volume['name']}: a persistent volume; the state belongs in DynamoDB"
+    (container,) = task["containerDefinitions"]
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    config = load_config(ROOT / "config" / "neptune-to-neptune.toml", environ=env)
+    assert config.checkpoint.kind == "dynamodb"
+    assert config.checkpoint.table == lease_table_resource()["name"]
+    assert f"table/{config.checkpoint.table}" in IAM_POLICY.read_text()
+    assert config.checkpoint.endpoint is None, "the real DynamoDB, not a stand-in"
+    # ECS sends SIGTERM and kills after stopTimeout (Fargate allows 120 s): the drain, the lease release and the
+    # close must fit, or the standby waits for the lease to expire instead of taking the hand-off.
+    assert config.daemon.drain_grace_seconds + 10 <= container["stopTimeout"] <= 120
+    service = json.loads((FARGATE / "service.json").read_text())
+    assert service["launchType"] == "FARGATE" and service["desiredCount"] >= 2
+    deployment = service["deploymentConfiguration"]
+    keep = -(-service["desiredCount"] * deployment["minimumHealthyPercent"] // 100)  # ECS rounds up
+    most = service["desiredCount"] * deployment["maximumPercent"] // 100  # and this down
+    assert keep >= 1, "a rolling update keeps an instance running (minimumHealthyPercent > 0)"
+    assert keep < service["desiredCount"] or most > service["desiredCount"], "the update could never start"
+    assert len(service["networkConfiguration"]["awsvpcConfiguration"]["subnets"]) >= 2, "spread over zones"

@@ -36,10 +36,10 @@ pytestmark = pytest.mark.slow
 
 def without_samples_in_a_neptune_run(name: str) -> bool:
     """Families a `run` with Neptune sources has no sample of (docs/metrics.md): shard counts are DynamoDB's, the
-    bootstrap command sets its own, the embedded engine's belong to a `falkordb` sink without `url`, and
-    `lease_held` to the DynamoDB checkpoint store (tests/test_active_standby.py scrapes it)."""
-    return name in ("graph_replicator_shards", "graph_replicator_lease_held") or name.startswith(
-        ("graph_replicator_bootstrap_", "graph_replicator_engine_")
+    bootstrap command sets its own, the embedded engine's belong to a `falkordb` sink without `url`, and the
+    lease ones to the DynamoDB checkpoint store (tests/test_active_standby.py and tests/test_leases.py read them)."""
+    return name in ("graph_replicator_shards", "graph_replicator_leases_held") or name.startswith(
+        ("graph_replicator_bootstrap_", "graph_replicator_engine_", "graph_replicator_lease_")
     )
 
 

@@ -53,6 +53,12 @@ class FakeCoordinator:
     def may_write(self, partition: str) -> bool:
         return partition in self.held
 
+    def now(self) -> float:
+        return 0.0
+
+    def written(self, partition: str, sent_at: float) -> None:
+        pass
+
     def deadline(self, partition: str) -> float | None:
         return float("inf") if partition in self.held else None
 

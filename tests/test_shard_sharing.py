@@ -494,3 +494,40 @@ async def test_a_lease_asked_for_is_handed_over_only_after_the_writes_in_flight_
     await asyncio.wait_for(holder.handovers_done(), 5)
     assert (await store.get_lease("src", "x")).owner == asker.owner  # type: ignore[union-attr]
     await holder.stop()
+
+
+async def test_a_checkpoint_write_renews_the_lease_so_busy_shards_need_no_renewal_calls(
+    stack: AsyncExitStack, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.lease_coordinator import LeaseCoordinator
+    from daemon.supervisor import LeasedCheckpoints
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    store = await DynamoDBCheckpointStore.open(
+        stack, table=f"renew-{uuid.uuid4().hex[:8]}", region="us-east-1", endpoint=moto_server
+    )
+    await store.ensure_leases("src", {"x": (), "y": ()})
+    renewed: list[str] = []
+    real_renew = store.renew
+
+    async def counting_renew(lease: Lease) -> Lease:
+        renewed.append(lease.partition)
+        return await real_renew(lease)
+
+    store.renew = counting_renew  # type: ignore[method-assign]
+    coordinator = LeaseCoordinator(store, "src", lease_duration=3.0, renew_interval=0.5, take_interval=0.2, margin=0.5)
+    await coordinator.take_once()
+    before = {p: coordinator.deadline(p) for p in ("x", "y")}
+    counter = coordinator.held["x"].counter
+    await asyncio.sleep(0.1)
+    checkpoints = LeasedCheckpoints(store, coordinator, sharded=True)
+    assert await checkpoints.save_many("src", {"x": ("7",)}) == ["x"]
+    assert coordinator.held["x"].counter == counter + 1  # the write moved the counter: others see it alive
+    assert coordinator.deadline("x") > before["x"]  # type: ignore[operator]
+    await coordinator.renew_once()
+    assert renewed == ["y"], "x was written within the renew interval: no renewal call for it"
+    await asyncio.sleep(0.6)
+    await coordinator.renew_once()
+    assert sorted(renewed) == ["x", "y", "y"]
+    await coordinator.stop()

@@ -10,7 +10,9 @@ Room in the design: the bootstrap's conductor (DESIGN `bootstrap.py`). For one s
    go straight through the sink in large batches (`daemon.bootstrap.direct`); an embedded FalkorDB engine
    then rewrites its append-only file, so `run` does not replay every statement of the copy on start.
 4. **Hand-off**: only when every step succeeded is the recorded position written as the source's checkpoint
-   (`SQLiteCheckpointStore`), so `graph-replicator run` replays everything committed since it was recorded.
+   (`daemon.bootstrap.handoff`: the SQLite file, or free leases in the DynamoDB lease table, where a lease held
+   by a live instance refuses the bootstrap up front unless `--force`), so `graph-replicator run` replays
+   everything committed since it was recorded.
    On any failure nothing is written and the error says what to do; the files stay in S3 for inspection.
 """
 
@@ -30,6 +32,7 @@ from daemon.aws import open_client
 from daemon.bootstrap.csv_files import NODES, RELATIONSHIPS, CsvFile, CsvSnapshotWriter
 from daemon.bootstrap.direct import DirectWriter, compact_embedded_engine
 from daemon.bootstrap.dynamodb_reader import open_dynamodb_snapshot_reader
+from daemon.bootstrap.handoff import open_handoff
 from daemon.bootstrap.loader import LoaderClient, LoaderSettings, LoadResult
 from daemon.bootstrap.neptune_reader import open_neptune_snapshot_reader
 from daemon.bootstrap.progress import Progress
@@ -42,7 +45,6 @@ from daemon.bootstrap.records import (
 )
 from daemon.bootstrap.s3 import S3Writer, open_s3_client
 from daemon.bootstrap.spool import ChangeSpool
-from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.config import Config, DynamoDBSourceConfig, NeptuneSinkConfig, NeptuneSourceConfig
 from daemon.deadletter import DeadLetterFile
 from daemon.model import Position
@@ -210,19 +212,17 @@ class Bootstrap:
                 "everything, or copy the data by other means and set the checkpoint (docs/rdf.md)"
             )
         self._check_settings()
-        path = self.config.checkpoint_path
-        if path is None:
-            raise BootstrapConfigError("checkpoint.kind: bootstrap hands its position to a SQLite checkpoint store")
-        store = SQLiteCheckpointStore(path)
         started = time.monotonic()
-        try:
-            existing = store.load(self.source_cfg.name)
+        async with AsyncExitStack() as store_stack:
+            store = await open_handoff(store_stack, self.config, self.source_cfg.name)
+            existing = await store.existing()
             if existing and not self.force:
                 raise BootstrapConfigError(
                     f"source {self.source_cfg.name!r} already has a checkpoint ({_positions_text(existing)}) in "
-                    f"{path}: it is replicating already. To copy it again, empty the target and run bootstrap "
-                    "with --force (the checkpoint is replaced only when the copy succeeds)."
+                    f"{store.where}: it is replicating already. To copy it again, empty the target and run "
+                    "bootstrap with --force (the checkpoint is replaced only when the copy succeeds)."
                 )
+            await store.check_owners(self.force)
             from daemon.supervisor import build_sink
 
             sink = build_sink(self.sink_name, self.sink_cfg, self.config)
@@ -245,14 +245,12 @@ class Bootstrap:
                 result.dangling_edges = reader.dangling
                 result.dead_lettered += int(getattr(reader, "dead_lettered", 0))
                 self.progress.begin("hand-off")
-                await store.save_many(self.source_cfg.name, positions)
-            self.progress.finish()
-            result.seconds = time.monotonic() - started
-            METRICS.bootstrap_success.labels(source=self.source_cfg.name).set(time.time())
-            log.info("bootstrap handed off", source=self.source_cfg.name, positions=_positions_text(positions))
-            return result
-        finally:
-            store.close()
+                await store.write(positions)
+        self.progress.finish()
+        result.seconds = time.monotonic() - started
+        METRICS.bootstrap_success.labels(source=self.source_cfg.name).set(time.time())
+        log.info("bootstrap handed off", source=self.source_cfg.name, positions=_positions_text(positions))
+        return result
 
     async def _check_empty(self, sink: GraphSink) -> None:
         rows = await sink.query("MATCH (n) RETURN 1 AS found LIMIT 1")

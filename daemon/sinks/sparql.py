@@ -24,7 +24,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 
-from daemon.aws import USER_AGENT, classify_aws_error
+from daemon.aws import classify_aws_error, user_agent
 from daemon.rdf import sparql_data_block
 from daemon.sinks.base import ErrorClass
 from daemon.sinks.oxigraph import RdfSink
@@ -65,7 +65,9 @@ class SparqlSink(RdfSink):
             if self._credentials is None:
                 raise ConnectionError(f"sink {self.name!r}: no AWS credentials found for SigV4 signing")
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._limit), headers={"User-Agent": USER_AGENT}
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=self._limit),
+            headers={"User-Agent": user_agent()},
         )
 
     async def close(self) -> None:

@@ -599,23 +599,42 @@ class DynamoDBStreamSource:
     async def _translate(self, shard_id: str, records: list[dict[str, Any]]) -> list[GraphChange]:
         fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
         changes: list[GraphChange] = []
+        mapper_changes = self._mapper.changes
         for record in records:
-            sequence = _sequence_number(record)
-            if sequence is None:
-                self._dead_letter(shard_id, record, None, "the record has no dynamodb.SequenceNumber (a digit string)")
-                continue
-            body = record["dynamodb"]
-            position = position_of(sequence)
-            commit_ms = _epoch_ms(body.get("ApproximateCreationDateTime"))
+            # the common case inline (what `_sequence_number` and `_epoch_ms` accept first), the rest through them
+            body = record.get("dynamodb") if record.__class__ is dict else None
+            sequence = body.get("SequenceNumber") if body.__class__ is dict else None
+            if not (
+                sequence.__class__ is str
+                and len(sequence) <= SEQUENCE_WIDTH
+                and sequence.isdigit()
+                and sequence.isascii()
+            ):
+                sequence = _sequence_number(record)
+                if sequence is None:
+                    reason = "the record has no dynamodb.SequenceNumber (a digit string)"
+                    self._dead_letter(shard_id, record, None, reason)
+                    continue
+                body = record["dynamodb"]
+            position = (sequence.zfill(SEQUENCE_WIDTH),)  # `position_of`
+            created = body.get("ApproximateCreationDateTime")
+            if created.__class__ is float and 0.0 <= created < 9.2e15:
+                commit_ms = int(created * 1000)
+            else:
+                commit_ms = _epoch_ms(created)
             keys = body.get("Keys") or {}
             event = record.get("eventName", "")
             new = body.get("NewImage")
             if fetched is not None and event != "REMOVE":
                 new = fetched.get(_key_of(keys))
-            identity = record.get("userIdentity") or {}
-            ttl = identity.get("Type") == "Service" and identity.get("PrincipalId") == TTL_PRINCIPAL
+            identity = record.get("userIdentity")
+            ttl = (
+                identity.__class__ is dict
+                and identity.get("Type") == "Service"
+                and identity.get("PrincipalId") == TTL_PRINCIPAL
+            )
             try:
-                outcome = self._mapper.changes(
+                outcome = mapper_changes(
                     event,
                     keys=keys,
                     new=new,

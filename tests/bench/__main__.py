@@ -36,7 +36,9 @@ MODULES: list[tuple[str, str]] = [
     ("latency", "6. Latency at 2,000 changes/s"),
     ("memory", "7. Memory under back-pressure"),
     ("engine_restart", "8. Embedded engine restart with a large graph"),
-    ("rdf", "9. RDF: quads/s, daemon vs one update per record"),
+    ("startup", "9. Start-up: process start to first batch applied"),
+    ("shard_leases", "10. DynamoDB shards shared across instances"),
+    ("rdf", "11. RDF: quads/s, daemon vs one update per record"),
 ]
 DOC = ROOT / "docs" / "performance.md"
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import resource
+import shutil
+import signal
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +76,56 @@ def cpu_timed(action: Callable[[], T]) -> tuple[T, float]:
     start = time.process_time()
     result = action()
     return result, time.process_time() - start
+
+
+PERF_EVENTS = ("task-clock", "context-switches", "cpu-migrations", "page-faults")
+
+
+@contextmanager
+def cpu_accounting() -> Iterator[dict[str, float]]:
+    """CPU accounting of this process while the block runs, `perf stat`-style, filled in when the block ends:
+    `rusage_cpu_s` (user + system, `getrusage`), `voluntary_switches`, `involuntary_switches`, `major_faults`;
+    and where `perf` can count this process's software events, `perf_task_clock_s`, `perf_context_switches`,
+    `perf_cpu_migrations`, `perf_page_faults` (hardware counters are not assumed: virtual machines rarely
+    expose them)."""
+    out: dict[str, float] = {}
+    perf_bin = shutil.which("perf")
+    perf = None
+    report = None
+    if perf_bin is not None:
+        report = tempfile.NamedTemporaryFile(prefix="perf-stat-", suffix=".csv", delete=False)
+        report.close()
+        events = ",".join(PERF_EVENTS)
+        command = [perf_bin, "stat", "-x", ",", "-e", events, "-o", report.name, "-p", str(os.getpid())]
+        perf = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # let it attach (an idle wait adds no task-clock)
+        if perf.poll() is not None:  # not allowed here (perf_event_paranoid) or not working
+            perf = None
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        yield out
+    finally:
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        out["rusage_cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        out["voluntary_switches"] = after.ru_nvcsw - before.ru_nvcsw
+        out["involuntary_switches"] = after.ru_nivcsw - before.ru_nivcsw
+        out["major_faults"] = after.ru_majflt - before.ru_majflt
+        if perf is not None and report is not None:
+            perf.send_signal(signal.SIGINT)
+            try:
+                perf.wait(10)
+            except subprocess.TimeoutExpired:
+                perf.kill()
+            for line in open(report.name).read().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] in PERF_EVENTS and fields[0].replace(".", "", 1).isdigit():
+                    value = float(fields[0])
+                    if fields[2] == "task-clock":
+                        out["perf_task_clock_s"] = value / 1000  # msec
+                    else:
+                        out["perf_" + fields[2].replace("-", "_")] = value
+        if report is not None:
+            os.unlink(report.name)
 
 
 def run_loop(coroutine: Any) -> Any:

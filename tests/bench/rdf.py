@@ -123,7 +123,7 @@ def run(quick: bool) -> Section:
     ratio_endpoint = timings["naive_endpoint"] / timings["daemon_endpoint"]
     return Section(
         key="rdf",
-        title="9. RDF: quads/s, daemon vs one update per record",
+        title="11. RDF: quads/s, daemon vs one update per record",
         command="python -m tests.bench --only rdf",
         columns=["target", "records", "daemon quads/s", "naive quads/s", "daemon / naive"],
         rows=rows,

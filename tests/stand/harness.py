@@ -10,7 +10,7 @@ import orjson
 
 from daemon.engine import start_engine_in_thread
 from tests.stand.comparator import read_falkordb_graph
-from tests.stand.daemon_process import DaemonProcess, write_config
+from tests.stand.daemon_process import DaemonProcess, toml_value, write_config
 from tests.stand.neptune_endpoint import HIDDEN_LABEL, NeptuneStand
 from tests.stand.workload import History, ReferenceGraph
 
@@ -122,3 +122,11 @@ def metric_sum(metrics_text: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rpartition(" ")[2])
     return total
+
+
+def add_lease_table(path: Path, endpoint: str, table: str, **settings: object) -> Path:
+    """Append `[checkpoint] kind = "dynamodb"` (the lease table `table` at `endpoint`) to a config file."""
+    checkpoint = {"kind": "dynamodb", "table": table, "region": "us-east-1", "endpoint": endpoint, **settings}
+    body = "".join(f"{k} = {toml_value(v)}\n" for k, v in checkpoint.items())
+    path.write_text(path.read_text() + "\n[checkpoint]\n" + body)
+    return path

@@ -1,0 +1,173 @@
+"""Issue 14: process start -> first batch applied, with the embedded engine.
+
+Room in the design: one benchmark of `tests/bench/` (`python -m tests.bench --only startup`).
+
+The quick start as a user runs it (`graph-replicator run --config config/quickstart.toml --exit-when-idle`: the
+shipped sample capture, a `file` source, the embedded FalkorDB engine started by the daemon), on a fresh data
+directory each run. *First batch applied* is the time from spawning the process to the first row in its
+checkpoint store (the pipeline checkpoints a window only once every batch of it is applied), polled every 5 ms;
+*exit* is the whole run to the process's exit. Two parts of the start are timed on their own: the interpreter
+with the daemon's imports for `run` (a process that imports them and exits), and the embedded engine's start
+(spawn to answering PING, `EmbeddedFalkorDB.start`, on an empty data directory). Median of repetitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from daemon.engine import EmbeddedFalkorDB
+from tests.bench._common import fmt, median
+from tests.bench.report import ROOT, Section, Target
+
+KEY = "startup"
+COMMAND = "python -m tests.bench --only startup"
+TARGET_S = 1.5
+POLL_S = 0.005
+QUICKSTART = ROOT / "config" / "quickstart.toml"
+# What `graph-replicator run` imports before it reads a record (cli, supervisor and the embedded engine's client).
+RUN_IMPORTS = "import daemon.cli, daemon.supervisor, daemon.engine, uvloop"
+
+
+def _config(tmp: Path) -> Path:
+    text = QUICKSTART.read_text()
+    text = text.replace('data_dir = "./data/quickstart"', f'data_dir = "{tmp / "data"}"')
+    text = text.replace('path = "config/samples/', f'path = "{ROOT / "config" / "samples"}/')
+    text = text.replace('log_format = "auto"', 'log_format = "json"')
+    path = tmp / "quickstart.toml"
+    path.write_text(text)
+    return path
+
+
+def _first_checkpoint(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as conn:
+            return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] > 0
+    except sqlite3.Error:  # not created yet, or locked by a write in progress
+        return False
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_quickstart(tmp: Path) -> tuple[float, float, float]:
+    """(seconds to the first batch applied, seconds to exit, CPU seconds of the process and the engine it
+    started) of one quick-start run on a fresh data dir."""
+    config = _config(tmp)
+    command = [str(Path(sys.executable).with_name("graph-replicator")), "run", "--config", str(config)]
+    cpu = _children_cpu()
+    started = time.monotonic()
+    proc = subprocess.Popen([*command, "--exit-when-idle"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = None
+    db = tmp / "data" / "checkpoints.sqlite3"
+    while proc.poll() is None:
+        if first is None and _first_checkpoint(db):
+            first = time.monotonic() - started
+        time.sleep(POLL_S)
+    exited = time.monotonic() - started
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"quick start exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    if first is None:  # the run finished between two polls
+        first = exited
+    return first, exited, _children_cpu() - cpu
+
+
+def time_imports() -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a process that makes `run`'s imports and exits."""
+    cpu = _children_cpu()
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", RUN_IMPORTS], cwd=ROOT, check=True)
+    return time.monotonic() - started, _children_cpu() - cpu
+
+
+def time_engine(tmp: Path) -> float:
+    async def once() -> float:
+        engine = EmbeddedFalkorDB(tmp / "engine")
+        await engine.start()
+        try:
+            assert engine.last_start_seconds is not None
+            return engine.last_start_seconds
+        finally:
+            await engine.stop()
+
+    return asyncio.run(once())
+
+
+def run(quick: bool) -> Section:
+    reps = 3 if quick else 7
+    first: list[float] = []
+    exits: list[float] = []
+    run_cpu: list[float] = []
+    imports: list[float] = []
+    imports_cpu: list[float] = []
+    engine: list[float] = []
+    for _ in range(reps):
+        with TemporaryDirectory(prefix="bench-startup-") as tmp:
+            f, e, c = run_quickstart(Path(tmp))
+            first.append(f)
+            exits.append(e)
+            run_cpu.append(c)
+            wall, cpu = time_imports()
+            imports.append(wall)
+            imports_cpu.append(cpu)
+            engine.append(time_engine(Path(tmp)))
+    columns = ["measure", "median s", "runs (s)", "CPU s (median)"]
+
+    def row(label: str, values: list[float], cpu: list[float] | None = None) -> list[str]:
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        return [label, fmt(median(values), 2), runs, fmt(median(cpu), 2) if cpu else ""]
+
+    rows = [
+        row("process start -> first batch applied (quick start, embedded engine)", first),
+        row("process start -> exit (the whole quick start: 5,382 changes, then stop)", exits, run_cpu),
+        row(f"interpreter + imports of `run` (`python -c '{RUN_IMPORTS}'`)", imports, imports_cpu),
+        row("embedded engine start (spawn to PING, empty data directory)", engine),
+    ]
+    measured = median(first)
+    targets = [
+        Target(
+            f"process start -> first batch applied (embedded engine) <= {TARGET_S:g} s",
+            f"{measured:.2f} s",
+            measured <= TARGET_S,
+        )
+    ]
+    notes = "\n".join(
+        [
+            f"`graph-replicator run --config config/quickstart.toml --exit-when-idle` on a fresh data directory, "
+            f"{reps} runs; first batch applied = the first checkpoint row (polled every {POLL_S * 1000:.0f} ms). "
+            f"The machine has {os.cpu_count()} cores shared with the benchmark's own polling and any other work; "
+            "the start is mostly single-threaded Python (imports) and the engine's own start, which overlap "
+            "nothing yet: the sink (and its engine) starts before the pipeline reads its first record. *CPU s* is "
+            "the user + system time of the process (and of the engine it started and stopped), which other work "
+            "on the machine inflates much less than the wall time: compare the two to see how busy the machine "
+            "was.",
+            "",
+            "Where the time goes: the imports. On this machine, shared with other work, `run`'s imports took "
+            "1.0-1.5 s of CPU (the same process start with nothing else to do), the engine about 0.1 s, and "
+            "reading, planning and applying the first window of 5,000 records the rest. What was cut, side by "
+            "side with the previous tree (median CPU of 9 alternating processes of the imports above):",
+            "",
+            "- `daemon.aws` imports aiobotocore, botocore and aiohttp when a client is first opened or an AWS error "
+            "classified, not at import: a daemon whose sources and sinks need no AWS client (the quick start, any "
+            "file or FalkorDB set-up) never loads them. Imports of `run` 1.34 -> 1.14 s CPU.",
+            "",
+            "Next cuts, by the import profile (`python -X importtime`), not made in this round because the files "
+            "were being changed by other work at the same time: `daemon.observability` imports aiohttp's web "
+            "server (about 0.2 s here, with its TLS set-up) even when `http_address` is empty; the supervisor "
+            "imports every source and sink module, not the configured ones. Starting the engine while the "
+            "source reads its first page would save at most the engine's start (about 0.1 s).",
+        ]
+    )
+    return Section(KEY, "9. Start-up: process start to first batch applied", COMMAND, columns, rows, targets, notes)
