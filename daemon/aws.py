@@ -61,11 +61,11 @@ _DATA_REJECTED_CODES = frozenset(
 
 
 # botocore model extras shipped with the daemon (botocore's own `sdk-extras` merge mechanism). The one for
-# neptunedata declares GetPropertygraphStream's `records` a JSON document, so botocore hands the records over as
-# parsed JSON instead of walking the model for every field of every record (about 80 us a record, most of a
-# catch-up's CPU); records keep their wire names (`commitTimestamp`). The one for dynamodbstreams does the same
-# for GetRecords' `Records` (about 100 us a record): binary values stay base64 text, and
-# `ApproximateCreationDateTime` stays epoch seconds.
+# neptunedata declares the `records` of GetPropertygraphStream and GetSparqlStream JSON documents, so botocore
+# hands the records over as parsed JSON instead of walking the model for every field of every record (about 80 us
+# a record, most of a catch-up's CPU); records keep their wire names (`commitTimestamp`). The one for
+# dynamodbstreams does the same for GetRecords' `Records` (about 100 us a record): binary values stay base64 text,
+# and `ApproximateCreationDateTime` stays epoch seconds.
 MODEL_EXTRAS = Path(__file__).with_name("aws_models")
 
 

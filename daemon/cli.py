@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, NeptuneSourceConfig, format_resolved, load_config
+from daemon.config import (
+    Config,
+    ConfigError,
+    NeptuneSourceConfig,
+    NeptuneSparqlSourceConfig,
+    format_resolved,
+    load_config,
+)
 
 if TYPE_CHECKING:
     from daemon.supervisor import Summary
@@ -26,6 +33,7 @@ EXIT_CONFIG = 2
 EXIT_BUSY = 4  # another graph-replicator process owns the data directory
 CONFIG_HELP = "the daemon's TOML config file"
 LOOK_STATEMENT = "MATCH (n) RETURN n LIMIT 5"  # the query the run summary suggests
+LOOK_SPARQL = "SELECT * WHERE { GRAPH ?g { ?s ?p ?o } } LIMIT 5"  # the same for an RDF target
 
 
 def _load(path: str) -> Config | None:
@@ -133,10 +141,12 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     for name, counts in summary.graphs.items():
         held = "could not be counted" if counts is None else f"holds {counts[0]:,} vertices and {counts[1]:,} edges"
         lines.append(f"target {name!r} {held}")
-    sink = "" if len(summary.graphs) < 2 else f" --sink {shlex.quote(next(iter(summary.graphs)))}"
-    lines.append(
-        f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(LOOK_STATEMENT)}"
-    )
+    for name, count in summary.quads.items():
+        lines.append(f"target {name!r} holds {count:,} quads")
+    targets = [*summary.graphs, *summary.quads]
+    sink = "" if len(targets) < 2 else f" --sink {shlex.quote(targets[0])}"
+    look = LOOK_STATEMENT if summary.graphs or not summary.quads else LOOK_SPARQL
+    lines.append(f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(look)}")
     return "\n".join(lines)
 
 
@@ -312,6 +322,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         try:
             lock = DataDirLock(config.daemon.resolved_data_dir, "graph-replicator query").acquire()
         except DataDirBusy as busy:
+            if sink_cfg.kind == "oxigraph":  # RocksDB lets one process open the store; reading beside a writer is UB
+                print(
+                    f"graph-replicator query: {busy}; the embedded Oxigraph store of sink {name!r} can be opened by "
+                    "one process at a time: stop the daemon to query it, or replicate into a SPARQL server "
+                    '(kind = "sparql") to query it live (docs/rdf.md)',
+                    file=sys.stderr,
+                )
+                return 1
             sink = _attached_sink(name, sink_cfg, config, busy)
             if sink is None:
                 return 1
@@ -362,6 +380,8 @@ def _query_refusal(exc: BaseException) -> tuple[int, str] | None:
 
     from daemon.aws import error_code
 
+    if isinstance(exc, SyntaxError):  # pyoxigraph: a SPARQL statement that does not parse
+        return EXIT_CONFIG, f"SPARQL syntax error: {' '.join(str(exc).split())}"
     if isinstance(exc, redis.exceptions.ResponseError):
         text = " ".join(str(exc).split())
     elif code := error_code(exc):
@@ -407,8 +427,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from daemon.capture import Capture
 
     source = next((s for s in config.sources if s.name == args.source), None)
-    if not isinstance(source, NeptuneSourceConfig):
-        neptune = ", ".join(s.name for s in config.sources if isinstance(s, NeptuneSourceConfig)) or "none"
+    if not isinstance(source, NeptuneSourceConfig | NeptuneSparqlSourceConfig):
+        streams = (NeptuneSourceConfig, NeptuneSparqlSourceConfig)
+        neptune = ", ".join(s.name for s in config.sources if isinstance(s, streams)) or "none"
         print(f"no neptune source named {args.source!r} in {args.config} (neptune sources: {neptune})", file=sys.stderr)
         return EXIT_CONFIG
     capture = Capture(
@@ -542,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
 
-    query = sub.add_parser("query", help="run an openCypher statement on a configured sink and print rows")
+    query = sub.add_parser(
+        "query", help="run an openCypher statement (SPARQL on an RDF sink) on a configured sink and print rows"
+    )
     query.add_argument("--config", required=True, help=CONFIG_HELP)
     query.add_argument("--sink", help="sink name (default: the first)")
     query.add_argument(

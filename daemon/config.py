@@ -353,10 +353,10 @@ class _SourceBase(_Model):
         return list(self.sinks[1:])
 
 
-class NeptuneSourceConfig(_SourceBase):
-    """`[[sources]] kind = "neptune"`: a Neptune Database property-graph stream."""
+class _NeptuneStreamBase(_SourceBase):
+    """What the property-graph and the SPARQL stream sources of Neptune share (`daemon.sources.stream_reader`)."""
 
-    kind: Literal["neptune"] = Field(description="Source kind.")
+    kind: str = Field(description="Source kind.")
     endpoint: HttpUrl = Field(
         description="Cluster endpoint URL, normally https://CLUSTER-ENDPOINT:8182 (botocore's endpoint_url)."
     )
@@ -367,7 +367,9 @@ class NeptuneSourceConfig(_SourceBase):
         description='Where to begin when no checkpoint exists: "trim_horizon" (oldest record kept), "latest" '
         "(only changes made from now on) or {commit_num = N, op_num = M} (from that position, inclusive).",
     )
-    limit: int = Field(1000, ge=1, le=100000, description="GetPropertygraphStream page size (records).")
+    limit: int = Field(
+        1000, ge=1, le=100000, description="GetPropertygraphStream / GetSparqlStream page size (records)."
+    )
     poll_interval_min_seconds: float = Field(
         0.05, gt=0, description="Pause after an empty poll, doubled while the stream stays idle."
     )
@@ -401,6 +403,25 @@ class NeptuneSourceConfig(_SourceBase):
         return value
 
 
+class NeptuneSourceConfig(_NeptuneStreamBase):
+    """`[[sources]] kind = "neptune"`: a Neptune Database property-graph stream."""
+
+    kind: Literal["neptune"] = Field(description="Source kind.")
+
+
+class NeptuneSparqlSourceConfig(_NeptuneStreamBase):
+    """`[[sources]] kind = "neptune-sparql"`: a Neptune Database RDF (SPARQL) stream of N-Quads (docs/rdf.md); its
+    sink is an RDF sink (`oxigraph`, `sparql`)."""
+
+    kind: Literal["neptune-sparql"] = Field(description="Source kind.")
+    blank_node_prefix: str | None = Field(
+        None,
+        min_length=1,
+        description="IRI prefix of the skolem IRIs that stand for the stream's blank nodes (`_:b7` becomes "
+        "<PREFIX b7>); unset = https://graph-replicator.invalid/.well-known/genid/<source name>/.",
+    )
+
+
 class FileSourceConfig(_SourceBase):
     """`[[sources]] kind = "file"`: Neptune stream records read from a capture file or a directory of them."""
 
@@ -408,7 +429,20 @@ class FileSourceConfig(_SourceBase):
     path: PathText = Field(
         min_length=1,
         description="A capture file, or a directory whose files are read in name order: JSON lines of "
-        "GetPropertygraphStream records or whole response pages, optionally gzipped.",
+        'GetPropertygraphStream (or, with format = "nquads", GetSparqlStream) records or whole response pages, '
+        "optionally gzipped.",
+    )
+    format: Literal["pg_json", "nquads"] = Field(
+        "pg_json",
+        description='What the records hold: "pg_json" (a property-graph stream, into a property-graph sink) or '
+        '"nquads" (a SPARQL stream, into an RDF sink; docs/rdf.md).',
+    )
+    blank_node_prefix: str | None = Field(
+        None,
+        min_length=1,
+        description='format = "nquads": IRI prefix of the skolem IRIs for blank nodes; unset = '
+        "https://graph-replicator.invalid/.well-known/genid/<source name>/ (set it to the live source's to replay "
+        "into the same replica).",
     )
     limit: int = Field(5000, ge=1, le=100000, description="Records per batch handed to the apply loop.")
     on_malformed: Literal["stop", "dead_letter"] = Field(
@@ -871,6 +905,47 @@ GRAPH_SINK_KINDS = frozenset({"falkordb", "neptune", "neptune-analytics"})
 EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "sns", "eventbridge", "webhook"})
 
 
+class OxigraphSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "oxigraph"`: an embedded pyoxigraph RDF store under `<data_dir>/oxigraph/NAME` (the RDF
+    default, like the embedded FalkorDB for property graphs); for `neptune-sparql` sources (docs/rdf.md)."""
+
+    kind: Literal["oxigraph"] = Field(description="Sink kind.")
+    path: PathText | None = Field(
+        None, min_length=1, description="Store directory; unset = `<data_dir>/oxigraph/NAME`."
+    )
+
+    @property
+    def embedded(self) -> bool:
+        return True
+
+
+class SparqlSinkConfig(_SinkBase):
+    """`[sinks.NAME] kind = "sparql"`: any SPARQL 1.1 Update endpoint (Neptune RDF, Fuseki, GraphDB, Oxigraph
+    server) over the SPARQL 1.1 protocol; for `neptune-sparql` sources (docs/rdf.md)."""
+
+    kind: Literal["sparql"] = Field(description="Sink kind.")
+    update_url: HttpUrl = Field(
+        description="Update endpoint URL, e.g. https://CLUSTER-ENDPOINT:8182/sparql (Neptune), "
+        "http://HOST:3030/DATASET/update (Fuseki)."
+    )
+    query_url: HttpUrl | None = Field(None, description="Query endpoint URL; unset = `update_url`.")
+    auth: Literal["none", "sigv4"] = Field(
+        "none", description='"sigv4": sign every request for Neptune IAM auth (service neptune-db); "none": no auth.'
+    )
+    region: Region | None = Field(None, description='AWS region of the cluster (required with auth = "sigv4").')
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+
+    @model_validator(mode="after")
+    def _region_for_sigv4(self) -> SparqlSinkConfig:
+        if self.auth == "sigv4" and self.region is None:
+            raise ValueError('region is required with auth = "sigv4"')
+        return self
+
+
+RDF_SOURCE_KINDS = frozenset({"neptune-sparql"})
+RDF_SINK_KINDS = frozenset({"oxigraph", "sparql"})
+
+
 def _check_role_arn(value: str) -> str:
     if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/\S+", value):
         raise ValueError('should be an IAM role ARN such as "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"')
@@ -944,6 +1019,7 @@ CHECKPOINT_KINDS: dict[str, type[_Model]] = {
 }
 SOURCE_KINDS: dict[str, type[_Model]] = {
     "neptune": NeptuneSourceConfig,
+    "neptune-sparql": NeptuneSparqlSourceConfig,
     "file": FileSourceConfig,
     "dynamodb": DynamoDBSourceConfig,
 }
@@ -956,6 +1032,8 @@ SINK_KINDS: dict[str, type[_Model]] = {
     "sns": SNSSinkConfig,
     "eventbridge": EventBridgeSinkConfig,
     "webhook": WebhookSinkConfig,
+    "oxigraph": OxigraphSinkConfig,
+    "sparql": SparqlSinkConfig,
 }
 
 
@@ -973,6 +1051,7 @@ CheckpointConfig = Annotated[
 ]
 SourceConfig = Annotated[
     Annotated[NeptuneSourceConfig, Tag("neptune")]
+    | Annotated[NeptuneSparqlSourceConfig, Tag("neptune-sparql")]
     | Annotated[FileSourceConfig, Tag("file")]
     | Annotated[DynamoDBSourceConfig, Tag("dynamodb")],
     Discriminator(_kind_of(None)),
@@ -985,7 +1064,9 @@ SinkConfig = Annotated[
     | Annotated[SQSSinkConfig, Tag("sqs")]
     | Annotated[SNSSinkConfig, Tag("sns")]
     | Annotated[EventBridgeSinkConfig, Tag("eventbridge")]
-    | Annotated[WebhookSinkConfig, Tag("webhook")],
+    | Annotated[WebhookSinkConfig, Tag("webhook")]
+    | Annotated[OxigraphSinkConfig, Tag("oxigraph")]
+    | Annotated[SparqlSinkConfig, Tag("sparql")],
     Discriminator(_kind_of(None)),
 ]
 
@@ -1176,6 +1257,7 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
         problems.extend(_check_fan_out(data, i, source, sinks))
+        problems.extend(_check_rdf_pairing(data, i, source, sinks))
     for name, cfg in sinks.items():
         fed = any(isinstance(s, dict) and name in (s.get("sinks") or []) for s in sources or [])
         if isinstance(cfg, dict) and cfg.get("kind") in EVENT_SINK_KINDS and not fed:
@@ -1184,6 +1266,31 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     for name in sinks:
         if lowered.count(name.lower()) > 1:
             problems.append((f"sinks.{_toml_key(name)}", "sink names differ only in case"))
+    return problems
+
+
+def _check_rdf_pairing(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
+    """An RDF source (neptune-sparql, or a file of N-Quads) feeds RDF sinks only; any other source no RDF sink
+    (event sinks take property-graph changes)."""
+    source_rdf = source.get("kind") in RDF_SOURCE_KINDS or (
+        source.get("kind") == "file" and source.get("format") == "nquads"
+    )
+    fed = source.get("sinks") if isinstance(source.get("sinks"), list) else [source.get("sink")]
+    key = "sinks" if isinstance(source.get("sinks"), list) else "sink"
+    problems = []
+    for sink in fed:
+        if not isinstance(sink, str) or not isinstance(sinks.get(sink), dict):
+            continue
+        sink_kind = sinks[sink].get("kind")
+        if isinstance(sink_kind, str) and source_rdf != (sink_kind in RDF_SINK_KINDS):
+            wanted = "an RDF sink (oxigraph, sparql)" if source_rdf else "a property-graph or event sink"
+            problems.append(
+                (
+                    _user_key(("sources", i, key), data),
+                    f'sink "{sink}" is kind "{sink_kind}"; {"an RDF" if source_rdf else "a property-graph"} '
+                    f"source needs {wanted}",
+                )
+            )
     return problems
 
 
@@ -1412,6 +1519,11 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ("`[[sources]]`, every kind", _SourceBase, None),
     ('`[[sources]]` kind = "neptune"', NeptuneSourceConfig, _SourceBase),
     ("`start = {commit_num = N, op_num = M}`", StartPosition, None),
+    (
+        '`[[sources]]` kind = "neptune-sparql" (the keys of kind "neptune", and:)',
+        NeptuneSparqlSourceConfig,
+        NeptuneSourceConfig,
+    ),
     ('`[[sources]]` kind = "file"', FileSourceConfig, _SourceBase),
     ('`[[sources]]` kind = "dynamodb"', DynamoDBSourceConfig, _SourceBase),
     ("`[[sources.rules]]` (dynamodb mapping rules)", MappingRule, None),
@@ -1429,6 +1541,8 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ('`[sinks.NAME]` kind = "sns"', SNSSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "eventbridge"', EventBridgeSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "webhook"', WebhookSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "oxigraph" (RDF)', OxigraphSinkConfig, _SinkBase),
+    ('`[sinks.NAME]` kind = "sparql" (RDF)', SparqlSinkConfig, _SinkBase),
     ("`[bootstrap]`", BootstrapConfig, None),
 ]
 _CHECK_NAMES: dict[Any, str] = {

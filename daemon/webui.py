@@ -252,6 +252,8 @@ class WebUI:
                 raise GraphRequestError(404, "this daemon has no sink")
             name = request.query.get("sink") or next(iter(self._sinks))
             sink = self._sinks.get(name)
+            if getattr(sink, "rdf", False):
+                raise GraphRequestError(400, f"sink {name!r} is an RDF store: query it with SPARQL (docs/rdf.md)")
             if sink is None:
                 raise GraphRequestError(404, f"no sink named {name!r}; sinks: {', '.join(self._sinks)}")
             depth = _int_param(request, "depth", 1, 1, MAX_DEPTH)

@@ -370,7 +370,7 @@ def test_the_configuration_docs_list_every_shipped_config_and_source_kind() -> N
     for config in sorted((root / "config").glob("*.toml")):
         assert f"(../config/{config.name})" in intro, f"docs/configuration.md does not list config/{config.name}"
     names = [get_args(member)[1].tag for member in get_args(get_args(SourceConfig)[0])]  # Annotated[model, Tag]
-    assert sorted(names) == ["dynamodb", "file", "neptune"], names
+    assert sorted(names) == ["dynamodb", "file", "neptune", "neptune-sparql"], names
     for name in names:
         assert f"| `{name}` |" in intro, f"no annotated example of a {name} source"
     pyproject = (root / "pyproject.toml").read_text()

@@ -205,6 +205,12 @@ class Bootstrap:
             )
 
     async def run(self) -> BootstrapResult:
+        if self.source_cfg.kind == "neptune-sparql":
+            raise BootstrapConfigError(
+                f"source {self.source_cfg.name!r}: bootstrap of RDF (neptune-sparql) sources is not available in "
+                'this version; start from an empty target with start = "trim_horizon" while the stream holds '
+                "everything, or copy the data by other means and set the checkpoint (docs/rdf.md)"
+            )
         self._check_settings()
         started = time.monotonic()
         async with AsyncExitStack() as store_stack:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -340,7 +340,7 @@ class _Reader:
                 reason = f"{item.where}expected a JSON object (a stream record or a response page)"
             else:
                 try:
-                    change = translate_record(item.record, PARTITION)
+                    change = self._source.translate(item.record)
                     position = change.position
                 except MalformedRecord as exc:
                     position, reason = exc.position, item.where + exc.reason
@@ -413,6 +413,7 @@ class FileSource:
         poll_interval_seconds: float = 1.0,
         max_record_bytes: int = 16 << 20,
         dead_letters: DeadLetterFile,
+        translate: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         if on_malformed not in ("stop", "dead_letter"):
             raise ValueError(f'on_malformed must be "stop" or "dead_letter", not {on_malformed!r}')
@@ -422,6 +423,8 @@ class FileSource:
         self.on_malformed = on_malformed
         self.follow = follow
         self.max_record_bytes = max_record_bytes
+        # record -> change, or MalformedRecord: PG_JSON by default; a SPARQL capture's translation for RDF
+        self.translate = translate or (lambda record: translate_record(record, PARTITION))
         self._poll_interval = poll_interval_seconds
         self._dead_letters = dead_letters
         self.state = "starting"

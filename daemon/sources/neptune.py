@@ -112,11 +112,15 @@ class NeptuneStreamSource:
                     METRICS.note_stream_head(self.name, head[0], PARTITION)
             await asyncio.sleep(HEAD_PROBE_SECONDS)
 
+    def _translate_one(self, record: dict[str, Any]) -> Any:
+        """One record as a change (`GraphChange`; a SPARQL source's `QuadChange`), or `MalformedRecord`."""
+        return translate_record(record, PARTITION)
+
     def _translate(self, records: list[dict[str, Any]]) -> list[GraphChange]:
         changes: list[GraphChange] = []
         for record in records:
             try:
-                changes.append(translate_record(record, PARTITION))
+                changes.append(self._translate_one(record))
             except MalformedRecord as exc:
                 self._dead_letter(record, exc)
             except (MemoryError, RecursionError):

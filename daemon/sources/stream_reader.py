@@ -1,5 +1,6 @@
-"""Reading a Neptune property-graph stream page by page; the `neptune` source and `graph-replicator capture`
-both read through it.
+"""Reading a Neptune change stream page by page: the property-graph stream (`GetPropertygraphStream`) or the
+SPARQL stream (`GetSparqlStream`, same wire shape and rules); the `neptune` and `neptune-sparql` sources and
+`graph-replicator capture` read through it.
 
 * Start: a resume position (`AFTER_SEQUENCE_NUMBER`; `(N, 0)`, the start of commit N that `checkpoint set N` stores,
   as `AT_SEQUENCE_NUMBER` N/1), else `start`: `trim_horizon`, `latest` (after the most
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.aws import classify_aws_error, error_code, open_client
-from daemon.config import NeptuneSourceConfig
+from daemon.config import NeptuneSourceConfig, NeptuneSparqlSourceConfig
 from daemon.model import Position, SourceStopped
 from daemon.sinks.base import ErrorClass, full_jitter
 
@@ -67,8 +68,10 @@ class StreamReader:
         idle_min: float = 0.05,
         idle_max: float = 5.0,
         on_retry: RetryHook | None = None,
+        operation: str = "get_propertygraph_stream",
     ) -> None:
         self.client = client
+        self._read = getattr(client, operation)  # get_propertygraph_stream | get_sparql_stream
         self.limit = limit  # may be lowered between pages (capture --max-records)
         self._start, self._resume = start, resume
         self._idle_min, self._idle_max = idle_min, idle_max
@@ -81,7 +84,7 @@ class StreamReader:
         idle = self._idle_min
         while True:
             try:
-                response = await self.client.get_propertygraph_stream(limit=self.limit, **params)
+                response = await self._read(limit=self.limit, **params)
             except Exception as exc:
                 code = error_code(exc)
                 if code == "StreamRecordsNotFoundException":
@@ -130,7 +133,7 @@ class StreamReader:
             return {"iteratorType": "TRIM_HORIZON"}
         while True:
             try:
-                event = (await self.client.get_propertygraph_stream(iteratorType="LATEST", limit=1))["lastEventId"]
+                event = (await self._read(iteratorType="LATEST", limit=1))["lastEventId"]
             except Exception as exc:
                 if error_code(exc) == "StreamRecordsNotFoundException":
                     return {"iteratorType": "TRIM_HORIZON"}  # an empty stream: everything to come is new
@@ -142,7 +145,7 @@ class StreamReader:
         """The event id of the newest change in the stream (one `LATEST` read of one record), or None when the
         stream is empty. Raises what the read raised; used for `commits_behind_head`, never for positions."""
         try:
-            event = (await self.client.get_propertygraph_stream(iteratorType="LATEST", limit=1))["lastEventId"]
+            event = (await self._read(iteratorType="LATEST", limit=1))["lastEventId"]
         except Exception as exc:
             if error_code(exc) == "StreamRecordsNotFoundException":
                 return _last_valid_event_id(str(exc))
@@ -160,9 +163,12 @@ class StreamReader:
         await asyncio.sleep(delay)
 
 
-async def open_neptune_client(stack: AsyncExitStack, cfg: NeptuneSourceConfig, timeout_seconds: float = 0.0) -> Any:
-    """The `neptunedata` client of a `neptune` source (stream and snapshot reads), bound to `stack`; the request
-    timeout is the source's, or `timeout_seconds` when that is longer."""
+NeptuneStreamConfig = NeptuneSourceConfig | NeptuneSparqlSourceConfig
+
+
+async def open_neptune_client(stack: AsyncExitStack, cfg: NeptuneStreamConfig, timeout_seconds: float = 0.0) -> Any:
+    """The `neptunedata` client of a `neptune` or `neptune-sparql` source (stream and snapshot reads), bound to
+    `stack`; the request timeout is the source's, or `timeout_seconds` when that is longer."""
     return await open_client(
         stack,
         "neptunedata",
@@ -176,13 +182,14 @@ async def open_neptune_client(stack: AsyncExitStack, cfg: NeptuneSourceConfig, t
 
 async def open_stream_reader(
     stack: AsyncExitStack,
-    cfg: NeptuneSourceConfig,
+    cfg: NeptuneStreamConfig,
     *,
     resume: Position | None = None,
     limit: int | None = None,
     on_retry: RetryHook | None = None,
 ) -> StreamReader:
-    """A reader of the stream a `neptune` source config names, its client bound to `stack`."""
+    """A reader of the stream a `neptune` (property graph) or `neptune-sparql` source config names, its client
+    bound to `stack`."""
     client = await open_neptune_client(stack, cfg)
     return StreamReader(
         client,
@@ -192,6 +199,7 @@ async def open_stream_reader(
         idle_min=cfg.poll_interval_min_seconds,
         idle_max=cfg.poll_interval_max_seconds,
         on_retry=on_retry,
+        operation="get_sparql_stream" if cfg.kind == "neptune-sparql" else "get_propertygraph_stream",
     )
 
 

@@ -39,6 +39,7 @@ MODULES: list[tuple[str, str]] = [
     ("startup", "9. Start-up: process start to first batch applied"),
     ("shard_leases", "10. DynamoDB shards shared across instances"),
     ("events", "11. Event sinks"),
+    ("rdf", "12. RDF: quads/s, daemon vs one update per record"),
 ]
 DOC = ROOT / "docs" / "performance.md"
 

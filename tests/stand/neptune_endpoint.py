@@ -4,7 +4,11 @@ It speaks the wire format of botocore's `neptunedata` (rest-json) and `neptune-g
 for real aiobotocore clients (and for the daemon run as a subprocess, pointed at `stand.url`):
 
 * **stream source** - `GET /propertygraph/stream` (`GetPropertygraphStream`, alias `/pg/stream`) serves the
-  change log in `stand.stream`, which tests append to while the daemon reads;
+  change log in `stand.stream`, which tests append to while the daemon reads; `GET /sparql/stream`
+  (`GetSparqlStream`) serves the RDF change log in `stand.sparql_stream` (format NQUADS, records
+  `{"data": {"stmt": "<s> <p> <o> <g> .\n"}, "op": ...}`);
+* **SPARQL target** - `POST /sparql` (SPARQL 1.1 protocol, form-encoded `update=` or `query=`) runs updates and
+  queries on a real in-memory pyoxigraph store, `stand.rdf_store` (JSON results, Neptune-shaped JSON errors);
 * **openCypher target** - `POST /opencypher` (`ExecuteOpenCypherQuery`; JSON or form-encoded, alias
   `/openCypher`) and `POST /queries` (neptune-graph `ExecuteQuery`) run Neptune openCypher on FalkorDB after
   `translate_query` (see there for the rules); queries reach the engine through `tests.stand.engine_wire`
@@ -45,6 +49,7 @@ from typing import Any, TypeVar
 
 import falkordb
 import orjson
+import pyoxigraph
 import redis.exceptions
 from aiohttp import web
 from falkordb.asyncio import FalkorDB as AsyncFalkorDB
@@ -88,8 +93,10 @@ FAULT_KINDS = frozenset(
     }
 )
 STREAM_FAULT_KINDS = frozenset({"throttling", "server_error", "slow", "drop_connection"})
-QUERY_PATHS = ("opencypher", "queries")
+QUERY_PATHS = ("opencypher", "queries", "sparql")
 STREAM_PATH = "stream"
+SPARQL_STREAM_PATH = "sparql_stream"
+STREAM_PATHS = (STREAM_PATH, SPARQL_STREAM_PATH)
 MAX_STREAM_LIMIT = 100_000
 
 _T = TypeVar("_T")
@@ -125,8 +132,9 @@ class StreamLog:
     Thread-safe: tests append and trim from any thread while the server thread reads.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, format: str = "PG_JSON") -> None:
         self._lock = threading.Lock()
+        self.format = format  # PG_JSON (records' data: id, type, ...) or NQUADS (data: stmt)
         self.clear()
 
     def clear(self) -> None:
@@ -212,7 +220,7 @@ class StreamLog:
                 {
                     "lastEventId": {"commitNum": last_commit, "opNum": last_op},
                     "lastTrxTimestamp": self._commit_ms[end - 1],
-                    "format": "PG_JSON",
+                    "format": self.format,
                     "totalRecords": end - start,
                 }
             )
@@ -260,8 +268,8 @@ class Faults:
         if not kinds and rate:
             raise ValueError("no fault kinds given")
         for path in paths:
-            allowed = STREAM_FAULT_KINDS if path == STREAM_PATH else FAULT_KINDS
-            if path not in (*QUERY_PATHS, STREAM_PATH):
+            allowed = STREAM_FAULT_KINDS if path in STREAM_PATHS else FAULT_KINDS
+            if path not in (*QUERY_PATHS, *STREAM_PATHS):
                 raise ValueError(f"unknown path {path!r}")
             if unknown := set(kinds) - allowed:
                 raise ValueError(f"fault kinds {sorted(unknown)} do not apply to {path!r}")
@@ -545,6 +553,8 @@ _PATH_KEYS = {
     "/opencypher": "opencypher",
     "/openCypher": "opencypher",
     "/queries": "queries",
+    "/sparql/stream": SPARQL_STREAM_PATH,
+    "/sparql": "sparql",
 }
 
 
@@ -583,6 +593,8 @@ class NeptuneStand:
         self.graph_name = graph_name
         self.engine = EmbeddedFalkorDB(self.data_dir / "engine")
         self.stream = StreamLog()
+        self.sparql_stream = StreamLog("NQUADS")
+        self.rdf_store = pyoxigraph.Store()  # the SPARQL target (in memory)
         self.faults = Faults()
         self.requests: Counter[str] = Counter()
         # Added to every request before it is handled (0: none): a stand-in for the network round trip and a
@@ -649,6 +661,8 @@ class NeptuneStand:
         """Delete the target graph and the stream; clear faults, poison and request counters."""
         self._call(self._reset())
         self.stream.clear()
+        self.sparql_stream.clear()
+        self.rdf_store.clear()
         self.faults.clear()
         self.requests.clear()
 
@@ -672,8 +686,10 @@ class NeptuneStand:
         await self._ensure_vertex_index()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         for route, path in _PATH_KEYS.items():
-            if path == STREAM_PATH:
+            if path in STREAM_PATHS:
                 app.router.add_get(route, self._handle_stream)
+            elif path == "sparql":
+                app.router.add_post(route, self._handle_sparql)
             elif path == "queries":
                 app.router.add_post(route, self._handle_queries)
             else:
@@ -762,13 +778,41 @@ class NeptuneStand:
         iterator_type = query.get("iteratorType", "AT_SEQUENCE_NUMBER" if commit_num is not None else "TRIM_HORIZON")
         if iterator_type not in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER", "TRIM_HORIZON", "LATEST"):
             raise StandError(400, "InvalidParameterException", f"unknown iteratorType {iterator_type!r}")
-        await self._apply_fault(STREAM_PATH)
-        body = self.stream.read(iterator_type, commit_num, 1 if op_num is None else op_num, limit)
+        path = _PATH_KEYS[request.path]
+        await self._apply_fault(path)
+        log = self.sparql_stream if path == SPARQL_STREAM_PATH else self.stream
+        body = log.read(iterator_type, commit_num, 1 if op_num is None else op_num, limit)
         headers = {}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def _handle_sparql(self, request: web.Request) -> web.Response:
+        """SPARQL 1.1 protocol on `rdf_store`: `update=` runs an update, `query=` answers JSON results."""
+        form = await request.post() if request.content_type == "application/x-www-form-urlencoded" else {}
+        update, query = form.get("update"), form.get("query")
+        if not isinstance(update, str) and not isinstance(query, str):
+            raise StandError(400, "MissingParameterException", "a form field update= or query= is required")
+        fault = await self._apply_fault("sparql")
+        if isinstance(update, str):
+            if self.faults.poisoning and self.faults.is_poisoned(update):
+                raise StandError(400, "MalformedQueryException", "poisoned update (injected)")
+            try:
+                await asyncio.to_thread(self.rdf_store.update, update)
+            except SyntaxError as exc:
+                raise StandError(400, "MalformedQueryException", str(exc)) from None
+            if fault is not None:  # drop_after_commit: the update is applied, the answer lost
+                raise _DropConnection
+            return web.json_response({})
+        try:
+            # pyoxigraph results are bound to the thread that made them: query and serialise in one thread
+            body = await asyncio.to_thread(
+                lambda: self.rdf_store.query(query).serialize(format=pyoxigraph.QueryResultsFormat.JSON)
+            )
+        except SyntaxError as exc:
+            raise StandError(400, "MalformedQueryException", str(exc)) from None
+        return web.Response(body=body, content_type="application/sparql-results+json")
 
     async def _handle_opencypher(self, request: web.Request) -> web.Response:
         if request.content_type == "application/x-www-form-urlencoded":

@@ -801,7 +801,8 @@ class Cluster:
         started = time.monotonic()
         while not (self.check_exits() or predicate()):
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.lease_table_text()}\n{self.tails()}")
+                table = self.lease_table_text()
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{table}\n{self.tails()}")
             time.sleep(interval)
         return time.monotonic() - started
 
