@@ -1260,7 +1260,7 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
         problems.extend(_check_rdf_pairing(data, i, source, sinks))
     for name, cfg in sinks.items():
         fed = any(isinstance(s, dict) and name in (s.get("sinks") or []) for s in sources or [])
-        if isinstance(cfg, dict) and cfg.get("kind") in EVENT_SINK_KINDS and not fed:
+        if isinstance(cfg, dict) and isinstance(cfg.get("kind"), str) and cfg["kind"] in EVENT_SINK_KINDS and not fed:
             problems.append((f"sinks.{_toml_key(name)}", "event sink fed by no source (add it to a source's sinks)"))
     lowered = [n.lower() for n in sinks]
     for name in sinks:
@@ -1307,6 +1307,7 @@ def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: 
             continue
         key = _user_key(("sources", i, "sinks"), data)
         kind = sinks[name].get("kind") if isinstance(sinks.get(name), dict) else None
+        kind = kind if isinstance(kind, str) else None  # (a kind of the wrong type is reported by the schema)
         if name not in sinks:
             problems.append((key, f'no sink named "{name}" in [sinks] (defined sinks: {defined})'))
         elif j == 0 and kind in EVENT_SINK_KINDS:
