@@ -308,7 +308,9 @@ class DynamoDBCheckpointStore:
     async def steal(self, source: str, partition: str, owner: str, victim: str, expected_counter: int) -> Lease:
         """Ask `victim` for a lease it holds: record `owner` as the pending owner (the counter is untouched, so
         the victim keeps it until its next renew hands it over; a victim that stopped renewing lets it expire).
-        The lease never changes hands under a live owner, so its writes stay fenced by its own deadline."""
+        The lease never changes hands under a live owner, so its writes stay fenced by its own deadline.
+        Conditional on the owner, not on the counter: a busy victim's checkpoint writes move the counter many
+        times a second, and a request conditional on a counter read a moment ago would nearly always fail."""
         lease = Lease(source, partition, victim, expected_counter)
         return await self._conditional_update(
             lease,
@@ -316,6 +318,7 @@ class DynamoDBCheckpointStore:
             {":new": {"S": owner}},
             bump=False,
             extra_condition="attribute_not_exists(#p)",
+            check_counter=False,
         )
 
     async def overwrite(
@@ -391,6 +394,7 @@ class DynamoDBCheckpointStore:
         new_owner: str | bool | None = False,
         check_owner: bool = True,
         extra_condition: str | None = None,
+        check_counter: bool = True,
     ) -> Lease:
         """One UpdateItem conditional on the lease's counter (and owner), returning the lease as written.
         `new_owner` False means "the owner stays". Writes of one lease are serialised in this process, so a
@@ -404,6 +408,7 @@ class DynamoDBCheckpointStore:
                 new_owner=new_owner,
                 check_owner=check_owner,
                 extra_condition=extra_condition,
+                check_counter=check_counter,
             )
 
     async def _update_locked(
@@ -416,9 +421,10 @@ class DynamoDBCheckpointStore:
         new_owner: str | bool | None,
         check_owner: bool,
         extra_condition: str | None,
+        check_counter: bool = True,
     ) -> Lease:
-        conditions = ["#c = :c"]
-        values = {**values, ":c": {"N": str(lease.counter)}}
+        conditions = ["#c = :c"] if check_counter else []
+        values = {**values, ":c": {"N": str(lease.counter)}} if check_counter else dict(values)
         if check_owner:
             conditions.append("#o = :me")
             values[":me"] = {"S": lease.owner or ""}

@@ -1258,8 +1258,9 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
             )
         problems.extend(_check_fan_out(data, i, source, sinks))
         problems.extend(_check_rdf_pairing(data, i, source, sinks))
+    listed = sources if isinstance(sources, list) else []
     for name, cfg in sinks.items():
-        fed = any(isinstance(s, dict) and name in (s.get("sinks") or []) for s in sources or [])
+        fed = any(isinstance(s, dict) and isinstance(s.get("sinks"), list) and name in s["sinks"] for s in listed)
         if isinstance(cfg, dict) and isinstance(cfg.get("kind"), str) and cfg["kind"] in EVENT_SINK_KINDS and not fed:
             problems.append((f"sinks.{_toml_key(name)}", "event sink fed by no source (add it to a source's sinks)"))
     lowered = [n.lower() for n in sinks]
@@ -1272,9 +1273,10 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
 def _check_rdf_pairing(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
     """An RDF source (neptune-sparql, or a file of N-Quads) feeds RDF sinks only; any other source no RDF sink
     (event sinks take property-graph changes)."""
-    source_rdf = source.get("kind") in RDF_SOURCE_KINDS or (
-        source.get("kind") == "file" and source.get("format") == "nquads"
-    )
+    kind = source.get("kind")
+    if not isinstance(kind, str):
+        return []  # (the schema reports a kind of the wrong type)
+    source_rdf = kind in RDF_SOURCE_KINDS or (kind == "file" and source.get("format") == "nquads")
     fed = source.get("sinks") if isinstance(source.get("sinks"), list) else [source.get("sink")]
     key = "sinks" if isinstance(source.get("sinks"), list) else "sink"
     problems = []

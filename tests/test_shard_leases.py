@@ -66,15 +66,27 @@ def scripted(loop: LoopThread, seed: int) -> ShardedStream:
 
 @contextmanager
 def running(
-    tmp_path: Path, loop: LoopThread, engine: tuple[str, int, str], moto_server: str, seed: int, **kw: Any
+    tmp_path: Path,
+    loop: LoopThread,
+    engine: tuple[str, int, str],
+    moto_server: str,
+    seed: int,
+    first: int | None = None,
+    **kw: Any,
 ) -> Iterator[tuple[ShardedStream, Cluster, Feeder]]:
     """The scripted stream, 3 instances started and sharing its open shards evenly, records flowing (10 every
-    0.1 s); everything is killed and closed at the end (a failed test leaves nothing running)."""
+    0.1 s); everything is killed and closed at the end (a failed test leaves nothing running). `first` is
+    started alone until it holds shards (an instance that may not ask for shards gets its share that way)."""
     stream = scripted(loop, seed)
     cluster = Cluster(tmp_path, loop, stream, engine, moto_server, graph=tmp_path.name, timings=TIMINGS, **kw)
     feeder = Feeder(stream, per_tick=10, interval=0.1)
     try:
-        cluster.start_all()
+        if first is not None:
+            cluster.start(first)
+            cluster.wait_for(lambda: first in cluster.owners().values(), 40, f"instance {first} to take shards")
+        for i in range(len(cluster.configs)):
+            if i != first:
+                cluster.start(i)
         cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 40, "the open shards' leases spread over 3 instances")
         yield stream, cluster, feeder
     finally:
@@ -169,6 +181,7 @@ def test_a_paused_instance_writes_nothing_after_it_resumes(loop, engine, moto_se
         engine,
         moto_server,
         seed=3,
+        first=zombie,  # it cannot ask for shards: it takes its share while it is alone, the others ask it
         instance_timings={zombie: replace(TIMINGS, max_steal=0)},
         count_writes=True,
     ) as (_stream, cluster, feeder):

@@ -71,12 +71,16 @@ class StreamReader:
         operation: str = "get_propertygraph_stream",
     ) -> None:
         self.client = client
-        self._read = getattr(client, operation)  # get_propertygraph_stream | get_sparql_stream
+        self._operation = operation  # get_propertygraph_stream | get_sparql_stream
         self.limit = limit  # may be lowered between pages (capture --max-records)
         self._start, self._resume = start, resume
         self._idle_min, self._idle_max = idle_min, idle_max
         self._on_retry = on_retry
         self._failures = 0
+
+    async def _read(self, **params: Any) -> dict[str, Any]:
+        """One stream call (the client is looked up at call time: a reader can be built before it has one)."""
+        return await getattr(self.client, self._operation)(**params)
 
     async def pages(self) -> AsyncIterator[Page]:
         """Pages forever (the caller stops iterating when it has enough)."""
