@@ -38,7 +38,7 @@ def without_samples_in_a_neptune_run(name: str) -> bool:
     """Families a `run` with Neptune sources has no sample of (docs/metrics.md): shard counts are DynamoDB's, the
     bootstrap command sets its own, the embedded engine's belong to a `falkordb` sink without `url`, and the
     lease ones to the DynamoDB checkpoint store (tests/test_active_standby.py and tests/test_leases.py read them),
-    the event ones to event sinks (tests/test_events.py reads them)."""
+    the event ones to event sinks (tests/test_events.py runs those)."""
     return name in ("graph_replicator_shards", "graph_replicator_leases_held") or name.startswith(
         (
             "graph_replicator_bootstrap_",
