@@ -378,10 +378,10 @@ class LeaseCoordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._take_now = asyncio.Event()  # a lease was freed here: look for work without waiting a whole interval
-        self.take_pending = False  # `wake` asked for a take round that has not ended yet
-        self._wakes = 0
-        self._handovers: set[asyncio.Task[None]] = set()
-        self._handing_over: set[str] = set()  # partitions of those: not to be taken back by our own take rounds
+        self._wakes = 0  # `wake` calls so far
+        self._wakes_seen = 0  # of those, the ones a take round that ended had started after
+        # Hand-overs in progress, by partition: those are not taken back by our own take rounds.
+        self._handovers: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def from_config(cls, store: LeaseStore, source: str, config: Any, owner: str | None = None) -> LeaseCoordinator:
@@ -449,10 +449,14 @@ class LeaseCoordinator:
             self.metrics.losses.inc()
             await self._changed()
 
+    @property
+    def take_pending(self) -> bool:
+        """`wake` asked for a take round that has not ended yet."""
+        return self._wakes != self._wakes_seen
+
     def wake(self) -> None:
         """Run a take round now (new leases were registered, or one was freed here)."""
         self._wakes += 1
-        self.take_pending = True
         self._take_now.set()
 
     async def finished(self, partition: str) -> None:
@@ -461,7 +465,7 @@ class LeaseCoordinator:
         lease = self.renewer.drop(partition)
         if lease is None:
             return
-        await self._release(lease, reason="shard_end")
+        await self.renewer.give_up(lease, "shard_end")
         self.wake()
         await self._changed()
 
@@ -471,14 +475,12 @@ class LeaseCoordinator:
         handoffs, self.renewer.handoffs = self.renewer.handoffs, []
         for lease, wanted_by, deadline in handoffs:  # each in its own task: renewals never wait for a hand-over
             task = asyncio.create_task(self._hand_over(lease, wanted_by, deadline), name=f"hand-over:{lease.partition}")
-            self._handovers.add(task)
-            self._handing_over.add(lease.partition)
-            task.add_done_callback(self._handovers.discard)
-            task.add_done_callback(lambda _, partition=lease.partition: self._handing_over.discard(partition))
+            self._handovers[lease.partition] = task
+            task.add_done_callback(lambda _, partition=lease.partition: self._handovers.pop(partition, None))
 
     async def handovers_done(self) -> None:
         """Wait for the hand-overs in progress (tests; `stop` does it for a drain)."""
-        await asyncio.gather(*self._handovers, return_exceptions=True)
+        await asyncio.gather(*self._handovers.values(), return_exceptions=True)
 
     async def _hand_over(self, lease: Lease, wanted_by: str, deadline: float | None) -> None:
         """Release a lease another instance asked for, once this process's writes to it are done (`quiesce`: a
@@ -494,21 +496,16 @@ class LeaseCoordinator:
                 self.metrics.losses.inc()
                 return
         self.renewer.handed_off += 1
-        await self._release(lease, to=wanted_by, reason="handoff")
-
-    async def _release(self, lease: Lease, to: str | None = None, *, reason: str) -> None:
-        """Free a lease (or hand it to `to`): `LeaseRenewer.give_up`, counted by `reason`."""
-        await self.renewer.give_up(lease, reason, to)
+        await self.renewer.give_up(lease, "handoff", wanted_by)
 
     async def take_once(self) -> None:
         wakes = self._wakes
-        taken = await self.taker.take_round(self.renewer.held, self._handing_over)
+        taken = await self.taker.take_round(self.renewer.held, self._handovers.keys())
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
         if taken:
             await self._changed()
-        if self._wakes == wakes:  # no wake came during the round: it saw what the wake was for
-            self.take_pending = False
+        self._wakes_seen = wakes  # the round saw what the wakes before it were for
 
     async def start(self) -> None:
         """Take what is free now, then keep renewing and taking on timers."""
@@ -532,14 +529,14 @@ class LeaseCoordinator:
         if release:  # a drain: nothing is written any more, so hand-overs in progress finish at once
             await self.handovers_done()
         else:
-            for task in list(self._handovers):
+            for task in list(self._handovers.values()):
                 task.cancel()
-            await asyncio.gather(*self._handovers, return_exceptions=True)
+            await asyncio.gather(*self._handovers.values(), return_exceptions=True)
         if release:
             for partition in list(self.renewer.held):
                 lease = self.renewer.drop(partition)
                 if lease is not None:
-                    await self._release(lease, reason="drain")
+                    await self.renewer.give_up(lease, "drain")
 
     async def _every(
         self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
