@@ -228,25 +228,32 @@ class DynamoDBCheckpointStore:
         gives one) that has no item yet. Give parents before their children: a child whose parent has no item
         yet counts as ready to take."""
         for partition, parents in partitions.items():
-            item = {
-                **_key(source, partition),
-                "partition": {"S": partition},
-                "lease_counter": {"N": "0"},
-                "parents": {"L": [{"S": p} for p in parents]},
-            }
-            if positions and partition in positions:
-                item["checkpoint"] = {"S": _position_text(positions[partition])}
             try:
-                await self._call(
-                    "put_item",
-                    TableName=self.table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(#c)",
-                    ExpressionAttributeNames={"#c": "lease_counter"},
-                )
+                await self._create(source, partition, parents, (positions or {}).get(partition))
             except ClientError as exc:
                 if error_code(exc) != CONDITION_FAILED:
                     raise
+
+    async def _create(
+        self, source: str, partition: str, parents: tuple[str, ...], position: Position | None, **extra: Any
+    ) -> None:
+        """Put a free lease item, conditional on there being none yet (`ConditionalCheckFailedException`)."""
+        item = {
+            **_key(source, partition),
+            "partition": {"S": partition},
+            "lease_counter": {"N": "0"},
+            "parents": {"L": [{"S": p} for p in parents]},
+            **extra,
+        }
+        if position is not None:
+            item["checkpoint"] = {"S": _position_text(position)}
+        await self._call(
+            "put_item",
+            TableName=self.table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(#c)",
+            ExpressionAttributeNames={"#c": "lease_counter"},
+        )
 
     async def list_leases(self, source: str) -> list[Lease]:
         """Every lease of `source`, read consistently."""
@@ -333,21 +340,7 @@ class DynamoDBCheckpointStore:
             if expected_counter is None:
                 if position is None:
                     return
-                item = {
-                    **_key(source, partition),
-                    "partition": {"S": partition},
-                    "lease_counter": {"N": "0"},
-                    "parents": {"L": []},
-                    "checkpoint": {"S": _position_text(position)},
-                    "updated_at": {"N": repr(time.time())},
-                }
-                await self._call(
-                    "put_item",
-                    TableName=self.table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(#c)",
-                    ExpressionAttributeNames={"#c": "lease_counter"},
-                )
+                await self._create(source, partition, (), position, updated_at={"N": repr(time.time())})
             elif position is None:
                 await self._call(
                     "delete_item",
