@@ -697,6 +697,14 @@ class DynamoDBSourceConfig(_SourceBase):
         return self
 
 
+def _retry_max_not_below_initial(cls: type, value: float, info: ValidationInfo) -> float:
+    """`retry_max_seconds` of a sink: not below its `retry_initial_seconds`."""
+    low = info.data.get("retry_initial_seconds")
+    if low is not None and value < low:
+        raise ValueError(f"should be >= retry_initial_seconds ({low})")
+    return value
+
+
 class _SinkBase(_Model):
     batch_size: int = Field(500, ge=1, le=100000, description="Most changes in one statement batch.")
     concurrency: int = Field(4, ge=1, le=64, description="Batches in flight at once (parallel apply lanes).")
@@ -709,13 +717,7 @@ class _SinkBase(_Model):
     )
     request_timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one batch request.")
 
-    @field_validator("retry_max_seconds")
-    @classmethod
-    def _retry_max(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("retry_initial_seconds")
-        if low is not None and value < low:
-            raise ValueError(f"should be >= retry_initial_seconds ({low})")
-        return value
+    _retry_max = field_validator("retry_max_seconds")(_retry_max_not_below_initial)
 
 
 class FalkorDBSinkConfig(_SinkBase):
@@ -801,13 +803,7 @@ class _EventSinkBase(_Model):
     )
     request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one call.")
 
-    @field_validator("retry_max_seconds")
-    @classmethod
-    def _retry_max(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("retry_initial_seconds")
-        if low is not None and value < low:
-            raise ValueError(f"should be >= retry_initial_seconds ({low})")
-        return value
+    _retry_max = field_validator("retry_max_seconds")(_retry_max_not_below_initial)
 
 
 class KinesisSinkConfig(_EventSinkBase):
