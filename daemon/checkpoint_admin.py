@@ -12,6 +12,11 @@ that keeps their ownership rules. A position is only ever changed by whoever may
   counter seen; the write bumps the counter and frees the lease, so an owner that was only paused finds its
   lease moved (`LeaseLost`) and can no longer overwrite the new position.
 
+An event sink's rows (`SOURCE@SINK`, docs/events.md) are named with `--source SOURCE@SINK` and follow the same
+rules: positions typed by the source's kind; SQLite changes under the lock; on DynamoDB the watch is of the
+source's leases (the event sink's rows are written under them), and the row is written in one transaction with
+the source's lease of that partition, whose counter it bumps (freeing it), so a paused owner cannot overwrite it.
+
 Positions are typed per source kind: neptune and file sources `commitNum[:opNum]` (the records' own event ids; a
 bare commitNum stands before that commit's first operation, `(N, 0)`, which the stream reader reads from
 `AT_SEQUENCE_NUMBER N/1`), DynamoDB sources a sequence number, `TRIM_HORIZON` or `SHARD_END` for one shard
@@ -34,6 +39,7 @@ import orjson
 import structlog
 
 from daemon.config import Config, DynamoDBCheckpointConfig, DynamoDBSourceConfig, SourceConfig
+from daemon.events.fanout import LANE_SEPARATOR, lane_key
 from daemon.model import SHARD_END, SHARD_START, Position
 
 
@@ -172,8 +178,11 @@ class SQLiteAdmin:
             db.close()
         return [Row(s, p, tuple(orjson.loads(pos)), updated) for s, p, pos, updated in found]
 
-    async def change(self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO) -> None:
-        """Write (or, for None, delete) each partition's position, holding the data-directory lock."""
+    async def change(
+        self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO, key: str | None = None
+    ) -> None:
+        """Write (or, for None, delete) each partition's position of `source` (or of its row `key`, an event sink's
+        `SOURCE@SINK`), holding the data-directory lock."""
         from daemon.checkpoint import SQLiteCheckpointStore
         from daemon.datadir import DataDirBusy, DataDirError, DataDirLock
 
@@ -192,9 +201,9 @@ class SQLiteAdmin:
                 gone = [p for p, pos in writes.items() if pos is None]
                 kept = {p: pos for p, pos in writes.items() if pos is not None}
                 if gone:
-                    await store.forget(source, gone)
+                    await store.forget(key or source, gone)
                 if kept:
-                    await store.save_many(source, kept)
+                    await store.save_many(key or source, kept)
             finally:
                 store.close()
         finally:
@@ -254,7 +263,11 @@ class DynamoDBAdmin:
             ]
         return rows
 
-    async def change(self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO) -> None:
+    async def change(
+        self, source: str, writes: dict[str, Position | None], *, force: bool, out: TextIO, key: str | None = None
+    ) -> None:
+        """Write (or delete) each partition's position of `source`, or of its row `key` (an event sink's
+        `SOURCE@SINK`) together with the source's lease; refused while a live instance owns a lease of `source`."""
         from daemon.checkpoint_dynamodb import watch_owners
         from daemon.leases import LeaseLost
 
@@ -283,10 +296,18 @@ class DynamoDBAdmin:
                     EXIT_BUSY,
                 )
             seen = again
+        branch = {r.partition: r for r in await self.rows([key])} if key is not None else {}
         for partition, position in writes.items():
             lease = seen.get(partition)
+            counter = lease.counter if lease is not None else None
             try:
-                await store.overwrite(source, partition, position, lease.counter if lease is not None else None)
+                if key is None:
+                    await store.overwrite(source, partition, position, counter)
+                else:
+                    row = branch.get(partition)
+                    await store.overwrite_branch(
+                        source, key, partition, position, row.counter if row is not None else None, counter
+                    )
             except LeaseLost as exc:
                 raise AdminError(
                     f"refused: the lease of {source!r} partition {partition!r} changed while it was being written "
@@ -328,6 +349,19 @@ def _sources(config: Config, name: str | None, *, one: bool) -> list[SourceConfi
     return list(config.sources)
 
 
+def _target(config: Config, name: str | None) -> tuple[SourceConfig, str | None]:
+    """The source a change is for and, for `SOURCE@SINK`, the key of that event sink's rows (else None)."""
+    if name is None or LANE_SEPARATOR not in name:
+        (source,) = _sources(config, name, one=True)
+        return source, None
+    source_name, sink = name.split(LANE_SEPARATOR, 1)
+    (source,) = _sources(config, source_name, one=True)
+    if sink not in source.event_sinks:
+        sinks = ", ".join(source.event_sinks) or "none"
+        raise AdminError(f"source {source.name!r} has no event sink named {sink!r} (its event sinks: {sinks})")
+    return source, lane_key(source.name, sink)
+
+
 def _partition(source: SourceConfig, partition: str | None) -> str:
     if is_shard_source(source):
         if not partition:
@@ -353,28 +387,32 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
             sources = _sources(config, request.source, one=False)
             # A source's event sinks checkpoint under SOURCE@SINK (docs/events.md): shown with it.
             rows = await admin.rows(
-                [key for s in sources for key in (s.name, *(f"{s.name}@{e}" for e in s.event_sinks))]
+                [key for s in sources for key in (s.name, *(lane_key(s.name, e) for e in s.event_sinks))]
             )
             if request.partition is not None:
                 rows = [r for r in rows if r.partition == request.partition]
             _show(rows, sources, admin, request.fmt, out)
             return 0
-        (source,) = _sources(config, request.source, one=True)
-        current = {r.partition: r.position for r in await admin.rows([source.name])}
+        source, key = _target(config, request.source)
+        shown = key or source.name
+        current = {r.partition: r.position for r in await admin.rows([shown])}
         writes: dict[str, Position | None]
         if request.action == "reset":
             if request.partition is not None:
                 current = {p: pos for p, pos in current.items() if p == _partition(source, request.partition)}
             if not current:
-                print(
-                    f"source {source.name!r} has no stored positions in the {admin.where}: nothing to reset", file=out
-                )
+                print(f"{shown!r} has no stored positions in the {admin.where}: nothing to reset", file=out)
                 return 0
             if not request.yes:
                 listing = ", ".join(f"{p or '-'} at {position_text(pos)}" for p, pos in sorted(current.items()))
+                then = (
+                    "the next run reads from the source's `start` again"
+                    if key is None
+                    else "the next run reads the source from its `start` again for this event sink"
+                )
                 raise AdminError(
-                    f"reset deletes {len(current)} stored position(s) of {source.name!r} ({listing}); the next run "
-                    "reads from the source's `start` again. Add --yes to do it"
+                    f"reset deletes {len(current)} stored position(s) of {shown!r} ({listing}); {then}. Add --yes "
+                    "to do it"
                 )
             writes = dict.fromkeys(current)
         else:
@@ -386,13 +424,13 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
                 assert request.commits is not None
                 new = rewound(source, current.get(partition), request.commits)
             writes = {partition: new}
-        await admin.change(source.name, writes, force=request.force, out=out)
+        await admin.change(source.name, writes, force=request.force, out=out, key=key)
         for partition, new in writes.items():
             old = current.get(partition)
             _log().info(
                 "checkpoint changed",
                 action=request.action,
-                source=source.name,
+                source=shown,
                 partition=partition,
                 old=list(old) if old is not None else None,
                 new=list(new) if new is not None else None,
@@ -400,7 +438,7 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
             )
             what = "deleted" if new is None else f"{position_text(old)} -> {position_text(new)}"
             part = f" partition {partition!r}" if partition else ""
-            print(f"source {source.name!r}{part}: {what} ({admin.where})", file=out)
+            print(f"source {shown!r}{part}: {what} ({admin.where})", file=out)
         return 0
 
 

@@ -99,6 +99,36 @@ def _absorb(lease: Lease, written: Lease) -> Lease:
     return lease
 
 
+def _operator_write(
+    table: str, source: str, partition: str, position: Position | None, expected_counter: int | None
+) -> tuple[str, dict[str, Any]] | None:
+    """An operator's write of one row (see `DynamoDBCheckpointStore.overwrite`) as (Put | Update | Delete, its
+    arguments), usable alone or in a transaction; None when there is nothing to do (delete a missing row)."""
+    condition, names = "#c = :seen", {"#c": "lease_counter"}
+    now = {"N": repr(time.time())}
+    if expected_counter is None:
+        if position is None:
+            return None
+        item = {
+            **_key(source, partition),
+            "partition": {"S": partition},
+            "lease_counter": {"N": "0"},
+            "parents": {"L": []},
+            "checkpoint": {"S": _position_text(position)},
+            "updated_at": now,
+        }
+        return "Put", {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(#c)",
+                       "ExpressionAttributeNames": names}  # fmt: skip
+    common = {"TableName": table, "Key": _key(source, partition), "ConditionExpression": condition}
+    values: dict[str, Any] = {":seen": {"N": str(expected_counter)}}
+    if position is None:
+        return "Delete", {**common, "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+    update = "SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p"
+    values.update({":cp": {"S": _position_text(position)}, ":now": now, ":one": {"N": "1"}})
+    return "Update", {**common, "UpdateExpression": update, "ExpressionAttributeNames": _names_in(update, "#c"),
+                      "ExpressionAttributeValues": values}  # fmt: skip
+
+
 class DynamoDBCheckpointStore:
     """Positions and leases of every source, one item per (source, partition)."""
 
@@ -182,6 +212,9 @@ class DynamoDBCheckpointStore:
         now = time.time()
         for partition, position in positions.items():
             lease = self._held(source, partition, leases)
+            if lease.source != source:  # an event sink's SOURCE@SINK row, under the source's lease
+                await self._save_branch(source, position, lease, now)
+                continue
             await self._conditional_update(
                 lease,
                 "SET #cp = :cp, #u = :now, #c = #c + :one, #h = :now",
@@ -189,6 +222,63 @@ class DynamoDBCheckpointStore:
                 bump=True,
             )
             lease.position = tuple(position)
+
+    async def _save_branch(self, key: str, position: Position, lease: Lease, now: float) -> None:
+        """Write the row `key` (an event sink's `SOURCE@SINK`) of the lease's partition in one transaction with a
+        check that the source's lease is still ours at the counter we hold, so a process that lost the lease can
+        no more move an event sink's checkpoint than the source's. The check leaves the lease as it is (a retry
+        after a write that landed unanswered finds the same counter), so the write does not renew it."""
+        async with self._locks.setdefault((lease.source, lease.partition), asyncio.Lock()):
+            check = "#o = :me AND #c = :c"
+            update = "SET #cp = :cp, #u = :now, #pt = :pt, #c = if_not_exists(#c, :zero)"
+            items = [
+                {
+                    "ConditionCheck": {
+                        "TableName": self.table,
+                        "Key": _key(lease.source, lease.partition),
+                        "ConditionExpression": check,
+                        "ExpressionAttributeNames": _names_in(check),
+                        "ExpressionAttributeValues": {
+                            ":me": {"S": lease.owner or ""},
+                            ":c": {"N": str(lease.counter)},
+                        },
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": _key(key, lease.partition),
+                        "UpdateExpression": update,
+                        "ExpressionAttributeNames": {**_names_in(update), "#pt": "partition"},
+                        "ExpressionAttributeValues": {
+                            ":cp": {"S": _position_text(position)},
+                            ":now": {"N": repr(now)},
+                            ":pt": {"S": lease.partition},
+                            ":zero": {"N": "0"},
+                        },
+                    }
+                },
+            ]
+            await self._transact(items, lease)
+
+    async def _transact(self, items: list[dict[str, Any]], lease: Lease) -> None:
+        """TransactWriteItems whose first item checks `lease`: a failed check raises `LeaseLost`; a conflict with
+        another transaction in flight on the same items is retried like throttling."""
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                await self._call("transact_write_items", TransactItems=items)
+                return
+            except ClientError as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                if "ConditionalCheckFailed" in reasons:
+                    await self._lost(lease.source, lease.partition, lease.owner, lease.counter)
+                if attempt >= self.retry_attempts or not {"TransactionConflict", "ThrottlingError"} & set(reasons):
+                    raise
+                self.retries["conflict"] += 1
+                self._m_retries.labels(reason="conflict").inc()
+                await asyncio.sleep(full_jitter(attempt - 1, self.retry_initial_seconds, self.retry_max_seconds))
 
     async def forget(self, source: str, partitions: list[str], leases: Mapping[str, Lease] | None = None) -> None:
         """Delete the items of partitions that no longer exist: ones we hold (conditional on our lease), or
@@ -335,39 +425,58 @@ class DynamoDBCheckpointStore:
         conditional on the counter seen (`expected_counter`; None: the item must not exist yet). A write bumps
         the counter and frees the lease, so an owner that was only paused finds it moved (`LeaseLost`) instead
         of overwriting the new position. A failed condition raises `LeaseLost`."""
-        values: dict[str, Any] = {":seen": {"N": str(expected_counter)}}
+        write = _operator_write(self.table, source, partition, position, expected_counter)
+        if write is None:
+            return
+        operation, kwargs = write
         try:
-            if expected_counter is None:
-                if position is None:
-                    return
-                await self._create(source, partition, (), position, updated_at={"N": repr(time.time())})
-            elif position is None:
-                await self._call(
-                    "delete_item",
-                    TableName=self.table,
-                    Key=_key(source, partition),
-                    ConditionExpression="#c = :seen",
-                    ExpressionAttributeNames={"#c": "lease_counter"},
-                    ExpressionAttributeValues=values,
-                )
-            else:
-                update = "SET #cp = :cp, #u = :now, #c = #c + :one REMOVE #o, #p"
-                values.update(
-                    {":cp": {"S": _position_text(position)}, ":now": {"N": repr(time.time())}, ":one": {"N": "1"}}
-                )
-                await self._call(
-                    "update_item",
-                    TableName=self.table,
-                    Key=_key(source, partition),
-                    UpdateExpression=update,
-                    ConditionExpression="#c = :seen",
-                    ExpressionAttributeNames=_names_in(update, "#c"),
-                    ExpressionAttributeValues=values,
-                )
+            await self._call({"Put": "put_item", "Delete": "delete_item", "Update": "update_item"}[operation], **kwargs)
         except ClientError as exc:
             if error_code(exc) != CONDITION_FAILED:
                 raise
             await self._lost(source, partition, None, expected_counter)
+
+    async def overwrite_branch(
+        self,
+        source: str,
+        key: str,
+        partition: str,
+        position: Position | None,
+        expected_counter: int | None,
+        source_counter: int | None,
+    ) -> None:
+        """An operator's change of an event sink's row `key` (`SOURCE@SINK`) of `partition`, as `overwrite` does,
+        in one transaction with the source's lease of that partition, which it bumps and frees at the counter
+        seen (`source_counter`; None: the source has no item for it): a paused owner, whose branch writes are
+        conditional on that lease, finds it moved and cannot overwrite the new position. `LeaseLost` when either
+        item changed since it was read."""
+        write = _operator_write(self.table, key, partition, position, expected_counter)
+        if write is None:
+            return
+        operation, kwargs = write
+        lease: dict[str, Any] = {"TableName": self.table, "Key": _key(source, partition)}
+        if source_counter is None:
+            lease.update(
+                ConditionExpression="attribute_not_exists(#c)", ExpressionAttributeNames={"#c": "lease_counter"}
+            )
+            fence = {"ConditionCheck": lease}
+        else:
+            update = "SET #c = #c + :one REMOVE #o, #p"
+            lease.update(
+                UpdateExpression=update,
+                ConditionExpression="#c = :seen",
+                ExpressionAttributeNames=_names_in(update),
+                ExpressionAttributeValues={":seen": {"N": str(source_counter)}, ":one": {"N": "1"}},
+            )
+            fence = {"Update": lease}
+        try:
+            await self._call("transact_write_items", TransactItems=[fence, {operation: kwargs}])
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if error_code(exc) != "TransactionCanceledException" or "ConditionalCheckFailed" not in reasons:
+                raise
+            changed = (source, source_counter) if reasons[0] == "ConditionalCheckFailed" else (key, expected_counter)
+            await self._lost(changed[0], partition, None, changed[1])
 
     # ------------------------------------------------------------------------------------------ plumbing
 

@@ -249,6 +249,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             for partition, position in s["position"].items():
                 print(f"  {partition}  {_position(position)}")
     for s in status["sources"]:
+        if s.get("event_sinks"):
+            print(f"\n{s['source']} event sinks:")
+            _print_event_sinks(s["event_sinks"])
+    for s in status["sources"]:
         if s.get("leases"):
             print(f"\n{s['source']} leases (this instance is {s['owner_id']}):")
             _print_leases(s["leases"])
@@ -256,6 +260,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         if s.get("error"):
             print(f"\n{s['source']}: {s['error']}")
     return 0
+
+
+def _print_event_sinks(lanes: list[dict[str, Any]]) -> None:
+    """One line an event sink: state (ok / retrying / down), checkpoint, lag, buffer and counts; then why a
+    failing one fails."""
+    header = ("sink", "kind", "state", "position", "lag", "buffered", "sent", "retried", "dead-lettered")
+    rows = [header] + [
+        (
+            lane["sink"],
+            lane["kind"],
+            lane["state"],
+            _position(lane["position"][""] if list(lane["position"] or {}) == [""] else lane["position"]),
+            "caught up" if lane["caught_up"] else _duration(lane["lag_seconds"]),
+            f"{lane['buffered_events']:,} ({lane['buffered_batches']} batches)",
+            f"{lane['events_sent']:,}",
+            f"{lane['events_retried']:,}",
+            f"{lane['events_dead_lettered']:,}",
+        )
+        for lane in lanes
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for lane in lanes:
+        if lane["failing_reason"]:
+            print(f"  {lane['sink']}: {lane['failing_reason']}")
 
 
 def _print_leases(leases: list[dict[str, Any]]) -> None:
@@ -593,7 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = actions.add_parser(action, help=text, description=text)
         cmd.add_argument("--config", required=True, help=CONFIG_HELP)
         cmd.add_argument(
-            "--source", help="name of the [[sources]] entry (default: every source for show, else the only one)"
+            "--source",
+            help="name of the [[sources]] entry, or SOURCE@SINK for one of its event sinks (default: every source "
+            "for show, else the only one)",
         )
         cmd.add_argument(
             "--partition", help="a DynamoDB source's shard id (Neptune and file sources have one partition)"

@@ -1293,8 +1293,8 @@ def _check_rdf_pairing(data: dict[str, Any], i: int, source: dict[str, Any], sin
 
 
 def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
-    """`sinks = [...]`: each named sink exists; the first is a graph sink, the others event sinks; fan-out to
-    event sinks needs the SQLite checkpoint store in this version (docs/events.md)."""
+    """`sinks = [...]`: each named sink exists; the first is a graph sink, the others event sinks; a DynamoDB
+    source's event sinks need the SQLite checkpoint store in this version (docs/events.md)."""
     names = source.get("sinks")
     if not isinstance(names, list):
         names = [source["sink"]] if isinstance(source.get("sink"), str) else []
@@ -1315,9 +1315,12 @@ def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: 
             problems.append((key, f'"{name}" is a graph sink: one graph sink per source, first in the list '
                                   "(replicate into a second graph with a second source)"))  # fmt: skip
     checkpoint = data.get("checkpoint")
-    if len(names) > 1 and isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb":
-        problems.append((_user_key(("sources", i, "sinks"), data),
-                         'event sinks need [checkpoint] kind = "sqlite" in this version'))  # fmt: skip
+    shared = isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb"
+    if len(names) > 1 and shared and source.get("kind") == "dynamodb":
+        why = ('event sinks of a DynamoDB source need [checkpoint] kind = "sqlite" in this version (its shards are '
+               "leased one by one across instances and the event sinks' checkpoints do not follow them yet); a "
+               'neptune or file source may have event sinks with kind = "dynamodb"')  # fmt: skip
+        problems.append((_user_key(("sources", i, "sinks"), data), why))
     return problems
 
 

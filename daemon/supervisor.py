@@ -190,7 +190,9 @@ class LeasedCheckpoints:
     a `LeaseLost` drops the lease in the coordinator (so `may_write` turns False at once). With one partition it
     then propagates (the pipeline stops); with shards, each shard's checkpoint is written on its own (all at
     once), a lost one is left out of what `save_many` returns, a failing one is retried while its lease is
-    writable and given up after, and a shard checkpointed at `SHARD_END` is released at once."""
+    writable and given up after, and a shard checkpointed at `SHARD_END` is released at once. An event sink's
+    rows (`SOURCE@SINK`, one-partition sources) are written only while the source's lease is writable, each in
+    a transaction with a check of that lease (`DynamoDBCheckpointStore.save_many`)."""
 
     def __init__(self, store: Any, coordinator: LeaseCoordinator, *, sharded: bool = False) -> None:
         self.store, self.coordinator, self.sharded = store, coordinator, sharded
@@ -199,6 +201,12 @@ class LeasedCheckpoints:
         return await self.store.load(source)
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
+        if source != self.coordinator.source:  # an event sink's SOURCE@SINK row, under the source's lease
+            for partition in positions:
+                if not self.coordinator.may_write(partition):
+                    raise FencedOff(f"{source!r} partition {partition!r}: the source's lease is not writable")
+            await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
+            return None
         if not self.sharded:
             sent = self.coordinator.now()
             await self._fenced(self.store.save_many, source, positions, self.coordinator.held)
@@ -710,6 +718,8 @@ class Supervisor:
                 continue
             pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
             pipeline.standby = True
+            if isinstance(source, FanOutSource):  # its event sinks write under the source's lease
+                source.checkpoints, source.ownership = pipeline.checkpoints, coordinator
             await store.ensure_leases(pipeline.name, {"": ()})  # a Neptune (or file) source is one partition
 
     def _keep(self, pipeline: Pipeline) -> Any:

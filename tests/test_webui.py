@@ -346,6 +346,7 @@ def test_status_page_shows_each_source_and_sink(browser: Any, daemon: LiveDaemon
     assert page.text('#sinks tr[data-sink="neptune"]').split("\t")[:3] == ["neptune", "neptune", "healthy"]
     assert page.text("#dead-letters") == "0"
     assert page.page.locator("#leases-section").is_hidden()  # the SQLite store has no leases to show
+    assert page.page.locator("#event-sinks-section").is_hidden()  # no source fans out to event sinks
     assert page.problems == []
 
 
@@ -436,6 +437,68 @@ TROUBLED = {
             ],
         },
         {
+            "source": "main",
+            "state": "polling",
+            "position": [90, 1],
+            "caught_up": False,
+            "lag_seconds": 2.0,
+            "changes_applied": 900,
+            "sink": "replica",
+            "sink_healthy": True,
+            "restarting_after": None,
+            "error": None,
+            "event_sinks": [
+                {
+                    "sink": "changes",
+                    "kind": "kinesis",
+                    "checkpoint_key": "main@changes",
+                    "state": "ok",
+                    "position": {"": [90, 1]},
+                    "lag_seconds": 0.0,
+                    "buffered_batches": 0,
+                    "buffered_events": 0,
+                    "events_sent": 12345,
+                    "events_retried": 0,
+                    "events_dead_lettered": 0,
+                    "healthy": True,
+                    "failing_reason": None,
+                    "caught_up": True,
+                },
+                {
+                    "sink": "<i>hook</i>",
+                    "kind": "webhook",
+                    "checkpoint_key": "main@<i>hook</i>",
+                    "state": "retrying",
+                    "position": {"": [80, 2]},
+                    "lag_seconds": 75.0,
+                    "buffered_batches": 3,
+                    "buffered_events": 1500,
+                    "events_sent": 800,
+                    "events_retried": 40,
+                    "events_dead_lettered": 2,
+                    "healthy": True,
+                    "failing_reason": None,
+                    "caught_up": False,
+                },
+                {
+                    "sink": "alerts",
+                    "kind": "sqs",
+                    "checkpoint_key": "main@alerts",
+                    "state": "down",
+                    "position": None,
+                    "lag_seconds": 0.0,
+                    "buffered_batches": 8,
+                    "buffered_events": 4000,
+                    "events_sent": 0,
+                    "events_retried": 96,
+                    "events_dead_lettered": 0,
+                    "healthy": False,
+                    "failing_reason": "server_error: 503 <b>down</b>",
+                    "caught_up": False,
+                },
+            ],
+        },
+        {
             "source": "social",
             "state": "expired",
             "position": [12, 3],
@@ -495,7 +558,38 @@ def test_status_page_shows_trouble_owners_and_leases(browser: Any) -> None:
             "replica", "neptune", "failing: throttling: slow down", "throttling 12"
         ]  # fmt: skip
         assert (page.text("#dead-letters"), page.text("#retries"), page.text("#uptime")) == ("4", "12", "62 min")
-        assert page.page.locator("b, script:not([src])").count() == 0
+        assert page.page.locator("#event-sinks-section").is_visible()
+        lanes = {r.split("\t")[1]: r.split("\t") for r in page.page.locator("#event-sinks tbody tr").all_inner_texts()}
+        assert lanes["changes"] == ["main", "changes", "kinesis", "ok", "90 / 1", "caught up", "0 (0 batches)",
+                                    "12,345", "0", "0", ""]  # fmt: skip
+        assert lanes["<i>hook</i>"] == ["main", "<i>hook</i>", "webhook", "retrying", "80 / 2", "75 s",
+                                        "1,500 (3 batches)", "800", "40", "2", ""]  # fmt: skip
+        assert lanes["alerts"] == ["main", "alerts", "sqs", "down", "none yet", "0 ms", "4,000 (8 batches)", "0",
+                                   "96", "0", "server_error: 503 <b>down</b>"]  # fmt: skip
+        hook = '#event-sinks tr[data-event-sink="main@<i>hook</i>"]'
+        assert page.page.locator(f"{hook} td.state.warn").count() == 1
+        assert page.page.locator('#event-sinks tr[data-event-sink="main@alerts"] td.state.bad').count() == 1
+        assert page.page.locator("b, i, script:not([src])").count() == 0
         assert page.problems == []
     finally:
         server.close()
+
+
+def test_the_status_command_prints_each_event_sink(capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import main
+
+    server = StaticStatus(TROUBLED)
+    try:
+        assert main(["status", "--url", server.url]) == 0
+    finally:
+        server.close()
+    out = capsys.readouterr().out
+    lines = out[out.index("main event sinks:") :].splitlines()
+    assert lines[1].split() == ["sink", "kind", "state", "position", "lag", "buffered", "sent", "retried",
+                                "dead-lettered"]  # fmt: skip
+    assert lines[2].split() == ["changes", "kinesis", "ok", "90/1", "caught", "up", "0", "(0", "batches)", "12,345",
+                                "0", "0"]  # fmt: skip
+    assert lines[3].split() == ["<i>hook</i>", "webhook", "retrying", "80/2", "1m", "15s", "1,500", "(3", "batches)",
+                                "800", "40", "2"]  # fmt: skip
+    assert lines[4].split()[:4] == ["alerts", "sqs", "down", "-"]
+    assert "  alerts: server_error: 503 <b>down</b>" in lines

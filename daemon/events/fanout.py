@@ -19,6 +19,7 @@ non-retryable error) ends the run; the supervisor restarts the whole source from
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import suppress
 from typing import Any
 
@@ -27,6 +28,7 @@ import structlog
 from daemon.deadletter import DeadLetterFile
 from daemon.events.cloudevents import Route, events_of
 from daemon.events.sinks import EventDelivery, EventSink
+from daemon.leases import FencedOff
 from daemon.model import ChangeBatch, Position
 from daemon.observability import METRICS
 from daemon.sinks.base import RetryPolicy
@@ -55,8 +57,28 @@ def after(batch: ChangeBatch, checkpoint: Position | None) -> ChangeBatch | None
     return None
 
 
+class _Buffer(asyncio.Queue[ChangeBatch]):
+    """A lane's bounded buffer of source batches that also counts the changes it holds (for `/status`)."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)  # type: ignore[misc]
+        self.changes = 0
+
+    def _put(self, item: ChangeBatch) -> None:
+        super()._put(item)  # type: ignore[misc]
+        self.changes += len(item.changes)
+
+    def _get(self) -> ChangeBatch:
+        item: ChangeBatch = super()._get()  # type: ignore[misc]
+        self.changes -= len(item.changes)
+        return item
+
+
 class EventLane:
-    """One event sink's branch of a source: bounded buffer -> CloudEvents -> delivery -> checkpoint."""
+    """One event sink's branch of a source: bounded buffer -> CloudEvents -> delivery -> checkpoint. With a
+    shared checkpoint store (`ownership`: the source's lease coordinator) every batch call and checkpoint write
+    waits on the source's lease being writable: a lane of an instance that lost the lease stops at once
+    (`FencedOff`), like the graph sink's writes."""
 
     def __init__(
         self,
@@ -74,8 +96,10 @@ class EventLane:
         self.buffer_batches = buffer_batches
         self.window_max = window_max_events
         self.delivery = EventDelivery(sink, source=source, retry=retry, dead_letters=dead_letters)
-        self.queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=buffer_batches)
+        self.queue: _Buffer = _Buffer(maxsize=buffer_batches)
         self.positions: dict[str, Position] = {}
+        self.ownership: Any = None  # the source's lease coordinator (DynamoDB store), else None
+        self.last_commit_ms = 0  # commit time of the newest change delivered (or routed away)
         self.caught_up = False
         self.busy = False
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
@@ -96,10 +120,17 @@ class EventLane:
                 window.append(self.queue.get_nowait())
                 count += len(window[-1].changes)
             self._m_depth.set(self.queue.qsize())
-            events = events_of(self.source, [c for b in window for c in b.changes], self.route)
+            changes = [c for b in window for c in b.changes]
+            events = events_of(self.source, changes, self.route)
+            if self.ownership is not None:
+                partitions = {b.partition for b in window if b.changes or b.position is not None}
+                self.delivery.fence = lambda partitions=partitions: self._fence(partitions)  # type: ignore[misc]
+                self._fence(partitions)
             if events:
                 await self.sink.start()
                 await self.delivery.deliver(events)
+            if changes:
+                self.last_commit_ms = max(self.last_commit_ms, max(c.commit_ms for c in changes))
             reached = {b.partition: b.position for b in window if b.position is not None}
             moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
             if moved:
@@ -116,18 +147,32 @@ class EventLane:
             if self.stopping:
                 return  # a drain: this window is delivered and checkpointed
 
+    def _fence(self, partitions: set[str]) -> None:
+        """Raise `FencedOff` unless this instance may still write every partition of the window."""
+        for partition in partitions:
+            if not self.ownership.may_write(partition):
+                raise FencedOff(f"event sink {self.key!r} partition {partition!r}: the source's lease is not writable")
+
     def status(self) -> dict[str, Any]:
+        """This event sink in `/status` (docs/events.md): where it is, how far behind, what it holds and did."""
+        caught_up = self.idle
+        lag = 0.0 if caught_up or not self.last_commit_ms else max(0.0, time.time() - self.last_commit_ms / 1000)
+        delivery = self.delivery
         return {
             "sink": self.sink.name,
             "kind": self.sink.kind,
             "checkpoint_key": self.key,
+            "state": "down" if not delivery.healthy else "retrying" if delivery.retrying else "ok",
             "position": {p: list(pos) for p, pos in sorted(self.positions.items())} or None,
+            "lag_seconds": round(lag, 3),
             "buffered_batches": self.queue.qsize(),
-            "events_sent": self.delivery.sent,
-            "events_dead_lettered": self.delivery.dead_lettered,
-            "healthy": self.delivery.healthy,
-            "failing_reason": self.delivery.failing_reason,
-            "caught_up": self.idle,
+            "buffered_events": self.queue.changes,
+            "events_sent": delivery.sent,
+            "events_retried": delivery.retried,
+            "events_dead_lettered": delivery.dead_lettered,
+            "healthy": delivery.healthy,
+            "failing_reason": delivery.failing_reason,
+            "caught_up": caught_up,
         }
 
 
@@ -139,6 +184,7 @@ class FanOutSource:
         self.name = inner.name
         self.lanes = lanes
         self.checkpoints = checkpoints  # the store the pipeline uses (set by the supervisor)
+        self.ownership: Any = None  # the source's lease coordinator with the DynamoDB store (set by the supervisor)
         self._applied: dict[str, dict[str, Position]] = {}  # branch -> partition -> applied position
         self._acknowledged: dict[str, Position] = {}
         self._stopping = False
@@ -162,7 +208,8 @@ class FanOutSource:
         for lane in self.lanes:
             lane.positions = await self.checkpoints.load(lane.key)
             lane.caught_up = False
-            lane.queue = asyncio.Queue(maxsize=lane.buffer_batches)  # a restart drops what the last run buffered
+            lane.queue = _Buffer(maxsize=lane.buffer_batches)  # a restart drops what the last run buffered
+            lane.ownership = self.ownership
             starts[lane.key] = dict(lane.positions)
         self._applied = {branch: dict(positions) for branch, positions in starts.items()}
         self._acknowledged = {}

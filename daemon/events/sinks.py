@@ -26,6 +26,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,11 @@ class EventDelivery:
         self.sink, self.source, self.retry, self.dead_letters = sink, source, retry, dead_letters
         self.healthy = True
         self.failing_reason: str | None = None
+        self.retrying = False  # the last call failed and is being retried (still healthy until the threshold)
         self.sent = 0
+        self.retried = 0  # events sent again after a failed call or a failed entry
         self.dead_lettered = 0
+        self.fence: Callable[[], None] | None = None  # raises when this process may no longer write (leases)
         self._m_sent = METRICS.events_sent.labels(source=source, sink=sink.name)
         self._m_seconds = METRICS.batch_duration.labels(sink=sink.name)
         self._m_rows = METRICS.batch_size.labels(sink=sink.name)
@@ -155,7 +159,7 @@ class EventDelivery:
                 continue
             attempt += 1
             failed = sum(1 for o in outcomes if o is not None and o is not _DEAD and not o.data_rejected)
-            await self._backoff(failure, attempt, f"{failed} of {len(call)} entries failed", None)
+            await self._backoff(failure, attempt, f"{failed} of {len(call)} entries failed", None, failed)
 
     async def _deliver_ordered(self, entries: list[Entry]) -> None:
         start = 0
@@ -174,6 +178,8 @@ class EventDelivery:
         the poison entry (dead-lettered). Returns the per-entry outcomes."""
         attempt = 0
         while True:
+            if self.fence is not None:
+                self.fence()
             started = time.perf_counter()
             try:
                 outcomes = await self.sink.send(call)
@@ -182,7 +188,7 @@ class EventDelivery:
                 METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="deliver").inc()
                 if cls.retryable:
                     attempt += 1
-                    await self._backoff(cls, attempt, _short(exc), getattr(exc, "retry_after", None))
+                    await self._backoff(cls, attempt, _short(exc), getattr(exc, "retry_after", None), len(call))
                     continue
                 if not cls.data_rejected:
                     raise
@@ -197,12 +203,14 @@ class EventDelivery:
             self.sent += delivered
             self._m_sent.inc(delivered)
             if delivered:
-                self.healthy, self.failing_reason = True, None
+                self.healthy, self.failing_reason, self.retrying = True, None, False
                 self._m_up.set(1)
             return outcomes
 
-    async def _backoff(self, cls: ErrorClass, attempt: int, error: str, retry_after: float | None) -> None:
+    async def _backoff(self, cls: ErrorClass, attempt: int, error: str, retry_after: float | None, events: int) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
+        self.retrying = True
+        self.retried += events
         if attempt >= self.retry.attempts_before_split:
             self.healthy, self.failing_reason = False, f"{cls.reason}: {error[:200]}"
             self._m_up.set(0)

@@ -112,6 +112,37 @@
     GR.fillBody($("leases").tBodies[0], rows);
   }
 
+  // Event sinks are drawn when a source fans out (docs/events.md): one row each, with its own checkpoint.
+  function drawEventSinks(status) {
+    const lanes = [];
+    for (const source of status.sources) {
+      for (const lane of source.event_sinks || []) lanes.push([source.source, lane]);
+    }
+    $("event-sinks-section").hidden = lanes.length === 0;
+    const count = (n) => GR.el("td", "num", Number(n || 0).toLocaleString("en"));
+    const states = { ok: "ok", retrying: "warn", down: "bad" };
+    const rows = lanes.map(([name, lane]) => {
+      const buffered = `${Number(lane.buffered_events || 0).toLocaleString("en")} (${lane.buffered_batches} batches)`;
+      const tr = GR.row([
+        GR.el("td", "name", name),
+        GR.el("td", "name", lane.sink),
+        GR.el("td", null, lane.kind),
+        GR.el("td", `state ${states[lane.state] || "bad"}`, lane.state),
+        positionCell(lane.position && Object.keys(lane.position).length === 1 && "" in lane.position
+          ? lane.position[""] : lane.position),
+        GR.el("td", lane.caught_up ? "ok" : "", lane.caught_up ? "caught up" : GR.duration(lane.lag_seconds)),
+        GR.el("td", "num", buffered),
+        count(lane.events_sent),
+        count(lane.events_retried),
+        GR.el("td", lane.events_dead_lettered ? "num bad" : "num", Number(lane.events_dead_lettered || 0).toLocaleString("en")),
+        GR.el("td", "note", lane.failing_reason || ""),
+      ]);
+      tr.dataset.eventSink = lane.checkpoint_key;
+      return tr;
+    });
+    GR.fillBody($("event-sinks").tBodies[0], rows);
+  }
+
   function retriesText(retries) {
     const entries = Object.entries(retries || {}).filter(([, n]) => n > 0);
     return entries.length ? entries.map(([reason, n]) => `${reason} ${n}`).join(", ") : "none";
@@ -166,6 +197,7 @@
       drawSummary(status.body);
       drawSources(status.body, history.body);
       drawLeases(status.body);
+      drawEventSinks(status.body);
       drawSinks(status.body);
       $("error").hidden = true;
       refreshes += 1;
