@@ -130,6 +130,16 @@ async def test_routes_filter_by_type_label_and_property(history_file: Path) -> N
     assert props and all(e["data"]["key"] == some_key and e["data"]["kind"] == "vertex" for e in props)
 
 
+def test_event_times_are_rfc3339_utc_milliseconds() -> None:
+    from datetime import UTC, datetime
+
+    from daemon.events.cloudevents import _time_text
+
+    for ms in (1, 999, 1000, 1_764_120_000_000, 1_764_120_000_123, 1_764_120_059_999, 4_102_444_799_001):
+        reference = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert _time_text(ms) == reference
+
+
 def test_a_branch_is_handed_only_what_it_has_not_applied() -> None:
     changes = [GraphChange("vl", True, f"v{i}", "L", position=(i, 1)) for i in range(1, 6)]
     batch = ChangeBatch("", changes, (5, 1))
@@ -326,6 +336,11 @@ async def test_one_read_feeds_the_graph_kinesis_sqs_and_a_webhook(
     assert supervisor.dead_letters.count == 0
     status = supervisor.status()["sources"][0]["event_sinks"]
     assert {s["sink"]: s["events_dead_lettered"] for s in status} == {"stream": 0, "queue": 0, "hook": 0}
+    for lane in status:  # caught up: nothing buffered, no lag, every retried event sent in the end
+        assert (lane["state"], lane["buffered_events"], lane["lag_seconds"], lane["caught_up"]) == ("ok", 0, 0, True)
+        assert lane["events_retried"] > 0, lane  # flaky entries (stream, queue); 500, 500, 429 answers (hook)
+    assert {s["sink"]: s["events_sent"] for s in status} == {"stream": len(expected), "queue": len(edges),
+                                                             "hook": len(expected)}  # fmt: skip
     store = SQLiteCheckpointStore(config.checkpoint_path)  # type: ignore[arg-type]
     try:
         final = store.load("main")
@@ -367,6 +382,9 @@ async def test_a_sink_down_holds_nothing_back_and_catches_up_after(
     assert_converged(history.reference, await asyncio.to_thread(read_falkordb_graph, graph))
     ready, reasons = supervisor.readiness()
     assert not ready and any("event sink hook: failing" in r for r in reasons), reasons
+    (lane,) = supervisor.status()["sources"][0]["event_sinks"]
+    assert lane["state"] == "down" and lane["position"] is None and lane["events_retried"] > 0
+    assert lane["buffered_events"] > 0 and lane["lag_seconds"] > 0 and "503" in lane["failing_reason"]
     assert not recv.events and not run.done()
     recv.down = False
     assert await asyncio.wait_for(run, 30) == 0

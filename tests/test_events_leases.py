@@ -27,13 +27,13 @@ from daemon.config import ConfigError, load_config, parse_config
 from daemon.events.cloudevents import Route, events_of
 from daemon.leases import Lease, LeaseLost, new_owner_id
 from daemon.model import GraphChange
+from tests import test_events
 from tests.stand.comparator import assert_converged
 from tests.stand.daemon_process import DaemonProcess, toml_value, write_config
 from tests.stand.harness import add_lease_table, load_history, neptune_source, replica, sink_config, status, wait_for
 from tests.stand.neptune_endpoint import NeptuneStand
 from tests.stand.workload import generate_history
 from tests.test_events import SECRET, read_changes
-from tests.test_events import Receiver as TestReceiver
 
 LEASE_DURATION, RENEW_INTERVAL, TAKE_INTERVAL, MARGIN = 3.0, 0.5, 0.2, 0.5
 pytestmark = pytest.mark.timeout(120)
@@ -222,7 +222,7 @@ async def test_checkpoint_commands_on_dynamodb_watch_the_sources_leases(moto_ser
 # --------------------------------------------------------------------------------------------- failover
 
 
-class Receiver(TestReceiver):
+class Receiver(test_events.Receiver):
     """The webhook receiver of tests/test_events.py (signature checked), a little slow, that can kill the sender
     once `kill_at` events arrived, before answering that request."""
 

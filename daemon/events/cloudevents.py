@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from daemon.model import (
@@ -59,8 +59,14 @@ def event_type(change: GraphChange) -> str:
 @functools.lru_cache(maxsize=4096)
 def _time_text(commit_ms: int) -> str:
     """RFC 3339 in UTC with milliseconds (many changes share a commit time: cached)."""
-    text = datetime.fromtimestamp(commit_ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    second, millis = divmod(commit_ms, 1000)
+    return f"{_second_text(second)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second_text(second: int) -> str:
+    """The date and time of one second (the commits of a window mostly fall within a few seconds: cached)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 EVENT_TYPES = sorted(
@@ -72,40 +78,67 @@ EVENT_TYPES = sorted(
 )
 
 
+def _position_text(position: tuple[Any, ...]) -> str:
+    if len(position) == 2:  # Neptune's (commitNum, opNum): most events
+        return f"{position[0]}.{position[1]}"
+    return ".".join(map(str, position))
+
+
 def event_id(source: str, change: GraphChange, index: int) -> str:
     """`source/partition/p1.p2/index`: stable for a change whatever page or window it was read in."""
-    return f"{source}/{change.partition}/{'.'.join(map(str, change.position))}/{index}"
+    return f"{source}/{change.partition}/{_position_text(change.position)}/{index}"
+
+
+_LABEL, _ENDPOINTS, _PROPERTY = 0, 1, 2  # what a kind's `data` carries beyond the common fields
+# kind -> (element, what, {add: type name}, whether an ADD / a REMOVE carries `value`)
+_SHAPES: dict[str, tuple[str, int, dict[bool, str], tuple[bool, bool]]] = {
+    kind: (
+        element,
+        _LABEL if kind in (VERTEX_LABEL, WHOLE_VERTEX) else _ENDPOINTS if kind in (EDGE, WHOLE_EDGE) else _PROPERTY,
+        {True: _TYPE_NAMES[(kind, True)], False: _TYPE_NAMES[(kind, False)]},
+        (kind in (VERTEX_PROPERTY, EDGE_PROPERTY, WHOLE_VERTEX, WHOLE_EDGE), kind in (VERTEX_PROPERTY, EDGE_PROPERTY)),
+    )
+    for kind, (element, *_rest) in _TYPES.items()
+}
 
 
 def to_event(source: str, change: GraphChange, index: int) -> dict[str, Any]:
     """The CloudEvent of one change (a JSON-ready dict)."""
-    element = _TYPES[change.kind][0]
+    return _build(f"{source}/", f"{SOURCE_PREFIX}/{source}", change, index)
+
+
+def _build(id_prefix: str, source_text: str, change: GraphChange, index: int) -> dict[str, Any]:
+    """`to_event` with the source's parts of the id and `source` made once (`events_of` calls it per change)."""
+    element, what, names, with_value = _SHAPES[change.kind]
+    add = change.add
+    position = change.position
     data: dict[str, Any] = {
         "kind": element,
         "record": change.kind,
-        "op": "ADD" if change.add else "REMOVE",
+        "op": "ADD" if add else "REMOVE",
         "id": change.id,
-        "position": list(change.position),
+        "position": list(position),
     }
     if change.partition:
         data["partition"] = change.partition
-    if change.kind in (VERTEX_LABEL, WHOLE_VERTEX):
+    if what == _LABEL:
         data["label"] = change.key
-    elif change.kind in (EDGE, WHOLE_EDGE):
+    elif what == _ENDPOINTS:
         data["type"] = change.key
         data["from"] = change.from_id
         data["to"] = change.to_id
     else:
         data["key"] = change.key
-    if change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or (change.add and change.kind in (WHOLE_VERTEX, WHOLE_EDGE)):
-        data["value"] = json_value(change.value)
+    if with_value[0] if add else with_value[1]:
+        value = change.value
+        data["value"] = value if type(value) is str else json_value(value)
     if change.origin is not None:  # a DynamoDB record: eventName, TTL expiry, keys and images as the stream has them
         data["dynamodb"] = {k: v for k, v in change.origin.items() if v is not None}
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
-        "id": event_id(source, change, index),
-        "source": f"{SOURCE_PREFIX}/{source}",
-        "type": _TYPE_NAMES[(change.kind, change.add)],
+        "id": f"{id_prefix}{change.partition}/{_position_text(position)}/{index}",
+        "source": source_text,
+        "type": names[add],
         "subject": change.id,
         "datacontenttype": "application/json",
         "data": data,
@@ -164,12 +197,15 @@ def events_of(source: str, changes: Sequence[GraphChange], route: Route) -> list
     """The events of changes in source order, routed. The index of a change counts the changes before it with
     the same position in `changes` (all changes of one source record are always handed over together)."""
     out: list[dict[str, Any]] = []
-    index, last = 0, None
+    append = out.append
+    id_prefix, source_text = f"{source}/", f"{SOURCE_PREFIX}/{source}"
+    index, last_partition, last_position = 0, None, None
     everything = route.everything
     for change in changes:
-        key = (change.partition, change.position)
-        index = index + 1 if key == last else 0
-        last = key
+        if change.position == last_position and change.partition == last_partition:
+            index += 1
+        else:
+            index, last_partition, last_position = 0, change.partition, change.position
         if everything or route.accepts(change):
-            out.append(to_event(source, change, index))
+            append(_build(id_prefix, source_text, change, index))
     return out

@@ -100,6 +100,7 @@ class EventLane:
         self.positions: dict[str, Position] = {}
         self.ownership: Any = None  # the source's lease coordinator (DynamoDB store), else None
         self.last_commit_ms = 0  # commit time of the newest change delivered (or routed away)
+        self.delivering_commit_ms = 0  # commit time of the first change of the window being delivered
         self.caught_up = False
         self.busy = False
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
@@ -121,6 +122,7 @@ class EventLane:
                 count += len(window[-1].changes)
             self._m_depth.set(self.queue.qsize())
             changes = [c for b in window for c in b.changes]
+            self.delivering_commit_ms = changes[0].commit_ms if changes else 0
             events = events_of(self.source, changes, self.route)
             if self.ownership is not None:
                 partitions = {b.partition for b in window if b.changes or b.position is not None}
@@ -130,7 +132,8 @@ class EventLane:
                 await self.sink.start()
                 await self.delivery.deliver(events)
             if changes:
-                self.last_commit_ms = max(self.last_commit_ms, max(c.commit_ms for c in changes))
+                self.last_commit_ms = max(self.last_commit_ms, changes[-1].commit_ms)
+            self.delivering_commit_ms = 0
             reached = {b.partition: b.position for b in window if b.position is not None}
             moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
             if moved:
@@ -156,7 +159,9 @@ class EventLane:
     def status(self) -> dict[str, Any]:
         """This event sink in `/status` (docs/events.md): where it is, how far behind, what it holds and did."""
         caught_up = self.idle
-        lag = 0.0 if caught_up or not self.last_commit_ms else max(0.0, time.time() - self.last_commit_ms / 1000)
+        # How far behind the source: from the oldest change being delivered, else the newest one delivered.
+        behind = self.delivering_commit_ms or self.last_commit_ms
+        lag = 0.0 if caught_up or not behind else max(0.0, time.time() - behind / 1000)
         delivery = self.delivery
         return {
             "sink": self.sink.name,

@@ -28,7 +28,6 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,17 +44,14 @@ SIGNATURE_HEADER = "X-Graph-Replicator-Signature"
 _DEAD = ErrorClass(False, "dead_lettered")  # an outcome: the event was written to the dead-letter file
 
 
-@dataclass(slots=True)
 class Entry:
     """One event ready to send: its encoded body, its ordering key and its size as the target counts it."""
 
-    event: dict[str, Any]
-    body: bytes
-    key: str
-    size: int = 0
+    __slots__ = ("body", "event", "key", "size")
 
-    def __post_init__(self) -> None:
-        self.size = len(self.body) + (len(self.key) if self.key.isascii() else len(self.key.encode()))
+    def __init__(self, event: dict[str, Any], body: bytes, key: str) -> None:
+        self.event, self.body, self.key = event, body, key
+        self.size = len(body) + (len(key) if key.isascii() else len(key.encode()))
 
 
 class EventSink(ABC):
@@ -133,27 +129,31 @@ class EventDelivery:
             if queue is None:
                 pending[entry.key] = queue = deque()
             queue.append(entry)
+        most, room = self.sink.max_records, self.sink.max_call_bytes
         attempt = 0
         while pending:
             call, size = [], 0
             for queue in pending.values():
                 head = queue[0]
-                if len(call) >= self.sink.max_records or size + head.size > self.sink.max_call_bytes:
+                if size + head.size > room:
                     break
                 call.append(head)
                 size += head.size
+                if len(call) == most:
+                    break
             outcomes = await self._call(call)
             failure: ErrorClass | None = None
             for entry, outcome in zip(call, outcomes, strict=True):
-                if outcome is not None and outcome is not _DEAD and not outcome.data_rejected:
-                    failure = outcome
-                    continue
                 if outcome is not None and outcome is not _DEAD:
+                    if not outcome.data_rejected:
+                        failure = outcome
+                        continue
                     self._dead_letter([entry], outcome.reason, "the target refused the event")
                 queue = pending[entry.key]
-                queue.popleft()
-                if not queue:
+                if len(queue) == 1:
                     del pending[entry.key]
+                else:
+                    queue.popleft()
             if failure is None:
                 attempt = 0
                 continue
