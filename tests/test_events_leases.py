@@ -24,9 +24,13 @@ from daemon.checkpoint import SQLiteCheckpointStore
 from daemon.checkpoint_admin import AdminError, Request, run
 from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
 from daemon.config import ConfigError, load_config, parse_config
+from daemon.deadletter import DeadLetterFile
 from daemon.events.cloudevents import Route, events_of
-from daemon.leases import Lease, LeaseLost, new_owner_id
-from daemon.model import GraphChange
+from daemon.events.fanout import EventLane
+from daemon.events.sinks import Entry, EventSink
+from daemon.leases import FencedOff, Lease, LeaseLost, new_owner_id
+from daemon.model import ChangeBatch, GraphChange
+from daemon.sinks.base import ErrorClass, RetryPolicy
 from tests import test_events
 from tests.stand.comparator import assert_converged
 from tests.stand.daemon_process import DaemonProcess, toml_value, write_config
@@ -97,6 +101,90 @@ async def test_an_operator_change_of_an_event_sinks_row_fences_a_paused_owner(st
     assert changed.value.source == "main"
     await store.overwrite_branch("main", "main@hook", "", None, row.counter + 1, lease.counter + 1)  # delete
     assert await store.load("main@hook") == {}
+
+
+class _Recording(EventSink):
+    """An event sink that records each call's event ids and answers at once."""
+
+    name, kind, max_records = "rec", "recording", 10
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
+        self.calls.append([e.event["id"] for e in entries])
+        return [None] * len(entries)
+
+    def classify(self, exc: BaseException) -> ErrorClass:
+        return ErrorClass(False, "internal")
+
+
+class _Lease:
+    """The lease coordinator as a lane sees it: writable until `calls_left` batch calls were allowed."""
+
+    def __init__(self, calls_left: int) -> None:
+        self.calls_left = calls_left
+
+    def may_write(self, partition: str) -> bool:
+        self.calls_left -= 1
+        return self.calls_left >= 0
+
+
+class _Checkpoints:
+    def __init__(self) -> None:
+        self.saved: list[dict[str, Any]] = []
+
+    async def save_many(self, key: str, positions: dict[str, Any]) -> None:
+        self.saved.append(positions)
+
+
+@pytest.mark.parametrize("writable_checks", [0, 3])
+async def test_an_event_sink_stops_at_once_when_the_sources_lease_is_not_writable(
+    tmp_path: Path, writable_checks: int
+) -> None:
+    """The lane checks the lease before the window and before each batch call: once it is not writable (the
+    deadline passed, the lease lost), no further call is sent and nothing is checkpointed."""
+    sink = _Recording()
+    lane = EventLane("main", sink, Route(), buffer_batches=4, window_max_events=1000,
+                     retry=RetryPolicy(0.01, 0.05, 3), dead_letters=DeadLetterFile(tmp_path / "dl.jsonl"))  # fmt: skip
+    lane.ownership = _Lease(writable_checks)
+    changes = [GraphChange("vl", True, "v1", "L", position=(i, 1), commit_ms=1) for i in range(1, 40)]
+    lane.queue.put_nowait(ChangeBatch("", changes, (39, 1)))
+    checkpoints = _Checkpoints()
+    with pytest.raises(FencedOff):
+        await lane.run(checkpoints, lambda *_: None)
+    assert len(sink.calls) == max(0, writable_checks - 1)  # one check before the window, then one per call
+    assert checkpoints.saved == [] and lane.positions == {}
+
+
+async def test_an_event_sinks_state_goes_retrying_down_and_back_to_ok(tmp_path: Path) -> None:
+    """`/status` state of an event sink: `retrying` after a failed call, `down` after `attempts_before_unhealthy`
+    failures in a row, `ok` once a call delivers again; `events_retried` counts the events sent again."""
+    seen: list[tuple[str, bool]] = []
+
+    class Flaky(_Recording):
+        async def send(self, entries: list[Entry]) -> list[ErrorClass | None]:
+            seen.append((lane.status()["state"], lane.delivery.healthy))
+            if len(seen) <= 3:
+                raise ConnectionResetError("connection reset by peer")
+            return await super().send(entries)
+
+        def classify(self, exc: BaseException) -> ErrorClass:
+            return ErrorClass(True, "connection")
+
+    retry = RetryPolicy(0.001, 0.005, 2)
+    lane = EventLane("main", Flaky(), Route(), buffer_batches=4, window_max_events=1000, retry=retry,
+                     dead_letters=DeadLetterFile(tmp_path / "dl.jsonl"))  # fmt: skip
+    changes = [GraphChange("vl", True, f"v{i}", "L", position=(i, 1), commit_ms=1) for i in range(1, 6)]
+    lane.queue.put_nowait(ChangeBatch("", changes, (5, 1), caught_up=True))
+    lane.stopping = True  # return after this window
+    checkpoints = _Checkpoints()
+    await lane.run(checkpoints, lambda *_: None)
+    assert seen == [("ok", True), ("retrying", True), ("down", False), ("down", False)]
+    status = lane.status()
+    assert (status["state"], status["healthy"], status["failing_reason"]) == ("ok", True, None)
+    assert (status["events_sent"], status["events_retried"], status["position"]) == (5, 15, {"": [5, 1]})
+    assert checkpoints.saved == [{"": (5, 1)}]
 
 
 def test_check_config_takes_event_sinks_with_the_dynamodb_store_except_for_shared_shards() -> None:
