@@ -89,32 +89,41 @@ class EventLane:
 
     async def run(self, checkpoints: Any, on_applied: Any) -> None:
         while True:
-            window = [await self.queue.get()]
-            self.busy = True
-            count = len(window[0].changes)
-            while count < self.window_max and not self.queue.empty():
-                window.append(self.queue.get_nowait())
-                count += len(window[-1].changes)
-            self._m_depth.set(self.queue.qsize())
+            window = self._gather(await self.queue.get())
             events = events_of(self.source, [c for b in window for c in b.changes], self.route)
             if events:
                 await self.sink.start()
                 await self.delivery.deliver(events)
             reached = {b.partition: b.position for b in window if b.position is not None}
-            moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
-            if moved:
-                await checkpoints.save_many(self.key, moved)
-                self.positions.update(moved)
-                on_applied(self.key, moved)
-            if self.forget:
-                gone, self.forget = self.forget, []
-                await checkpoints.forget(self.key, gone)
-                for partition in gone:
-                    self.positions.pop(partition, None)
+            await self._checkpoint(checkpoints, on_applied, reached)
             self.caught_up = window[-1].caught_up
             self.busy = False
             if self.stopping:
                 return  # a drain: this window is delivered and checkpointed
+
+    def _gather(self, first: ChangeBatch) -> list[ChangeBatch]:
+        """`first` and what else is buffered, up to `window_max_events` changes; the lane is busy from here."""
+        window = [first]
+        self.busy = True
+        count = len(first.changes)
+        while count < self.window_max and not self.queue.empty():
+            window.append(self.queue.get_nowait())
+            count += len(window[-1].changes)
+        self._m_depth.set(self.queue.qsize())
+        return window
+
+    async def _checkpoint(self, checkpoints: Any, on_applied: Any, reached: dict[str, Position]) -> None:
+        """Save the positions that moved (and tell the fan-out); then drop the rows of finished shards."""
+        moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
+        if moved:
+            await checkpoints.save_many(self.key, moved)
+            self.positions.update(moved)
+            on_applied(self.key, moved)
+        if self.forget:
+            gone, self.forget = self.forget, []
+            await checkpoints.forget(self.key, gone)
+            for partition in gone:
+                self.positions.pop(partition, None)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -309,22 +318,30 @@ def build_event_sink(name: str, cfg: Any) -> EventSink:
     raise TypeError(f"not an event sink config: {type(cfg).__name__}")
 
 
-def fan_out(source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile) -> Any:
-    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink."""
+def fan_out(
+    source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile, *, exit_when_idle: bool = False
+) -> Any:
+    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink
+    (`exit_when_idle`: the run ends once caught up, so an archive writes its open windows then)."""
+    from daemon.config import S3SinkConfig
+
     if not source_cfg.event_sinks:
         return source
     lanes = []
     for name in source_cfg.event_sinks:
         cfg = config.sinks[name]
-        lanes.append(
-            EventLane(
-                source_cfg.name,
-                build_event_sink(name, cfg),
-                Route.of(cfg.route.types, cfg.route.labels, cfg.route.properties),
-                buffer_batches=cfg.buffer_batches,
-                window_max_events=cfg.window_max_events,
-                retry=RetryPolicy(cfg.retry_initial_seconds, cfg.retry_max_seconds, cfg.attempts_before_unhealthy),
-                dead_letters=dead_letters,
-            )
-        )
+        route = cfg.route
+        lane: dict[str, Any] = {
+            "buffer_batches": cfg.buffer_batches,
+            "window_max_events": cfg.window_max_events,
+            "retry": RetryPolicy(cfg.retry_initial_seconds, cfg.retry_max_seconds, cfg.attempts_before_unhealthy),
+            "dead_letters": dead_letters,
+        }
+        routing = Route.of(route.types, route.labels, route.properties, route.event_names, route.ttl)
+        if isinstance(cfg, S3SinkConfig):
+            from daemon.events.archive import archive_lane
+
+            lanes.append(archive_lane(name, source_cfg.name, cfg, routing, exit_when_idle=exit_when_idle, **lane))
+        else:
+            lanes.append(EventLane(source_cfg.name, build_event_sink(name, cfg), routing, **lane))
     return FanOutSource(source, lanes)
