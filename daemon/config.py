@@ -950,8 +950,8 @@ class S3SinkConfig(_EventSinkBase):
     flush_seconds: float = Field(
         60.0,
         ge=0,
-        description="Once the source is caught up, a window open this long is written as it is, without waiting "
-        "to fill (`run --exit-when-idle` writes it at once).",
+        description="A window open this long is written as it is, without waiting to fill (`run --exit-when-idle` "
+        "writes it as soon as the source is caught up). Bounds how far a sparse route's checkpoint lags.",
     )
     compression_level: int = Field(6, ge=1, le=9, description="gzip level.")
 

@@ -239,7 +239,7 @@ async def test_sigkill_mid_run_then_resume_leaves_one_object_per_window(
 ) -> None:
     """The daemon process is killed once some objects are written; a second run finishes. The archive holds every
     event exactly once: windows written again by the second run have the same keys."""
-    history = generate_history(seed=62, n_changes=1500, start_commit_ms=MIDNIGHT_MS - 30_000)
+    history = generate_history(seed=62, n_changes=1000, start_commit_ms=MIDNIGHT_MS - 10_000)
     path = write_history(tmp_path / "history.jsonl", history)
     config = tmp_path / "c.toml"
     config.write_text(
@@ -250,7 +250,7 @@ async def test_sigkill_mid_run_then_resume_leaves_one_object_per_window(
     s3 = moto.client("s3")
     first = DaemonProcess(config)
     try:
-        while s3.list_objects_v2(Bucket=bucket, Prefix="k/").get("KeyCount", 0) < 10:
+        while s3.list_objects_v2(Bucket=bucket, Prefix="k/").get("KeyCount", 0) < 6:
             assert first.proc.poll() is None, first.log_tail()
             await asyncio.sleep(0.02)
     finally:
@@ -339,44 +339,101 @@ async def test_throttled_and_failing_puts_are_retried_and_lose_nothing(
     assert supervisor.dead_letters.count == 0
 
 
+class LaneRun:
+    """One `ArchiveLane` run in-process, its checkpoints kept in `saved`."""
+
+    def __init__(self, moto: MotoProcess, bucket: str, dead: Path, **options: Any) -> None:
+        from daemon.events.archive import S3Sink
+        from daemon.sinks.base import RetryPolicy
+
+        max_bytes = options.pop("object_max_bytes", 1 << 20)
+        self.sink = S3Sink("arc", source="main", bucket=bucket, prefix="", region="us-east-1", endpoint=moto.url,
+                           profile=None, timeout=10, object_max_bytes=max_bytes)  # fmt: skip
+        self.lane = ArchiveLane("main", self.sink, options.pop("route", Route()), object_max_bytes=max_bytes,
+                                buffer_batches=4, window_max_events=100, retry=RetryPolicy(0.01, 0.05, 2),
+                                dead_letters=DeadLetterFile(dead), **options)  # fmt: skip
+        self.saved: dict[str, Any] = {}
+        self._moved = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def save_many(self, key: str, positions: dict[str, Any]) -> None:
+        self.saved.update(positions)
+        self._moved.set()
+
+    async def __aenter__(self) -> LaneRun:
+        self._task = asyncio.create_task(self.lane.run(self, lambda key, moved: None))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await self.sink.close()
+
+    async def until(self, position: tuple[Any, ...], within: float = 20) -> None:
+        """Wait (at most `within` seconds) for the checkpoint to reach `position`."""
+        async with asyncio.timeout(within):
+            while self.saved.get("") != position:
+                self._moved.clear()
+                await self._moved.wait()
+
+
+def vp(i: int, value: Any = None) -> GraphChange:
+    """A property change at position (i, 1)."""
+    return GraphChange("vp", True, f"v{i}", "k", i if value is None else value, position=(i, 1), commit_ms=MIDNIGHT_MS)
+
+
 async def test_an_event_larger_than_an_object_is_dead_lettered_and_the_rest_archived(
     moto: MotoProcess, bucket: str, tmp_path: Path
 ) -> None:
-    from daemon.events.archive import S3Sink
-    from daemon.sinks.base import RetryPolicy
-
-    changes = [GraphChange("vp", True, f"v{i}", "k", i, position=(i, 1), commit_ms=MIDNIGHT_MS) for i in range(1, 30)]
-    changes[9] = GraphChange("vp", True, "v10", "blob", "x" * 5000, position=(10, 1), commit_ms=MIDNIGHT_MS)
-    sink = S3Sink("arc", source="main", bucket=bucket, prefix="", region="us-east-1", endpoint=moto.url,
-                  profile=None, timeout=10, object_max_bytes=4096)  # fmt: skip
-    dead = DeadLetterFile(tmp_path / "dl.jsonl")
-    lane = ArchiveLane("main", sink, Route(), object_max_events=10, object_max_bytes=4096, flush_seconds=0,
-                       buffer_batches=4, window_max_events=100, retry=RetryPolicy(0.01, 0.05, 2),
-                       dead_letters=dead)  # fmt: skip
-
-    saved: dict[str, Any] = {}
-    done = asyncio.Event()
-
-    class Store:
-        async def save_many(self, key: str, positions: dict[str, Any]) -> None:
-            saved.update(positions)
-
-    def applied(key: str, moved: dict[str, Any]) -> None:
-        if moved.get("") == (29, 1):
-            done.set()
-
-    task = asyncio.create_task(lane.run(Store(), applied))
-    try:
-        await lane.queue.put(ChangeBatch("", changes, (29, 1), caught_up=True))
-        await asyncio.wait_for(done.wait(), 20)
-    finally:
-        task.cancel()
-        await sink.close()
+    changes = [vp(i) for i in range(1, 30)]
+    changes[9] = vp(10, "x" * 5000)
+    async with LaneRun(moto, bucket, tmp_path / "dl.jsonl", object_max_events=10, object_max_bytes=4096,
+                       flush_seconds=0) as run:  # fmt: skip
+        await run.lane.queue.put(ChangeBatch("", changes, (29, 1), caught_up=True))
+        await run.until((29, 1))
     lines = [orjson.loads(line) for line in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
     assert len(lines) == 1 and lines[0]["reason"].startswith("too_large") and lines[0]["size"] > 5000
     expected = [e for e in events_of("main", changes, Route()) if e["subject"] != "v10"]
     objects = check_archive(read_archive(moto, bucket), expected, prefix="", max_events=10)
-    assert [len(v) for _, v in sorted(objects.items())] == [10, 10, 8] and saved == {"": (29, 1)}
+    assert [len(v) for _, v in sorted(objects.items())] == [10, 10, 8]
+
+
+async def test_a_sparse_route_writes_its_window_when_it_is_old_and_its_checkpoint_waits_for_it(
+    moto: MotoProcess, bucket: str, tmp_path: Path
+) -> None:
+    """The source never catches up and one change in ten is routed: the checkpoint follows the batches while no
+    window is open, stays before the window while one is, and once the window is `flush_seconds` old it is
+    written and the checkpoint moves on to everything handed over."""
+    changes = [vp(i) for i in range(1, 41)]
+    for change in changes:
+        change.key = "hit" if change.value % 10 == 5 else "miss"
+    kept = [c for c in changes if c.key == "hit"]
+    async with LaneRun(moto, bucket, tmp_path / "dl", object_max_events=1000, flush_seconds=0.5,
+                       route=Route.of(properties=["hit"])) as run:  # fmt: skip
+        await run.lane.queue.put(ChangeBatch("", changes[:4], (4, 1)))
+        await run.until((4, 1))  # nothing routed yet
+        await run.lane.queue.put(ChangeBatch("", changes[4:30], (30, 1)))
+        await asyncio.sleep(0.25)
+        assert run.saved[""] == (4, 1) and not read_archive(moto, bucket)  # the window is open from (5, 1)
+        await run.until((30, 1), within=5)
+        await run.lane.queue.put(ChangeBatch("", changes[30:], (40, 1)))
+        await run.until((40, 1), within=5)
+    objects = check_archive(read_archive(moto, bucket), events_of("main", kept, Route()), prefix="", max_events=3)
+    assert sorted(len(v) for v in objects.values()) == [1, 3]
+
+
+def test_routes_on_dynamodb_event_names_and_ttl() -> None:
+    def change(event: str | None, ttl: bool = False) -> GraphChange:
+        c = GraphChange("vr", False, "x", "Item", position=("1",))
+        c.origin = None if event is None else {"eventName": event, "ttl": ttl, "keys": {}}
+        return c
+
+    ttl, user, insert, neptune = change("REMOVE", True), change("REMOVE"), change("INSERT"), change(None)
+    assert [Route.of(ttl=True).accepts(c) for c in (ttl, user, insert, neptune)] == [True, False, False, False]
+    assert [Route.of(ttl=False).accepts(c) for c in (ttl, user, insert, neptune)] == [False, True, True, True]
+    removes = Route.of(event_names=["REMOVE"])
+    assert [removes.accepts(c) for c in (ttl, user, insert, neptune)] == [True, True, False, False]
+    assert not Route.of(ttl=False).everything and Route.of().everything
 
 
 # ------------------------------------------------------------------------------------------------ DynamoDB

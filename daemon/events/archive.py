@@ -17,12 +17,14 @@ key and contents are a function of the stream, never of timing or of where a run
   at the position just before the window), and is written right after each object, before the next object is
   begun. So a restart begins every partition at a window's start and, by the rule above, cuts the same windows
   again, with the same keys and contents (gzip with no timestamp: byte-identical).
-* **Cuts made by time.** A window that does not fill is written once the source is caught up and the window is
-  `flush_seconds` old (at once with `run --exit-when-idle`). Such a cut is not a function of the stream, so the
-  object records it: on the first window of a partition after a start, the lane lists the keys that begin at
-  that window's first position, and when an earlier run wrote one (and crashed before its checkpoint), the
-  window is cut at that object's last position again. Only that first window needs the listing: every object
-  is checkpointed before the next is begun.
+* **Cuts made by time.** A window that does not fill is written once it is `flush_seconds` old (and, with `run
+  --exit-when-idle`, as soon as the source is caught up), so a sparse route (TTL deletions of a busy table)
+  neither delays its events nor holds its checkpoint back for long: a checkpoint older than the stream's
+  retention would stop the source. Such a cut is not a function of the stream, so the object records it: on
+  the first window of a partition after a start, the lane lists the keys that begin at that window's first
+  position, and when an earlier run wrote one (and stopped before its checkpoint), the window is cut at that
+  object's last position again. Only that first window needs the listing: every object is checkpointed before
+  the next is begun, so at most one object per partition lies beyond the checkpoint.
 * An event larger than `object_max_bytes` is dead-lettered (reason `too_large`) before it joins a window;
   throttling (`SlowDown`), 5xx, `RequestTimeout`, timeouts and connection errors are retried with full jitter;
   anything else (`NoSuchBucket`, `AccessDenied`) ends the run and the supervisor restarts it with backoff.
@@ -215,16 +217,17 @@ class ArchiveLane(EventLane):
         self._store, self._told = checkpoints, on_applied
         while True:
             batch = await self._next()
-            if batch is None:  # the source is caught up and the oldest open window is old enough
+            if batch is None:  # a window is `flush_seconds` old
                 self.busy = True
-                for partition in list(self.windows):
+                now = time.monotonic()
+                for partition in [p for p, w in self.windows.items() if now - w.opened >= self.flush_seconds]:
                     await self._flush(partition)
             else:
                 window = self._gather(batch)
                 for b in window:
                     await self._take(b)
                 self.caught_up = window[-1].caught_up
-                if self.caught_up and self.windows and self.queue.empty() and self.exit_when_idle:
+                if self.caught_up and self.exit_when_idle and self.queue.empty():  # the run is about to end
                     for partition in list(self.windows):
                         await self._flush(partition)
                 reached = {p: pos for p, pos in self.seen.items() if p not in self.windows}
@@ -235,13 +238,14 @@ class ArchiveLane(EventLane):
                 return  # a drain: open windows are read again from the checkpoint by the next run
 
     async def _next(self) -> ChangeBatch | None:
-        """The next batch, or None once the source is caught up and the oldest open window is `flush_seconds`
-        old."""
-        if not (self.windows and self.caught_up and self.queue.empty()):
+        """The next batch, or None once the oldest open window is `flush_seconds` old."""
+        if not self.windows:
             return await self.queue.get()
         wait = self.flush_seconds - (time.monotonic() - min(w.opened for w in self.windows.values()))
         if wait <= 0:
             return None
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         with suppress(TimeoutError):
             return await asyncio.wait_for(self.queue.get(), wait)
         return None
