@@ -38,15 +38,18 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon.events.cloudevents import events_of
+from daemon.events.cloudevents import Route, events_of
 from daemon.events.fanout import EventLane
 from daemon.events.sinks import Entry, EventSink
 from daemon.model import SHARD_END, ChangeBatch, Position
 from daemon.sinks.base import RETRY, ErrorClass
+
+if TYPE_CHECKING:
+    from daemon.config import S3SinkConfig
 
 POSITION_WIDTH = 20  # digits of each integer part of a position (a Neptune commitNum is at most 19)
 SUFFIX = ".ndjson.gz"
@@ -193,7 +196,7 @@ class ArchiveLane(EventLane):
         self,
         source: str,
         sink: S3Sink,
-        route: Any,
+        route: Route,
         *,
         object_max_events: int,
         object_max_bytes: int,
@@ -312,7 +315,9 @@ class ArchiveLane(EventLane):
         }
 
 
-def archive_lane(name: str, source: str, cfg: Any, route: Any, *, exit_when_idle: bool, **lane: Any) -> ArchiveLane:
+def archive_lane(
+    name: str, source: str, cfg: S3SinkConfig, route: Route, *, exit_when_idle: bool, **lane: Any
+) -> ArchiveLane:
     """The lane of the `[sinks.NAME] kind = "s3"` table `cfg` for one source (`fan_out`)."""
     sink = S3Sink(
         name,
