@@ -313,7 +313,7 @@ class _SourceBase(_Model):
     sinks: list[str] = Field(
         default_factory=list,
         description="Every sink this source feeds, read from the stream once (docs/events.md): the graph sink first, "
-        "then event sinks (kinesis, sqs, sns, eventbridge, webhook), each with its own checkpoint (`SOURCE@SINK`). "
+        "then event sinks (kinesis, sqs, sns, eventbridge, webhook, s3), each with its own checkpoint (`SOURCE@SINK`). "
         "Default `[sink]`.",
     )
     queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
@@ -780,6 +780,16 @@ class RouteConfig(_Model):
     properties: list[str] = Field(
         default_factory=list, description="Property keys; only property changes of these keys match."
     )
+    event_names: list[Literal["INSERT", "MODIFY", "REMOVE"]] = Field(
+        default_factory=list,
+        description='DynamoDB sources: the stream record\'s eventName, e.g. ["REMOVE"]; events of other sources '
+        "have none and do not match.",
+    )
+    ttl: bool | None = Field(
+        None,
+        description="DynamoDB sources: true = only items deleted by TTL expiry (`userIdentity` of the DynamoDB "
+        "service), false = everything but them; unset = both.",
+    )
 
 
 class _EventSinkBase(_Model):
@@ -897,8 +907,57 @@ class WebhookSinkConfig(_EventSinkBase):
         return None
 
 
+def _check_bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError("not an S3 bucket name (3 to 63 of a-z, 0-9, '.', '-')")
+    return value
+
+
+def _check_key_prefix(value: str) -> str:
+    if value.startswith("/") or "//" in value:
+        raise ValueError("an S3 key prefix does not start with '/' nor hold '//'")
+    if len(value.encode()) > 512:
+        raise ValueError("at most 512 bytes (S3 keys are at most 1024, and the archive adds up to about 300)")
+    return value
+
+
+class S3SinkConfig(_EventSinkBase):
+    """`[sinks.NAME] kind = "s3"`: an archive of CloudEvents, one gzip newline-delimited JSON object per window,
+    keyed by commit date and position range; windows are cut where a replay cuts them too (docs/events.md)."""
+
+    kind: Literal["s3"] = Field(description="Sink kind.")
+    bucket: Annotated[str, AfterValidator(_check_bucket)] = Field(description="Bucket name.")
+    prefix: Annotated[str, AfterValidator(_check_key_prefix)] = Field(
+        "graph-replicator/events/",
+        description="Key prefix; objects are `<prefix>source=NAME/date=YYYY-MM-DD/[partition=SHARD/]FIRST-LAST"
+        ".ndjson.gz` (a `/` is not added: end it with one for a folder).",
+    )
+    region: Region = Field(description="AWS region of the bucket.")
+    endpoint: HttpUrl | None = Field(
+        None, description="endpoint_url for botocore (path-style addressing then); default the public endpoint."
+    )
+    profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+    object_max_events: int = Field(
+        100000, ge=1, description="Most events in one object; a window is cut before the event that would pass it."
+    )
+    object_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Most uncompressed bytes in one object (built in memory, so at most 1 GiB); a window is cut "
+        "before the event that would pass it, and one event larger than this is dead-lettered.",
+    )
+    flush_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="A window open this long is written as it is, without waiting to fill (`run --exit-when-idle` "
+        "writes it as soon as the source is caught up). Bounds how far a sparse route's checkpoint lags.",
+    )
+    compression_level: int = Field(6, ge=1, le=9, description="gzip level.")
+
+
 GRAPH_SINK_KINDS = frozenset({"falkordb", "neptune", "neptune-analytics"})
-EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "sns", "eventbridge", "webhook"})
+EVENT_SINK_KINDS = frozenset({"kinesis", "sqs", "sns", "eventbridge", "webhook", "s3"})
 
 
 class OxigraphSinkConfig(_SinkBase):
@@ -1028,6 +1087,7 @@ SINK_KINDS: dict[str, type[_Model]] = {
     "sns": SNSSinkConfig,
     "eventbridge": EventBridgeSinkConfig,
     "webhook": WebhookSinkConfig,
+    "s3": S3SinkConfig,
     "oxigraph": OxigraphSinkConfig,
     "sparql": SparqlSinkConfig,
 }
@@ -1061,6 +1121,7 @@ SinkConfig = Annotated[
     | Annotated[SNSSinkConfig, Tag("sns")]
     | Annotated[EventBridgeSinkConfig, Tag("eventbridge")]
     | Annotated[WebhookSinkConfig, Tag("webhook")]
+    | Annotated[S3SinkConfig, Tag("s3")]
     | Annotated[OxigraphSinkConfig, Tag("oxigraph")]
     | Annotated[SparqlSinkConfig, Tag("sparql")],
     Discriminator(_kind_of(None)),
@@ -1253,6 +1314,7 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
         problems.extend(_check_fan_out(data, i, source, sinks))
+        problems.extend(_check_dynamodb_routes(data, i, source, sinks))
         problems.extend(_check_rdf_pairing(data, i, source, sinks))
     listed = sources if isinstance(sources, list) else []
     for name, cfg in sinks.items():
@@ -1321,6 +1383,22 @@ def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: 
                "leased one by one across instances and the event sinks' checkpoints do not follow them yet); a "
                'neptune or file source may have event sinks with kind = "dynamodb"')  # fmt: skip
         problems.append((_user_key(("sources", i, "sinks"), data), why))
+    return problems
+
+
+def _check_dynamodb_routes(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
+    """A route on `event_names` or `ttl = true` takes nothing from a source other than DynamoDB: say so."""
+    names = source.get("sinks")
+    if source.get("kind") == "dynamodb" or not isinstance(names, list):
+        return []
+    problems = []
+    kind, source_name = source.get("kind"), source.get("name")
+    for name in names[1:]:
+        route = sinks.get(name, {}).get("route") if isinstance(sinks.get(name), dict) else None
+        if isinstance(route, dict) and (route.get("event_names") or route.get("ttl") is True):
+            problems.append((_user_key(("sources", i, "sinks"), data),
+                             f'sink "{name}" routes on DynamoDB event names or TTL deletions; source '
+                             f'"{source_name}" is kind "{kind}": it would take nothing'))  # fmt: skip
     return problems
 
 
@@ -1543,6 +1621,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] =
     ('`[sinks.NAME]` kind = "sns"', SNSSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "eventbridge"', EventBridgeSinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "webhook"', WebhookSinkConfig, _EventSinkBase),
+    ('`[sinks.NAME]` kind = "s3"', S3SinkConfig, _EventSinkBase),
     ('`[sinks.NAME]` kind = "oxigraph" (RDF)', OxigraphSinkConfig, _SinkBase),
     ('`[sinks.NAME]` kind = "sparql" (RDF)', SparqlSinkConfig, _SinkBase),
     ("`[bootstrap]`", BootstrapConfig, None),
@@ -1554,6 +1633,8 @@ _CHECK_NAMES: dict[Any, str] = {
     _check_redis_url: "redis(s) URL",
     _check_graph_id: "graph id",
     _check_role_arn: "IAM role ARN",
+    _check_bucket: "S3 bucket name",
+    _check_key_prefix: "S3 key prefix",
 }
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", SecretStr: "string, secret"}
 

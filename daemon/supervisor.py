@@ -336,7 +336,8 @@ class Supervisor:
         if sink is None:
             sink = self.sinks[cfg.sink] = build_sink(cfg.sink, sink_cfg, self.config)
             self._sink_slots[cfg.sink] = asyncio.Semaphore(sink_cfg.concurrency)
-        source = fan_out(build_source(cfg, self.dead_letters), cfg, self.config, self.dead_letters)
+        read = build_source(cfg, self.dead_letters)
+        source = fan_out(read, cfg, self.config, self.dead_letters, exit_when_idle=self.exit_when_idle)
         applier = PlanApplier(
             sink,
             source=cfg.name,

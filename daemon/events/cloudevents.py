@@ -7,7 +7,8 @@ aspect and the operation: `graph.vertex.label.added`, `graph.vertex.property.rem
 `graph.vertex.upserted` (a whole DynamoDB item mapped to a vertex) and so on (`EVENT_TYPES`). `subject` is the
 element id; `time` the source commit time (RFC 3339, UTC; absent when the source does not say).
 
-`Route` is a sink's filter: type globs, labels / edge types, property keys; every filter that is set must match.
+`Route` is a sink's filter: type globs, labels / edge types, property keys, and for DynamoDB sources the stream
+record's `eventName` and whether it is a TTL deletion; every filter that is set must match.
 """
 
 from __future__ import annotations
@@ -169,28 +170,42 @@ class Route:
     """Which changes a sink takes. Empty filters take everything; each filter that is set must match:
     `types` (globs on the event type), `labels` (the label of a `vl` / whole-vertex change, the type of an edge
     or whole-edge change; property changes carry no label and do not match), `properties` (the key of a
-    property change; other changes do not match)."""
+    property change; other changes do not match), `event_names` (the DynamoDB stream record's INSERT / MODIFY /
+    REMOVE; a change of another source has none and does not match), `ttl` (True: only deletions by DynamoDB
+    TTL; False: everything but them)."""
 
     types: tuple[str, ...] = ()
     labels: frozenset[str] = frozenset()
     properties: frozenset[str] = frozenset()
+    event_names: frozenset[str] = frozenset()
+    ttl: bool | None = None
 
     @classmethod
-    def of(cls, types: Iterable[str] = (), labels: Iterable[str] = (), properties: Iterable[str] = ()) -> Route:
-        return cls(tuple(types), frozenset(labels), frozenset(properties))
+    def of(
+        cls,
+        types: Iterable[str] = (),
+        labels: Iterable[str] = (),
+        properties: Iterable[str] = (),
+        event_names: Iterable[str] = (),
+        ttl: bool | None = None,
+    ) -> Route:
+        return cls(tuple(types), frozenset(labels), frozenset(properties), frozenset(event_names), ttl)
 
     @property
     def everything(self) -> bool:
-        return not (self.types or self.labels or self.properties)
+        return not (self.types or self.labels or self.properties or self.event_names) and self.ttl is None
 
     def accepts(self, change: GraphChange) -> bool:
         if self.types and not any(fnmatch.fnmatchcase(event_type(change), t) for t in self.types):
             return False
         if self.labels and (change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) or change.key not in self.labels):
             return False
-        return not self.properties or (
-            change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) and change.key in self.properties
-        )
+        if self.properties and not (change.kind in (VERTEX_PROPERTY, EDGE_PROPERTY) and change.key in self.properties):
+            return False
+        origin = change.origin
+        if self.event_names and (origin is None or origin.get("eventName") not in self.event_names):
+            return False
+        return self.ttl is None or self.ttl == bool(origin is not None and origin.get("ttl"))
 
 
 def events_of(source: str, changes: Sequence[GraphChange], route: Route) -> list[dict[str, Any]]:

@@ -101,6 +101,7 @@ class EventLane:
         self.ownership: Any = None  # the source's lease coordinator (DynamoDB store), else None
         self.last_commit_ms = 0  # commit time of the newest change delivered (or routed away)
         self.delivering_commit_ms = 0  # commit time of the first change of the window being delivered
+        self._gathered_commit_ms = 0  # commit time of the newest change handed over so far
         self.caught_up = False
         self.busy = False
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
@@ -114,47 +115,61 @@ class EventLane:
 
     async def run(self, checkpoints: Any, on_applied: Any) -> None:
         while True:
-            window = [await self.queue.get()]
-            self.busy = True
-            count = len(window[0].changes)
-            while count < self.window_max and not self.queue.empty():
-                window.append(self.queue.get_nowait())
-                count += len(window[-1].changes)
-            self._m_depth.set(self.queue.qsize())
-            changes = [c for b in window for c in b.changes]
-            self.delivering_commit_ms = changes[0].commit_ms if changes else 0
-            events = events_of(self.source, changes, self.route)
-            if self.ownership is not None:
-                partitions = {b.partition for b in window if b.changes or b.position is not None}
-                self.delivery.fence = lambda partitions=partitions: self._fence(partitions)  # type: ignore[misc]
-                self._fence(partitions)
+            window = self._gather(await self.queue.get())
+            events = events_of(self.source, [c for b in window for c in b.changes], self.route)
+            self.fence_window({b.partition for b in window if b.changes or b.position is not None})
             if events:
                 await self.sink.start()
                 await self.delivery.deliver(events)
-            if changes:
-                self.last_commit_ms = max(self.last_commit_ms, changes[-1].commit_ms)
-            self.delivering_commit_ms = 0
             reached = {b.partition: b.position for b in window if b.position is not None}
-            moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
-            if moved:
-                await checkpoints.save_many(self.key, moved)
-                self.positions.update(moved)
-                on_applied(self.key, moved)
-            if self.forget:
-                gone, self.forget = self.forget, []
-                await checkpoints.forget(self.key, gone)
-                for partition in gone:
-                    self.positions.pop(partition, None)
+            await self._checkpoint(checkpoints, on_applied, reached)
             self.caught_up = window[-1].caught_up
             self.busy = False
             if self.stopping:
                 return  # a drain: this window is delivered and checkpointed
 
+    def _gather(self, first: ChangeBatch) -> list[ChangeBatch]:
+        """`first` and what else is buffered, up to `window_max_events` changes; the lane is busy from here."""
+        window = [first]
+        self.busy = True
+        count = len(first.changes)
+        while count < self.window_max and not self.queue.empty():
+            window.append(self.queue.get_nowait())
+            count += len(window[-1].changes)
+        self._m_depth.set(self.queue.qsize())
+        with_changes = [b.changes for b in window if b.changes]
+        if with_changes:  # for the lag: the oldest change now being delivered, the newest once it is checkpointed
+            self.delivering_commit_ms = self.delivering_commit_ms or with_changes[0][0].commit_ms
+            self._gathered_commit_ms = with_changes[-1][-1].commit_ms
+        return window
+
+    def fence_window(self, partitions: set[str]) -> None:
+        """With a shared checkpoint store: raise `FencedOff` now, and before each batch call of this window's
+        delivery, unless this instance may still write every partition of it (the source's lease)."""
+        if self.ownership is None:
+            return
+        self.delivery.fence = lambda: self._fence(partitions)
+        self._fence(partitions)
+
     def _fence(self, partitions: set[str]) -> None:
-        """Raise `FencedOff` unless this instance may still write every partition of the window."""
         for partition in partitions:
             if not self.ownership.may_write(partition):
                 raise FencedOff(f"event sink {self.key!r} partition {partition!r}: the source's lease is not writable")
+
+    async def _checkpoint(self, checkpoints: Any, on_applied: Any, reached: dict[str, Position]) -> None:
+        """Save the positions that moved (and tell the fan-out); then drop the rows of finished shards."""
+        moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
+        if moved:
+            await checkpoints.save_many(self.key, moved)
+            self.positions.update(moved)
+            on_applied(self.key, moved)
+        self.last_commit_ms = max(self.last_commit_ms, self._gathered_commit_ms)
+        self.delivering_commit_ms = 0
+        if self.forget:
+            gone, self.forget = self.forget, []
+            await checkpoints.forget(self.key, gone)
+            for partition in gone:
+                self.positions.pop(partition, None)
 
     def status(self) -> dict[str, Any]:
         """This event sink in `/status` (docs/events.md): where it is, how far behind, what it holds and did."""
@@ -167,7 +182,7 @@ class EventLane:
             "sink": self.sink.name,
             "kind": self.sink.kind,
             "checkpoint_key": self.key,
-            "state": "down" if not delivery.healthy else "retrying" if delivery.retrying else "ok",
+            "state": "down" if not delivery.healthy else "retrying" if delivery.backing_off else "ok",
             "position": {p: list(pos) for p, pos in sorted(self.positions.items())} or None,
             "lag_seconds": round(lag, 3),
             "buffered_batches": self.queue.qsize(),
@@ -361,22 +376,30 @@ def build_event_sink(name: str, cfg: Any) -> EventSink:
     raise TypeError(f"not an event sink config: {type(cfg).__name__}")
 
 
-def fan_out(source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile) -> Any:
-    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink."""
+def fan_out(
+    source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile, *, exit_when_idle: bool = False
+) -> Any:
+    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink
+    (`exit_when_idle`: the run ends once caught up, so an archive writes its open windows then)."""
+    from daemon.config import S3SinkConfig
+
     if not source_cfg.event_sinks:
         return source
     lanes = []
     for name in source_cfg.event_sinks:
         cfg = config.sinks[name]
-        lanes.append(
-            EventLane(
-                source_cfg.name,
-                build_event_sink(name, cfg),
-                Route.of(cfg.route.types, cfg.route.labels, cfg.route.properties),
-                buffer_batches=cfg.buffer_batches,
-                window_max_events=cfg.window_max_events,
-                retry=RetryPolicy(cfg.retry_initial_seconds, cfg.retry_max_seconds, cfg.attempts_before_unhealthy),
-                dead_letters=dead_letters,
-            )
-        )
+        route = cfg.route
+        lane: dict[str, Any] = {
+            "buffer_batches": cfg.buffer_batches,
+            "window_max_events": cfg.window_max_events,
+            "retry": RetryPolicy(cfg.retry_initial_seconds, cfg.retry_max_seconds, cfg.attempts_before_unhealthy),
+            "dead_letters": dead_letters,
+        }
+        routing = Route.of(route.types, route.labels, route.properties, route.event_names, route.ttl)
+        if isinstance(cfg, S3SinkConfig):
+            from daemon.events.archive import archive_lane
+
+            lanes.append(archive_lane(name, source_cfg.name, cfg, routing, exit_when_idle=exit_when_idle, **lane))
+        else:
+            lanes.append(EventLane(source_cfg.name, build_event_sink(name, cfg), routing, **lane))
     return FanOutSource(source, lanes)

@@ -26,9 +26,9 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -41,6 +41,7 @@ from daemon.sinks.base import REJECTED, RETRY, ErrorClass, RetryPolicy
 log = structlog.get_logger("daemon.events")
 
 SIGNATURE_HEADER = "X-Graph-Replicator-Signature"
+T = TypeVar("T")
 _DEAD = ErrorClass(False, "dead_lettered")  # an outcome: the event was written to the dead-letter file
 
 
@@ -97,7 +98,7 @@ class EventDelivery:
         self.sink, self.source, self.retry, self.dead_letters = sink, source, retry, dead_letters
         self.healthy = True
         self.failing_reason: str | None = None
-        self.retrying = False  # the last call failed and is being retried (still healthy until the threshold)
+        self.backing_off = False  # the last call failed and is being retried (still healthy until the threshold)
         self.sent = 0
         self.retried = 0  # events sent again after a failed call or a failed entry
         self.dead_lettered = 0
@@ -109,6 +110,10 @@ class EventDelivery:
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         """Return once every event is delivered or dead-lettered."""
+        await self.deliver_entries(self.entries(events))
+
+    def entries(self, events: list[dict[str, Any]]) -> list[Entry]:
+        """The events encoded for the sink; one larger than the target's record limit is dead-lettered here."""
         entries = []
         make, limit = self.sink.entry, self.sink.max_record_bytes
         for event in events:
@@ -117,6 +122,10 @@ class EventDelivery:
                 self._dead_letter([entry], "too_large", f"{entry.size} bytes > {self.sink.max_record_bytes}")
             else:
                 entries.append(entry)
+        return entries
+
+    async def deliver_entries(self, entries: list[Entry]) -> None:
+        """Return once every entry is delivered or dead-lettered."""
         if self.sink.keyed:
             await self._deliver_keyed(entries)
         else:
@@ -203,13 +212,27 @@ class EventDelivery:
             self.sent += delivered
             self._m_sent.inc(delivered)
             if delivered:
-                self.healthy, self.failing_reason, self.retrying = True, None, False
+                self.healthy, self.failing_reason, self.backing_off = True, None, False
                 self._m_up.set(1)
             return outcomes
 
+    async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A call of the sink's other than a delivery (an archive's listing), retried like one."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                cls = self.sink.classify(exc)
+                METRICS.sink_errors.labels(sink=self.sink.name, error_type=cls.reason, stage="deliver").inc()
+                if not cls.retryable:
+                    raise
+                attempt += 1
+                await self._backoff(cls, attempt, _short(exc), None, 0)
+
     async def _backoff(self, cls: ErrorClass, attempt: int, error: str, retry_after: float | None, events: int) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
-        self.retrying = True
+        self.backing_off = True
         self.retried += events
         if attempt >= self.retry.attempts_before_split:
             self.healthy, self.failing_reason = False, f"{cls.reason}: {error[:200]}"
