@@ -401,7 +401,7 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
             if request.partition is not None:
                 current = {p: pos for p, pos in current.items() if p == _partition(source, request.partition)}
             if not current:
-                print(f"{shown!r} has no stored positions in the {admin.where}: nothing to reset", file=out)
+                print(f"source {shown!r} has no stored positions in the {admin.where}: nothing to reset", file=out)
                 return 0
             if not request.yes:
                 listing = ", ".join(f"{p or '-'} at {position_text(pos)}" for p, pos in sorted(current.items()))
