@@ -40,11 +40,9 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from daemon.events.cloudevents import Route, events_of
 from daemon.events.fanout import EventLane
-from daemon.events.sinks import Entry, EventSink
+from daemon.events.sinks import Entry, EventSink, encode
 from daemon.model import SHARD_END, ChangeBatch, Position
 from daemon.sinks.base import RETRY, ErrorClass
 
@@ -130,7 +128,7 @@ class S3Sink(EventSink):
         self._stack, self.client, self._built = None, None, None
 
     def entry(self, event: dict[str, Any]) -> Entry:
-        return Entry(event, orjson.dumps(event), "")
+        return Entry(event, encode(event), "")
 
     async def build(self, entries: list[Entry]) -> tuple[str, bytes]:
         """The key and gzip body of the object holding `entries` (compressed off the event loop)."""
