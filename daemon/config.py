@@ -930,12 +930,26 @@ class SparqlSinkConfig(_SinkBase):
     )
     region: Region | None = Field(None, description='AWS region of the cluster (required with auth = "sigv4").')
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+    bulk_loader: bool = Field(
+        False,
+        description="The endpoint is a Neptune cluster: `graph-replicator bootstrap` copies through its bulk loader "
+        "(N-Quads files in S3, `[bootstrap]` s3_bucket and iam_role_arn) at the scheme, host and port of "
+        "`update_url`, instead of batched INSERT DATA. Needs `region`.",
+    )
 
     @model_validator(mode="after")
     def _region_for_sigv4(self) -> SparqlSinkConfig:
         if self.auth == "sigv4" and self.region is None:
             raise ValueError('region is required with auth = "sigv4"')
+        if self.bulk_loader and self.region is None:
+            raise ValueError("region is required with bulk_loader = true (the loader's neptunedata client)")
         return self
+
+    @property
+    def loader_endpoint(self) -> str:
+        """The cluster endpoint the bulk loader answers on (`update_url` without its path)."""
+        parts = urlsplit(str(self.update_url))
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 RDF_SOURCE_KINDS = frozenset({"neptune-sparql"})

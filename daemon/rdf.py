@@ -40,6 +40,7 @@ __all__ = [
     "QuadMutation",
     "RdfPlanner",
     "default_blank_node_prefix",
+    "normalise_quad",
     "nquad",
     "parse_statement",
     "parse_statements",
@@ -74,7 +75,7 @@ def parse_statement(stmt: str, blank_node_prefix: str) -> Quad:
         raise MalformedStatement(f"not an N-Quads statement: {exc}") from None
     if len(quads) != 1:
         raise MalformedStatement(f"a stream statement holds exactly one quad, this one holds {len(quads)}")
-    return _normalised(quads[0], blank_node_prefix)
+    return normalise_quad(quads[0], blank_node_prefix)
 
 
 def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | None:
@@ -89,12 +90,15 @@ def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | N
         quads = list(parse("".join(stmts), format=RdfFormat.N_QUADS))
         if len(quads) != len(stmts):
             return None
-        return [_normalised(quad, blank_node_prefix) for quad in quads]
+        return [normalise_quad(quad, blank_node_prefix) for quad in quads]
     except (SyntaxError, MalformedStatement):
         return None
 
 
-def _normalised(quad: Quad, blank_node_prefix: str) -> Quad:
+def normalise_quad(quad: Quad, blank_node_prefix: str) -> Quad:
+    """`quad` as the replica holds it: blank nodes skolemised under `blank_node_prefix`, Neptune's default named
+    graph mapped to the default graph; `MalformedStatement` for RDF-star triple terms. The stream and the
+    bootstrap both go through it, so a streamed and a bootstrapped replica agree."""
     subject, obj, graph = quad.subject, quad.object, quad.graph_name
     if (
         type(subject) is NamedNode
