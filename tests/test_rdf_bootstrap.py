@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.rdf import default_blank_node_prefix, nquad
 from daemon.supervisor import Supervisor
 from tests.stand.daemon_process import AWS_ENV, toml_value, write_config
+from tests.stand.harness import add_lease_table
 from tests.stand.neptune_endpoint import NeptuneStand
 from tests.stand.rdf_workload import RdfHistory, apply_commit, generate_rdf_history
 
@@ -199,6 +201,31 @@ def test_bootstrap_into_the_embedded_store_while_the_source_changes_then_streami
     supervisor = stream(path)
     assert supervisor.pipelines[0].changes_applied > 0
     assert_same(history.reference, embedded(tmp_path))
+
+
+def test_bootstrap_with_the_dynamodb_store_hands_off_a_free_lease_then_streaming_converges(
+    source: NeptuneStand, history: RdfHistory, moto_server: str, tmp_path: Path
+) -> None:
+    """With `[checkpoint] kind = "dynamodb"` the position goes into the lease table as a free lease holding it;
+    `run` takes the lease and streams from there."""
+    from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
+
+    position = prepare(source, history)
+    table = f"rdf-bootstrap-{uuid.uuid4().hex[:8]}"
+    path = add_lease_table(make_config(tmp_path, source, {"kind": "oxigraph"}), moto_server, table)
+    result = asyncio.run(bootstrap_while_churning(path, source, history))
+    assert result.positions == {"": position}
+
+    async def lease() -> Any:
+        async with AsyncExitStack() as stack:
+            store = await DynamoDBCheckpointStore.open(stack, table=table, region="us-east-1", endpoint=moto_server)
+            return await store.get_lease("main", "")
+
+    handed = asyncio.run(lease())
+    assert handed.owner is None and tuple(handed.position) == position
+    stream(path)
+    assert_same(history.reference, embedded(tmp_path))
+    assert tuple(asyncio.run(lease()).position) == source.sparql_stream.last_event_id()
 
 
 def test_bootstrap_into_a_sparql_endpoint_then_streaming_converges(
