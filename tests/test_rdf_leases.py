@@ -42,15 +42,16 @@ def test_sigkill_of_the_active_one_the_standby_resumes_from_the_table_and_conver
         stand.sparql_stream.append_commit(ops)
     stand.faults.configure(rate=1.0, kinds=["slow"], seed=4, paths=("sparql_stream",))  # the kill lands mid-run
     table = f"rdf-leases-{uuid.uuid4().hex[:8]}"
+    source = {"kind": "neptune-sparql", "endpoint": stand.url, "region": "us-east-1", "limit": 40, "queue_size": 2}
+    sink = {"kind": "sparql", "update_url": f"{stand.url}/sparql", "auth": "sigv4", "region": "us-east-1",
+            "batch_size": 50}  # fmt: skip
     configs = [
         add_lease_table(
             write_config(
                 tmp_path / f"{name}.toml",
                 data_dir=tmp_path / f"data-{name}",
-                source={"kind": "neptune-sparql", "endpoint": stand.url, "region": "us-east-1", "limit": 40,
-                        "queue_size": 2},  # fmt: skip
-                sink={"kind": "sparql", "update_url": f"{stand.url}/sparql", "auth": "sigv4", "region": "us-east-1",
-                      "batch_size": 50},  # fmt: skip
+                source=source,
+                sink=sink,
             ),
             moto_server,
             table,
