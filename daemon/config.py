@@ -966,7 +966,10 @@ class BootstrapConfig(_Model):
     """`[bootstrap]`: `graph-replicator bootstrap` (first full copy, see docs/bootstrap.md)."""
 
     s3_bucket: str | None = Field(
-        None, min_length=3, description="Bucket for the CSV files the Neptune bulk loader reads (neptune sinks)."
+        None,
+        min_length=3,
+        description="Bucket for the files the Neptune bulk loader reads: CSV (neptune sinks), N-Quads (sparql sinks "
+        "with bulk_loader).",
     )
     s3_prefix: str = Field(
         "graph-replicator/bootstrap", description="Key prefix; each run writes under `<prefix>/<source>/<run id>/`."
@@ -987,15 +990,19 @@ class BootstrapConfig(_Model):
     file_max_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,
-        description="CSV text per file before a new file is started (gzipped on upload); buffered rows take "
-        "about ten times this in memory.",
+        description="CSV (or N-Quads) text per file before a new file is started (gzipped on upload); buffered "
+        "rows take about ten times this in memory.",
     )
     multipart_part_bytes: int = Field(
         16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Files larger than this are uploaded in parts this size."
     )
     keep_files: bool = Field(True, description="Keep the CSV files in S3 after a successful load.")
     read_page_size: int = Field(
-        5000, ge=1, le=100000, description="Vertices or edges per snapshot query; items per DynamoDB Scan page."
+        5000,
+        ge=1,
+        le=100000,
+        description="Vertices or edges per snapshot query; quads per SPARQL page (RDF sources); items per DynamoDB "
+        "Scan page.",
     )
     scan_segments: int = Field(
         4, ge=1, le=1000, description="DynamoDB sources: parallel Scan segments (`TotalSegments`)."
@@ -1019,7 +1026,10 @@ class BootstrapConfig(_Model):
         "before the bootstrap began is in the copy).",
     )
     write_batch_size: int = Field(
-        5000, ge=1, le=100000, description="Rows per openCypher statement when writing without the loader."
+        5000,
+        ge=1,
+        le=100000,
+        description="Rows per openCypher statement (quads per INSERT DATA for RDF) when writing without the loader.",
     )
 
 
