@@ -510,6 +510,6 @@ def bootstrap_error_text(exc: BaseException) -> str:
     if not isinstance(exc, BootstrapConfigError):
         out += (
             "\nThe target may hold part of the copy: empty it, fix the cause, and run bootstrap again "
-            "(CSV files stay in S3 for inspection)."
+            "(files written to S3 stay there for inspection)."
         )
     return out
