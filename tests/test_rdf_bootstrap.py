@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.config
 import pytest
 from pyoxigraph import Quad, RdfFormat, Store, parse
 
@@ -31,7 +30,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.rdf import default_blank_node_prefix, nquad
 from daemon.supervisor import Supervisor
 from tests.stand.daemon_process import AWS_ENV, toml_value, write_config
-from tests.stand.harness import add_lease_table
+from tests.stand.harness import add_lease_table, staging_bucket
 from tests.stand.neptune_endpoint import NeptuneStand
 from tests.stand.rdf_workload import RdfHistory, apply_commit, generate_rdf_history
 
@@ -61,16 +60,7 @@ def history() -> RdfHistory:
 
 @pytest.fixture
 def bucket(moto_server: str, stand: NeptuneStand) -> str:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-east-1",
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
-    )
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    stand.loader.s3_endpoint = moto_server
-    return BUCKET
+    return staging_bucket(moto_server, stand, BUCKET)
 
 
 def prepare(source: NeptuneStand, history: RdfHistory) -> tuple[int, int]:
