@@ -91,7 +91,7 @@ def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | N
         quads = list(parse("".join(stmts), format=RdfFormat.N_QUADS))
         if len(quads) != len(stmts):
             return None
-        # `normalise_quad` reads every term back from pyoxigraph (about 10 us a quad); a statement with no blank
+        # `normalise_quad` reads every term back from pyoxigraph (a few us a quad); a statement with no blank
         # node, no triple term, no `\u` escape and no mention of Neptune's default graph needs none of its work
         return [
             quad if _plain(stmt) else normalise_quad(quad, blank_node_prefix)
@@ -102,8 +102,9 @@ def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | N
 
 
 def _plain(stmt: str) -> bool:
-    """True when the statement's text shows it holds no term `normalise_quad` changes: blank nodes are written
-    `_:label` in N-Quads, triple terms `<<`, and an escape could spell either of those or the default graph."""
+    """True when the statement's text shows it holds no term `normalise_quad` changes: N-Quads writes blank nodes
+    `_:label` and triple terms `<<`, and an IRI naming Neptune's default graph holds its name unless a UCHAR
+    escape (backslash-u) spells part of it."""
     return "_:" not in stmt and "<<" not in stmt and "\\u" not in stmt and "\\U" not in stmt and _NDG not in stmt
 
 

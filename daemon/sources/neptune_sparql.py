@@ -88,12 +88,12 @@ class NeptuneSparqlStreamSource(NeptuneStreamSource):
     def _translate(self, records: list[dict[str, Any]]) -> list[QuadChange]:  # type: ignore[override]
         stmts = [r.get("data", {}).get("stmt") if isinstance(r, dict) and isinstance(r.get("data"), dict) else None
                  for r in records]  # fmt: skip
-        self._parsed = parse_statements(stmts, self.blank_node_prefix)  # None: parse record by record
-        if self._parsed is not None:
-            changes = _well_formed_changes(records, self._parsed)
+        parsed = parse_statements(stmts, self.blank_node_prefix)  # None: parse record by record
+        if parsed is not None:
+            changes = _well_formed_changes(records, parsed)
             if changes is not None:
                 return changes
-        self._index = 0
+        self._parsed, self._index = parsed, 0
         try:
             return super()._translate(records)  # type: ignore[return-value]
         finally:
