@@ -989,12 +989,26 @@ class SparqlSinkConfig(_SinkBase):
     )
     region: Region | None = Field(None, description='AWS region of the cluster (required with auth = "sigv4").')
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
+    bulk_loader: bool = Field(
+        False,
+        description="The endpoint is a Neptune cluster: `graph-replicator bootstrap` copies through its bulk loader "
+        "(N-Quads files in S3, `[bootstrap]` s3_bucket and iam_role_arn) at the scheme, host and port of "
+        "`update_url`, instead of batched INSERT DATA. Needs `region`.",
+    )
 
     @model_validator(mode="after")
     def _region_for_sigv4(self) -> SparqlSinkConfig:
         if self.auth == "sigv4" and self.region is None:
             raise ValueError('region is required with auth = "sigv4"')
+        if self.bulk_loader and self.region is None:
+            raise ValueError("region is required with bulk_loader = true (the loader's neptunedata client)")
         return self
+
+    @property
+    def loader_endpoint(self) -> str:
+        """The cluster endpoint the bulk loader answers on (`update_url` without its path)."""
+        parts = urlsplit(str(self.update_url))
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 RDF_SOURCE_KINDS = frozenset({"neptune-sparql"})
@@ -1011,7 +1025,10 @@ class BootstrapConfig(_Model):
     """`[bootstrap]`: `graph-replicator bootstrap` (first full copy, see docs/bootstrap.md)."""
 
     s3_bucket: str | None = Field(
-        None, min_length=3, description="Bucket for the CSV files the Neptune bulk loader reads (neptune sinks)."
+        None,
+        min_length=3,
+        description="Bucket for the files the Neptune bulk loader reads: CSV (neptune sinks), N-Quads (sparql sinks "
+        "with bulk_loader).",
     )
     s3_prefix: str = Field(
         "graph-replicator/bootstrap", description="Key prefix; each run writes under `<prefix>/<source>/<run id>/`."
@@ -1032,15 +1049,19 @@ class BootstrapConfig(_Model):
     file_max_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,
-        description="CSV text per file before a new file is started (gzipped on upload); buffered rows take "
-        "about ten times this in memory.",
+        description="CSV (or N-Quads) text per file before a new file is started (gzipped on upload); buffered "
+        "rows take about ten times this in memory.",
     )
     multipart_part_bytes: int = Field(
         16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Files larger than this are uploaded in parts this size."
     )
     keep_files: bool = Field(True, description="Keep the CSV files in S3 after a successful load.")
     read_page_size: int = Field(
-        5000, ge=1, le=100000, description="Vertices or edges per snapshot query; items per DynamoDB Scan page."
+        5000,
+        ge=1,
+        le=100000,
+        description="Vertices or edges per snapshot query; quads per SPARQL page (RDF sources); items per DynamoDB "
+        "Scan page.",
     )
     scan_segments: int = Field(
         4, ge=1, le=1000, description="DynamoDB sources: parallel Scan segments (`TotalSegments`)."
@@ -1064,7 +1085,10 @@ class BootstrapConfig(_Model):
         "before the bootstrap began is in the copy).",
     )
     write_batch_size: int = Field(
-        5000, ge=1, le=100000, description="Rows per openCypher statement when writing without the loader."
+        5000,
+        ge=1,
+        le=100000,
+        description="Rows per openCypher statement (quads per INSERT DATA for RDF) when writing without the loader.",
     )
 
 

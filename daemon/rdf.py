@@ -40,6 +40,7 @@ __all__ = [
     "QuadMutation",
     "RdfPlanner",
     "default_blank_node_prefix",
+    "normalise_quad",
     "nquad",
     "parse_statement",
     "parse_statements",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 NEPTUNE_DEFAULT_GRAPH = "http://aws.amazon.com/neptune/vocab/v01/DefaultNamedGraph"
+_NDG = "DefaultNamedGraph"
 INSERT, DELETE = "INSERT DATA", "DELETE DATA"
 
 
@@ -74,7 +76,7 @@ def parse_statement(stmt: str, blank_node_prefix: str) -> Quad:
         raise MalformedStatement(f"not an N-Quads statement: {exc}") from None
     if len(quads) != 1:
         raise MalformedStatement(f"a stream statement holds exactly one quad, this one holds {len(quads)}")
-    return _normalised(quads[0], blank_node_prefix)
+    return normalise_quad(quads[0], blank_node_prefix)
 
 
 def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | None:
@@ -89,12 +91,27 @@ def parse_statements(stmts: list[Any], blank_node_prefix: str) -> list[Quad] | N
         quads = list(parse("".join(stmts), format=RdfFormat.N_QUADS))
         if len(quads) != len(stmts):
             return None
-        return [_normalised(quad, blank_node_prefix) for quad in quads]
+        # `normalise_quad` reads every term back from pyoxigraph (a few us a quad); a statement with no blank
+        # node, no triple term, no `\u` escape and no mention of Neptune's default graph needs none of its work
+        return [
+            quad if _plain(stmt) else normalise_quad(quad, blank_node_prefix)
+            for stmt, quad in zip(stmts, quads, strict=True)
+        ]
     except (SyntaxError, MalformedStatement):
         return None
 
 
-def _normalised(quad: Quad, blank_node_prefix: str) -> Quad:
+def _plain(stmt: str) -> bool:
+    """True when the statement's text shows it holds no term `normalise_quad` changes: N-Quads writes blank nodes
+    `_:label` and triple terms `<<`, and an IRI naming Neptune's default graph holds its name unless a UCHAR
+    escape (backslash-u) spells part of it."""
+    return "_:" not in stmt and "<<" not in stmt and "\\u" not in stmt and "\\U" not in stmt and _NDG not in stmt
+
+
+def normalise_quad(quad: Quad, blank_node_prefix: str) -> Quad:
+    """`quad` as the replica holds it: blank nodes skolemised under `blank_node_prefix`, Neptune's default named
+    graph mapped to the default graph; `MalformedStatement` for RDF-star triple terms. The stream and the
+    bootstrap both go through it, so a streamed and a bootstrapped replica agree."""
     subject, obj, graph = quad.subject, quad.object, quad.graph_name
     if (
         type(subject) is NamedNode

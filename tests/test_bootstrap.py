@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.config
 import pytest
 
 from daemon.bootstrap import Bootstrap, BootstrapConfigError, BootstrapResult
@@ -33,7 +32,7 @@ from daemon.deadletter import DeadLetterFile
 from tests.stand.bootstrap_graph import ChurnApplier, InterleavedReader, Scenario, build_scenario, prepare_source
 from tests.stand.comparator import assert_converged
 from tests.stand.daemon_process import AWS_ENV, DaemonProcess, toml_value, write_config
-from tests.stand.harness import neptune_source, replica, sink_config
+from tests.stand.harness import neptune_source, replica, sink_config, staging_bucket
 from tests.stand.neptune_endpoint import NeptuneStand
 
 ROLE = "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"
@@ -54,16 +53,7 @@ def source_stand() -> Any:
 
 @pytest.fixture
 def bucket(moto_server: str, stand: NeptuneStand) -> str:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-east-1",
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
-    )
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    stand.loader.s3_endpoint = moto_server
-    return BUCKET
+    return staging_bucket(moto_server, stand, BUCKET)
 
 
 def _config(

@@ -218,3 +218,25 @@ def test_a_page_parsed_in_one_call_equals_each_statement_parsed_alone() -> None:
     assert parse_statements(stmts, PREFIX) == [parse_statement(s, PREFIX) for s in stmts]
     for bad in ('<http://s> <http://p> "x .\n', "# a comment\n", "<http://s> <http://p> <http://o> .", None):
         assert parse_statements([*stmts[:5], bad, *stmts[5:9]], PREFIX) is None  # then record by record
+
+
+def test_a_well_formed_page_translates_in_one_pass_like_record_by_record() -> None:
+    """The page fast path (`_well_formed_changes`) gives what `translate_sparql_record` gives record by record,
+    and hands any page with a record it does not expect to the careful path (None)."""
+    from daemon.rdf import parse_statements
+    from daemon.sources.neptune_sparql import _well_formed_changes
+    from tests.stand.rdf_workload import generate_rdf_history
+
+    commits = generate_rdf_history(5, 60, blank_node_prefix=PREFIX).commits
+    records = [record(c, i, op["data"]["stmt"], op["op"]) for c, ops in enumerate(commits, 1)
+               for i, op in enumerate(ops, 1)]  # fmt: skip
+    records[3] = {**records[3], "commitTimestamp": None, "commitTimestampInMillis": 5}
+    quads = parse_statements([r["data"]["stmt"] for r in records], PREFIX)
+    assert quads is not None
+    fast = _well_formed_changes(records, quads)
+    assert fast == [translate_sparql_record(r, PREFIX) for r in records]
+    assert fast[3].commit_ms == 0 and fast[4].commit_ms == 1_700_000_000_000
+    for bad in ({"op": "UPSERT"}, {"eventId": {"commitNum": 1, "opNum": "2"}}, {"eventId": None},
+                {"eventId": {"commitNum": -1, "opNum": 1}}):  # fmt: skip
+        page = [*records[:5], {**records[5], **bad}, *records[6:]]
+        assert _well_formed_changes(page, quads) is None

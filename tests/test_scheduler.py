@@ -131,9 +131,7 @@ async def test_removals_are_one_statement_per_key_in_the_last_phase() -> None:
 
 async def test_numeric_retype_removes_before_setting() -> None:
     plan = await planner().plan([vp("a", "k", 0.0, add=False), vp("a", "k", 0)])
-    assert shapes(plan) == [
-        [[(("vnull", "k"), [{"id": "a"}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]
-    ]
+    assert shapes(plan) == [[[(("vnull", "k"), [{"id": "a"}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]]
 
 
 async def test_label_remove_then_add_nets_out() -> None:

@@ -172,8 +172,7 @@ async def test_two_instances_share_shards_in_lineage_order_and_hand_over_at_drai
     streams = ScriptedStreams(shards, seed=3, throttle_rate=0.05, empty_rate=0.1)
     url, table = await serve_script(stack, monkeypatch, streams)
     a, b = (
-        Supervisor(load_config(instance_config(tmp_path, n, url, engine, graph_name, table, moto_server)))
-        for n in "ab"
+        Supervisor(load_config(instance_config(tmp_path, n, url, engine, graph_name, table, moto_server))) for n in "ab"
     )
     runs = {name: asyncio.create_task(s.run()) for name, s in (("a", a), ("b", b))}
     try:

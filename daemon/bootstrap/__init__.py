@@ -6,8 +6,10 @@ Rooms, one job each:
 |---|---|
 | `records` | snapshot records, the `SnapshotReader` contract, records -> change records |
 | `neptune_reader` | position first, then keyset-paginated openCypher reads of a Neptune source |
+| `sparql_reader` | position first, then grouped keyset pages of SPARQL reads of a Neptune RDF source |
 | `csv_format` | the bulk loader's openCypher CSV format (headers, cells, what CSV cannot carry) |
 | `csv_files` | records -> rolled, gzipped CSV files plus the residual spool |
+| `nquads_files` | quads -> rolled, gzipped N-Quads files (the loader's `nquads` format) |
 | `spool` | change records on disk until the load is done |
 | `s3` | uploads (single PUT or multipart) |
 | `loader` | `StartLoaderJob` / `GetLoaderJobStatus`, outcomes, resume after deadlock |

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from daemon.deadletter import DeadLetterFile
-from daemon.model import GraphChange
 from daemon.scheduler import Planner
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 
@@ -34,6 +33,7 @@ class DirectWriter:
         retry: RetryPolicy,
         dead_letters: DeadLetterFile,
         edge_type_cache_size: int = 200_000,
+        planner: Any = None,
     ) -> None:
         self.sink = sink
         self.applier = PlanApplier(
@@ -44,13 +44,14 @@ class DirectWriter:
             retry=retry,
             dead_letters=dead_letters,
         )
-        self.planner = Planner(sink.dialect, self.applier.lookup_edge_types, edge_type_cache_size)
+        # an RDF sink gets `daemon.rdf.RdfPlanner` (quads), every other sink the openCypher planner
+        self.planner = planner or Planner(sink.dialect, self.applier.lookup_edge_types, edge_type_cache_size)
         self.changes_applied = 0
         self.changes_dead_lettered = 0
         self.plan_seconds = 0.0
         self.apply_seconds = 0.0
 
-    async def apply(self, changes: Iterable[GraphChange]) -> int:
+    async def apply(self, changes: Iterable[Any]) -> int:
         """Plan and apply one chunk of changes; returns the changes applied (the rest were dead-lettered or
         needed no statement)."""
         changes = list(changes)

@@ -1,10 +1,11 @@
 """The Neptune bulk loader: start load jobs, follow them to a final state, and say clearly what happened.
 
 Room in the design: bootstrap step 4 ("S3 -> bulk loader"). Jobs are started with `StartLoaderJob` through
-aiobotocore's `neptunedata` client (`format=opencypher`, `iamRoleArn`, `region`, `failOnError`, `parallelism`,
-`queueRequest`, `userProvidedEdgeIds`, `mode`) and polled with `GetLoaderJobStatus` (`details`, `errors`) until
-their status is final. The node files and the relationship files are two jobs, the second queued with
-`dependencies` on the first, so relationships load only after every node is in.
+aiobotocore's `neptunedata` client (`format=opencypher`, or `nquads` for RDF sources; `iamRoleArn`, `region`,
+`failOnError`, `parallelism`, `queueRequest`, `userProvidedEdgeIds` with openCypher, `mode`) and polled with
+`GetLoaderJobStatus` (`details`, `errors`) until their status is final. The node files and the relationship
+files are two jobs, the second queued with `dependencies` on the first, so relationships load only after every
+node is in (an RDF source's N-Quads files are one job).
 
 Every final status maps to an outcome (`STATUSES`):
 
@@ -122,6 +123,7 @@ class LoaderSettings:
     poll_seconds: float = 5.0
     retries: int = 3
     errors_per_page: int = 10
+    format: str = "opencypher"  # or "nquads" (RDF sources)
 
 
 ProgressHook = Callable[[str, int], None]  # (job name, records loaded so far)
@@ -139,15 +141,16 @@ class LoaderClient:
         s = self.settings
         params: dict[str, Any] = {
             "source": source,
-            "format": "opencypher",
+            "format": s.format,
             "iamRoleArn": s.iam_role_arn,
             "s3BucketRegion": s.region,
             "mode": mode,
             "failOnError": s.fail_on_error,
             "parallelism": self.parallelism,
             "queueRequest": True,
-            "userProvidedEdgeIds": True,
         }
+        if s.format == "opencypher":
+            params["userProvidedEdgeIds"] = True
         if dependencies:
             params["dependencies"] = dependencies
         # Not idempotent: a request that may have reached the loader (timeout, dropped connection) is not sent

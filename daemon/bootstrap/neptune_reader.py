@@ -80,28 +80,8 @@ class NeptuneSnapshotReader:
         self._vertex_ids: set[str] = set()
 
     async def position_before(self) -> dict[str, Position]:
-        try:
-            response = await with_retries(
-                lambda: self.client.get_propertygraph_stream(iteratorType="LATEST", limit=1),
-                what="GetPropertygraphStream LATEST",
-            )
-            event = response["lastEventId"]
-            position: Position = (int(event["commitNum"]), int(event["opNum"]))
-        except Exception as exc:
-            code = error_code(exc)
-            if code == "StreamRecordsNotFoundException":
-                found = _LAST_VALID.search(str(exc))
-                position = (int(found[1]), int(found[2])) if found else (0, 0)
-            elif code in ("UnsupportedOperationException", "StreamsNotEnabledException", "BadRequestException"):
-                raise BootstrapError(
-                    f"source {self.source!r}: cannot read the stream position ({exc}); enable Neptune Streams "
-                    "(neptune_streams = 1 in the cluster parameter group) before bootstrapping"
-                ) from exc
-            else:
-                raise
-        self.position = position
-        log.info("stream position recorded", source=self.source, commit_num=position[0], op_num=position[1])
-        return {PARTITION: position}
+        self.position = await stream_position(self.client, "get_propertygraph_stream", self.source)
+        return {PARTITION: self.position}
 
     async def _page(self, template: str, variable: str, after: str | None) -> list[dict[str, Any]]:
         where = "" if after is None else f"WHERE id({variable}) > $after "
@@ -181,6 +161,31 @@ class NeptuneSnapshotReader:
                     {"position": list(self.position or ()), "element": element_id, "key": key, "value": repr(raw)}
                 ],
             )
+
+
+async def stream_position(client: Any, operation: str, source: str) -> Position:
+    """The newest change's event id of a Neptune stream (`operation`: `get_propertygraph_stream` or
+    `get_sparql_stream`, `iteratorType=LATEST`); an empty stream's 404 names the last valid event id."""
+    try:
+        response = await with_retries(
+            lambda: getattr(client, operation)(iteratorType="LATEST", limit=1), what=f"{operation} LATEST"
+        )
+        event = response["lastEventId"]
+        position: Position = (int(event["commitNum"]), int(event["opNum"]))
+    except Exception as exc:
+        code = error_code(exc)
+        if code == "StreamRecordsNotFoundException":
+            found = _LAST_VALID.search(str(exc))
+            position = (int(found[1]), int(found[2])) if found else (0, 0)
+        elif code in ("UnsupportedOperationException", "StreamsNotEnabledException", "BadRequestException"):
+            raise BootstrapError(
+                f"source {source!r}: cannot read the stream position ({exc}); enable Neptune Streams "
+                "(neptune_streams = 1 in the cluster parameter group) before bootstrapping"
+            ) from exc
+        else:
+            raise
+    log.info("stream position recorded", source=source, commit_num=position[0], op_num=position[1])
+    return position
 
 
 def _check_progress(after: str | None, ids: list[str], what: str) -> str:

@@ -1,9 +1,10 @@
 """Bootstrap progress: a one-line progress display on a terminal, structured progress logs otherwise, metrics.
 
-Room in the design: bootstrap step 5. The same counters feed all three: records read from the source, CSV rows
-and gzipped bytes written to S3, records the loader reports loaded (of the rows written), changes applied
-through openCypher. Metrics: `graph_replicator_bootstrap_records_total{source, stage}` (stage `read`, `csv`,
-`loaded`, `applied`), `graph_replicator_bootstrap_bytes_total`, `graph_replicator_bootstrap_stage_seconds`,
+Room in the design: bootstrap step 5. The same counters feed all three: records read from the source (vertices
+and edges, or quads), CSV (or N-Quads) rows and gzipped bytes written to S3, records the loader reports loaded
+(of the rows written), changes applied through the sink. Metrics:
+`graph_replicator_bootstrap_records_total{source, stage}` (stage `read`, `csv`, `loaded`, `applied`),
+`graph_replicator_bootstrap_bytes_total`, `graph_replicator_bootstrap_stage_seconds`,
 `graph_replicator_bootstrap_last_success_timestamp_seconds`.
 """
 
@@ -37,6 +38,7 @@ class Progress:
         self.stage = "starting"
         self.vertices_read = 0
         self.edges_read = 0
+        self.quads_read = 0  # RDF sources
         self.rows_written = 0
         self.files_written = 0
         self.bytes_written = 0
@@ -68,10 +70,11 @@ class Progress:
             METRICS.bootstrap_stage_seconds.labels(source=self.source, stage=self.stage).set(seconds)
         return seconds
 
-    def read(self, vertices: int = 0, edges: int = 0) -> None:
+    def read(self, vertices: int = 0, edges: int = 0, quads: int = 0) -> None:
         self.vertices_read += vertices
         self.edges_read += edges
-        self._m_read.inc(vertices + edges)
+        self.quads_read += quads
+        self._m_read.inc(vertices + edges + quads)
         self.emit()
 
     def wrote_file(self, rows: int, nbytes: int) -> None:
@@ -101,6 +104,7 @@ class Progress:
             "stage": self.stage,
             "vertices_read": self.vertices_read,
             "edges_read": self.edges_read,
+            **({"quads_read": self.quads_read} if self.quads_read else {}),
             "csv_rows": self.rows_written,
             "csv_files": self.files_written,
             "bytes_uploaded": self.bytes_written,
@@ -112,8 +116,9 @@ class Progress:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        read = self.vertices_read + self.edges_read
-        parts = [f"bootstrap {self.source} [{self.stage}]", f"read {self.vertices_read:,} v {self.edges_read:,} e"]
+        read = self.vertices_read + self.edges_read + self.quads_read
+        what = f"{self.quads_read:,} quads" if self.quads_read else f"{self.vertices_read:,} v {self.edges_read:,} e"
+        parts = [f"bootstrap {self.source} [{self.stage}]", f"read {what}"]
         if read and self.stage == "snapshot":
             parts[-1] += f" ({read / max(elapsed, 1e-6):,.0f}/s)"
         if self.files_written:

@@ -9,6 +9,9 @@ Room in the design: the bootstrap's conductor (DESIGN `bootstrap.py`). For one s
    residual through openCypher (`daemon.bootstrap.csv_files`). Into FalkorDB or Neptune Analytics: the records
    go straight through the sink in large batches (`daemon.bootstrap.direct`); an embedded FalkorDB engine
    then rewrites its append-only file, so `run` does not replay every statement of the copy on start.
+   An RDF (`neptune-sparql`) source's quads (`daemon.bootstrap.sparql_reader`) go into a Neptune cluster
+   (`sparql` sink with `bulk_loader`) as gzipped N-Quads files -> S3 -> one loader job with `format=nquads`
+   (`daemon.bootstrap.nquads_files`), into any other RDF sink as batched `INSERT DATA` through the RDF planner.
 4. **Hand-off**: only when every step succeeded is the recorded position written as the source's checkpoint
    (`daemon.bootstrap.handoff`: the SQLite file, or free leases in the DynamoDB lease table, where a lease held
    by a live instance refuses the bootstrap up front unless `--force`), so `graph-replicator run` replays
@@ -45,7 +48,14 @@ from daemon.bootstrap.records import (
 )
 from daemon.bootstrap.s3 import S3Writer, open_s3_client
 from daemon.bootstrap.spool import ChangeSpool
-from daemon.config import Config, DynamoDBSourceConfig, NeptuneSinkConfig, NeptuneSourceConfig
+from daemon.config import (
+    Config,
+    DynamoDBSourceConfig,
+    NeptuneSinkConfig,
+    NeptuneSourceConfig,
+    NeptuneSparqlSourceConfig,
+    SparqlSinkConfig,
+)
 from daemon.deadletter import DeadLetterFile
 from daemon.model import Position
 from daemon.observability import METRICS
@@ -76,6 +86,8 @@ class BootstrapResult:
     sink: str
     method: str  # "loader" | "direct"
     positions: dict[str, Position]
+    rdf: bool = False  # an RDF source: `quads` were copied (N-Quads files, or INSERT DATA)
+    quads: int = 0
     vertices: int = 0
     edges: int = 0
     dangling_edges: int = 0
@@ -93,16 +105,17 @@ class BootstrapResult:
 
     def summary(self) -> str:
         position = ", ".join(f"{p or 'stream'} {list(pos)}" for p, pos in self.positions.items())
+        copied = f"{self.quads:,} quads" if self.rdf else f"{self.vertices:,} vertices, {self.edges:,} edges"
         lines = [
-            f"bootstrapped source {self.source!r} into {self.sink!r} ({self.method}) in {self.seconds:.1f} s: "
-            f"{self.vertices:,} vertices, {self.edges:,} edges",
+            f"bootstrapped source {self.source!r} into {self.sink!r} ({self.method}) in {self.seconds:.1f} s: {copied}",
             f"handed off position: {position}; `graph-replicator run` continues from there",
         ]
         if self.dangling_edges:
             lines.append(f"{self.dangling_edges:,} edges created during the copy are left to the stream replay")
         if self.files:
+            kind = "N-Quads" if self.rdf else "CSV"
             lines.append(
-                f"{self.files} CSV files, {self.csv_bytes / 1e6:,.1f} MB ({self.gzip_bytes / 1e6:,.1f} MB gzipped) "
+                f"{self.files} {kind} files, {self.csv_bytes / 1e6:,.1f} MB ({self.gzip_bytes / 1e6:,.1f} MB gzipped) "
                 f"at {self.s3_location}"
             )
         if self.residual_changes:
@@ -155,6 +168,12 @@ async def default_reader(
         return await open_neptune_snapshot_reader(
             stack, cfg, page_size=config.bootstrap.read_page_size, dead_letters=dead_letters
         )
+    if isinstance(cfg, NeptuneSparqlSourceConfig):
+        from daemon.bootstrap.sparql_reader import open_sparql_snapshot_reader  # pyoxigraph: only for RDF configs
+
+        return await open_sparql_snapshot_reader(
+            stack, cfg, page_size=config.bootstrap.read_page_size, dead_letters=dead_letters
+        )
     if isinstance(cfg, DynamoDBSourceConfig):
         data_dir = config.daemon.resolved_data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +211,10 @@ class Bootstrap:
         self.allow_non_empty_target = allow_non_empty_target
         self._reader_factory = reader_factory
         self.run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-        self.use_loader = isinstance(self.sink_cfg, NeptuneSinkConfig)
+        self.rdf = isinstance(self.source_cfg, NeptuneSparqlSourceConfig)
+        self.use_loader = isinstance(self.sink_cfg, NeptuneSinkConfig) or (
+            isinstance(self.sink_cfg, SparqlSinkConfig) and self.sink_cfg.bulk_loader
+        )
         self.dead_letters = DeadLetterFile(config.dead_letter_path)
 
     def _check_settings(self) -> None:
@@ -201,16 +223,13 @@ class Bootstrap:
         missing = [k for k in ("s3_bucket", "iam_role_arn") if getattr(self.settings, k) is None]
         if missing:
             raise BootstrapConfigError(
-                "; ".join(f"bootstrap.{k}: required to bootstrap into a neptune sink (bulk loader)" for k in missing)
+                "; ".join(
+                    f"bootstrap.{k}: required to bootstrap into sink {self.sink_name!r} through the Neptune bulk loader"
+                    for k in missing
+                )
             )
 
     async def run(self) -> BootstrapResult:
-        if self.source_cfg.kind == "neptune-sparql":
-            raise BootstrapConfigError(
-                f"source {self.source_cfg.name!r}: bootstrap of RDF (neptune-sparql) sources is not available in "
-                'this version; start from an empty target with start = "trim_horizon" while the stream holds '
-                "everything, or copy the data by other means and set the checkpoint (docs/rdf.md)"
-            )
         self._check_settings()
         started = time.monotonic()
         async with AsyncExitStack() as store_stack:
@@ -238,7 +257,12 @@ class Bootstrap:
                 result = BootstrapResult(
                     self.source_cfg.name, self.sink_name, "loader" if self.use_loader else "direct", positions
                 )
-                if self.use_loader:
+                result.rdf = self.rdf
+                if self.rdf and self.use_loader:
+                    await self._rdf_via_loader(stack, reader, result)
+                elif self.rdf:
+                    await self._rdf_direct(reader, sink, result)
+                elif self.use_loader:
                     await self._via_loader(stack, reader, sink, result)
                 else:
                     await self._direct(reader, sink, result)
@@ -253,14 +277,18 @@ class Bootstrap:
         return result
 
     async def _check_empty(self, sink: GraphSink) -> None:
-        rows = await sink.query("MATCH (n) RETURN 1 AS found LIMIT 1")
-        if rows:
+        if self.rdf:
+            rows = await sink.query("ASK { { ?s ?p ?o } UNION { GRAPH ?g { ?s ?p ?o } } }")
+            found, what = bool(rows and rows[0].get("ask")), "quads"
+        else:
+            found, what = bool(await sink.query("MATCH (n) RETURN 1 AS found LIMIT 1")), "elements"
+        if found:
             raise BootstrapConfigError(
-                f"sink {self.sink_name!r} is not empty: a copy into it would keep elements the source no longer has. "
+                f"sink {self.sink_name!r} is not empty: a copy into it would keep {what} the source no longer has. "
                 "Empty it first, or pass --allow-non-empty-target if it holds nothing the source lacks."
             )
 
-    def _direct_writer(self, sink: GraphSink) -> DirectWriter:
+    def _direct_writer(self, sink: GraphSink, planner: Any = None) -> DirectWriter:
         s = self.sink_cfg
         return DirectWriter(
             sink,
@@ -270,6 +298,7 @@ class Bootstrap:
             retry=RetryPolicy(s.retry_initial_seconds, s.retry_max_seconds, s.attempts_before_split),
             dead_letters=self.dead_letters,
             edge_type_cache_size=max(self.source_cfg.edge_type_cache_size, 1),
+            planner=planner,
         )
 
     async def _direct(self, reader: SnapshotReader, sink: GraphSink, result: BootstrapResult) -> None:
@@ -300,21 +329,109 @@ class Bootstrap:
         if await compact_embedded_engine(sink):
             result.stages["compact"] = Stage(rows, time.perf_counter() - began)
 
-    async def _via_loader(
-        self, stack: AsyncExitStack, reader: SnapshotReader, sink: GraphSink, result: BootstrapResult
-    ) -> None:
-        """Neptune Database: CSV -> S3 -> bulk loader, then the residual through openCypher."""
+    async def _rdf_direct(self, reader: Any, sink: GraphSink, result: BootstrapResult) -> None:
+        """RDF into the embedded Oxigraph store or a SPARQL endpoint: every quad an ADD through the RDF planner
+        and `PlanApplier` (batched `INSERT DATA`, retries, bisection, dead letters), as the stream writes it."""
+        from daemon.rdf import QuadChange, RdfPlanner
+
+        position = result.positions.get("", (0, 0))
+        writer = self._direct_writer(sink, planner=RdfPlanner())
+        self.progress.begin("snapshot")
+        async for quads in _prefetch(reader.quads()):
+            result.quads += len(quads)
+            self.progress.read(quads=len(quads))
+            self.progress.apply(await writer.apply([QuadChange(True, quad, position) for quad in quads]))
+        result.dead_lettered += writer.changes_dead_lettered
+        result.stages["snapshot read"] = Stage(result.quads, float(reader.read_seconds))
+        result.stages["plan"] = Stage(result.quads, writer.plan_seconds)
+        result.stages["write"] = Stage(result.quads, writer.apply_seconds)
+
+    async def _rdf_via_loader(self, stack: AsyncExitStack, reader: Any, result: BootstrapResult) -> None:
+        """RDF into a Neptune cluster: gzipped N-Quads files -> S3 -> one bulk loader job (`format=nquads`)."""
+        from daemon.bootstrap.nquads_files import QUADS, NQuadsFile, NQuadsSnapshotWriter
+
         s, sink_cfg = self.settings, self.sink_cfg
-        assert isinstance(sink_cfg, NeptuneSinkConfig) and s.s3_bucket is not None and s.iam_role_arn is not None
-        region = s.s3_region or sink_cfg.region
+        assert isinstance(sink_cfg, SparqlSinkConfig) and sink_cfg.region is not None
+        s3, prefix = await self._s3(stack, sink_cfg.region, sink_cfg.profile, result)
+        upload = Stage()
+
+        async def put(file: NQuadsFile) -> None:
+            began = time.perf_counter()
+            await s3.put(f"{prefix}/{file.name}", file.data)
+            upload.seconds += time.perf_counter() - began
+            upload.rows += file.rows
+            self.progress.wrote_file(file.rows, len(file.data))
+
+        writer = NQuadsSnapshotWriter(put, file_max_bytes=s.file_max_bytes)
+        self.progress.begin("snapshot")
+        try:
+            async for quads in _prefetch(reader.quads()):
+                result.quads += len(quads)
+                self.progress.read(quads=len(quads))
+                await writer.add(quads)
+            await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+        stats = writer.stats
+        result.files, result.csv_bytes, result.gzip_bytes = stats.files, stats.text_bytes, stats.gzip_bytes
+        result.stages["snapshot read"] = Stage(result.quads, float(reader.read_seconds))
+        result.stages["n-quads write"] = Stage(stats.rows, stats.encode_seconds)
+        result.stages["s3 upload"] = upload
+        if stats.files:
+            self.progress.rows_to_load = stats.rows
+            self.progress.begin("load")
+            loader = await self._loader(stack, sink_cfg.loader_endpoint, sink_cfg.region, sink_cfg.profile, "nquads")
+            began = time.perf_counter()
+            result.loads = await loader.load_all([(QUADS, s3.uri(f"{prefix}/{QUADS}/"))])
+            result.stages["load"] = Stage(stats.rows, time.perf_counter() - began)
+            if not s.keep_files:
+                deleted = await s3.delete_prefix(prefix + "/")
+                log.info("bootstrap files deleted", location=result.s3_location, files=deleted)
+
+    async def _s3(
+        self, stack: AsyncExitStack, sink_region: str, profile: str | None, result: BootstrapResult
+    ) -> tuple[S3Writer, str]:
+        """The staging bucket's writer (checked) and this run's key prefix."""
+        s = self.settings
+        assert s.s3_bucket is not None
         prefix = "/".join(p for p in (s.s3_prefix.strip("/"), self.source_cfg.name, self.run_id) if p)
         s3 = S3Writer(
-            await open_s3_client(stack, endpoint=s.s3_endpoint, region=region, profile=sink_cfg.profile),
+            await open_s3_client(stack, endpoint=s.s3_endpoint, region=s.s3_region or sink_region, profile=profile),
             s.s3_bucket,
             part_bytes=s.multipart_part_bytes,
         )
         await s3.check_bucket()
         result.s3_location = s3.uri(prefix + "/")
+        return s3, prefix
+
+    async def _loader(
+        self, stack: AsyncExitStack, endpoint: str, region: str, profile: str | None, file_format: str
+    ) -> LoaderClient:
+        s = self.settings
+        assert s.iam_role_arn is not None
+        client = await open_client(stack, "neptunedata", endpoint=endpoint, region=region, profile=profile)
+        return LoaderClient(
+            client,
+            LoaderSettings(
+                iam_role_arn=s.iam_role_arn,
+                region=s.s3_region or region,
+                parallelism=s.loader_parallelism,
+                fail_on_error=s.loader_fail_on_error,
+                poll_seconds=s.loader_poll_seconds,
+                retries=s.loader_retries,
+                format=file_format,
+            ),
+            on_progress=self.progress.loader,
+        )
+
+    async def _via_loader(
+        self, stack: AsyncExitStack, reader: SnapshotReader, sink: GraphSink, result: BootstrapResult
+    ) -> None:
+        """Neptune Database: CSV -> S3 -> bulk loader, then the residual through openCypher."""
+        s, sink_cfg = self.settings, self.sink_cfg
+        assert isinstance(sink_cfg, NeptuneSinkConfig)
+        s3, prefix = await self._s3(stack, sink_cfg.region, sink_cfg.profile, result)
         data_dir = self.config.daemon.resolved_data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         spools = ChangeSpool(data_dir, name="vertices"), ChangeSpool(data_dir, name="edges")
@@ -364,21 +481,7 @@ class Bootstrap:
         if jobs:
             self.progress.rows_to_load = sum(stats.rows.values())
             self.progress.begin("load")
-            client = await open_client(
-                stack, "neptunedata", endpoint=sink_cfg.endpoint, region=sink_cfg.region, profile=sink_cfg.profile
-            )
-            loader = LoaderClient(
-                client,
-                LoaderSettings(
-                    iam_role_arn=s.iam_role_arn,
-                    region=region,
-                    parallelism=s.loader_parallelism,
-                    fail_on_error=s.loader_fail_on_error,
-                    poll_seconds=s.loader_poll_seconds,
-                    retries=s.loader_retries,
-                ),
-                on_progress=self.progress.loader,
-            )
+            loader = await self._loader(stack, sink_cfg.endpoint, sink_cfg.region, sink_cfg.profile, "opencypher")
             began = time.perf_counter()
             result.loads = await loader.load_all(jobs)
             result.stages["load"] = Stage(sum(stats.rows.values()), time.perf_counter() - began)
@@ -407,6 +510,6 @@ def bootstrap_error_text(exc: BaseException) -> str:
     if not isinstance(exc, BootstrapConfigError):
         out += (
             "\nThe target may hold part of the copy: empty it, fix the cause, and run bootstrap again "
-            "(CSV files stay in S3 for inspection)."
+            "(files written to S3 stay there for inspection)."
         )
     return out

@@ -72,7 +72,7 @@ class OxigraphSink(RdfSink):
         if statement == INSERT:
             await asyncio.to_thread(_insert, store, quads)
         elif statement == DELETE:
-            await asyncio.to_thread(_update, store, f"DELETE DATA {sparql_data_block(quads)}")
+            await asyncio.to_thread(_delete, store, quads)
         else:
             raise ValueError(f"not an RDF batch statement: {statement!r}")
         return []
@@ -93,8 +93,10 @@ def _insert(store: Store, quads: list[Any]) -> None:
     store.extend(quads)
 
 
-def _update(store: Store, update: str) -> None:
-    store.update(update)
+def _delete(store: Store, quads: list[Any]) -> None:
+    # the text is built in the worker thread too, off the event loop; one update is one transaction, and at about
+    # 15 us a quad it beats `Store.remove` a quad at a time (about 40 us, a transaction each)
+    store.update(f"DELETE DATA {sparql_data_block(quads)}")
 
 
 def solution_rows(result: Any) -> list[dict[str, Any]]:

@@ -29,10 +29,73 @@ from daemon.rdf import sparql_data_block
 from daemon.sinks.base import ErrorClass
 from daemon.sinks.oxigraph import RdfSink
 
-__all__ = ["SparqlSink", "sparql_error"]
+__all__ = ["SparqlClient", "SparqlSink", "binding_term", "sparql_error"]
 
 FORM = "application/x-www-form-urlencoded"
 SPARQL_RESULTS = "application/sparql-results+json"
+
+
+class SparqlClient:
+    """SPARQL 1.1 protocol over aiohttp: form-encoded POSTs, SigV4-signed when `sigv4_region` is set. The sink
+    writes through it; `graph-replicator bootstrap` reads a `neptune-sparql` source's data through it."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        sigv4_region: str | None = None,
+        profile: str | None = None,
+        timeout_seconds: float = 60.0,
+        max_connections: int = 8,
+    ) -> None:
+        self.name = name
+        self._region, self._profile = sigv4_region, profile
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._limit = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._credentials: Any = None  # botocore (refreshable) credentials, with sigv4
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        if self._region is not None:
+            self._credentials = await AioSession(profile=self._profile).get_credentials()
+            if self._credentials is None:
+                raise ConnectionError(f"{self.name!r}: no AWS credentials found for SigV4 signing")
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=self._limit),
+            headers={"User-Agent": user_agent()},
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def select(self, url: str, statement: str) -> dict[str, Any]:
+        """A query's SPARQL 1.1 JSON results document."""
+        result: dict[str, Any] = orjson.loads(await self.post(url, {"query": statement}, SPARQL_RESULTS))
+        return result
+
+    async def post(self, url: str, form: dict[str, str], accept: str) -> bytes:
+        if self._session is None:
+            raise ConnectionError(f"{self.name!r} is not started")
+        body = urllib.parse.urlencode(form).encode()  # the bytes sent are the bytes signed
+        headers = {"Content-Type": FORM, "Accept": accept}
+        if self._credentials is not None:
+            headers = await self._signed(url, body, headers)
+        async with self._session.post(url, data=body, headers=headers) as response:
+            payload = await response.read()
+            if response.status >= 300:
+                raise sparql_error(response.status, payload, response.headers.get("Content-Type", ""))
+            return payload
+
+    async def _signed(self, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        credentials = await self._credentials.get_frozen_credentials()
+        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+        SigV4Auth(credentials, "neptune-db", self._region).add_auth(request)
+        return dict(request.headers.items())
 
 
 class SparqlSink(RdfSink):
@@ -51,60 +114,30 @@ class SparqlSink(RdfSink):
     ) -> None:
         self.name = name
         self.update_url, self.query_url = update_url, query_url or update_url
-        self._region, self._profile = sigv4_region, profile
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._limit = concurrency * 2
-        self._session: aiohttp.ClientSession | None = None
-        self._credentials: Any = None  # botocore (refreshable) credentials, with sigv4
-
-    async def start(self) -> None:
-        if self._session is not None:
-            return
-        if self._region is not None:
-            self._credentials = await AioSession(profile=self._profile).get_credentials()
-            if self._credentials is None:
-                raise ConnectionError(f"sink {self.name!r}: no AWS credentials found for SigV4 signing")
-        self._session = aiohttp.ClientSession(
-            timeout=self._timeout,
-            connector=aiohttp.TCPConnector(limit=self._limit),
-            headers={"User-Agent": user_agent()},
+        self.client = SparqlClient(
+            f"sink {name}",
+            sigv4_region=sigv4_region,
+            profile=profile,
+            timeout_seconds=timeout_seconds,
+            max_connections=concurrency * 2,
         )
 
+    async def start(self) -> None:
+        await self.client.start()
+
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self.client.close()
 
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         update = f"{statement} {sparql_data_block(row['quad'] for row in rows)}"
-        await self._post(self.update_url, {"update": update}, "*/*")
+        await self.client.post(self.update_url, {"update": update}, "*/*")
         return []
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        body = await self._post(self.query_url, {"query": statement}, SPARQL_RESULTS)
-        return results_rows(orjson.loads(body))
+        return results_rows(await self.client.select(self.query_url, statement))
 
     def classify(self, exc: BaseException) -> ErrorClass:
         return classify_aws_error(exc)
-
-    async def _post(self, url: str, form: dict[str, str], accept: str) -> bytes:
-        if self._session is None:
-            raise ConnectionError(f"sink {self.name!r} is not started")
-        body = urllib.parse.urlencode(form).encode()  # the bytes sent are the bytes signed
-        headers = {"Content-Type": FORM, "Accept": accept}
-        if self._credentials is not None:
-            headers = await self._signed(url, body, headers)
-        async with self._session.post(url, data=body, headers=headers) as response:
-            payload = await response.read()
-            if response.status >= 300:
-                raise sparql_error(response.status, payload, response.headers.get("Content-Type", ""))
-            return payload
-
-    async def _signed(self, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
-        credentials = await self._credentials.get_frozen_credentials()
-        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
-        SigV4Auth(credentials, "neptune-db", self._region).add_auth(request)
-        return dict(request.headers.items())
 
 
 def sparql_error(status: int, payload: bytes, content_type: str) -> ClientError:
@@ -134,15 +167,23 @@ def results_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _term(binding: dict[str, Any]) -> str:
+    return str(binding_term(binding))
+
+
+def binding_term(binding: dict[str, Any]) -> Any:
+    """One term of SPARQL 1.1 JSON results as a pyoxigraph term (`typed-literal`, the SPARQL XML-era spelling
+    some servers still send, included)."""
     from pyoxigraph import BlankNode, Literal, NamedNode
 
     kind, value = binding.get("type"), binding.get("value", "")
     if kind == "uri":
-        return str(NamedNode(value))
+        return NamedNode(value)
     if kind == "bnode":
-        return str(BlankNode(value))
+        return BlankNode(value)
+    if kind not in ("literal", "typed-literal"):
+        raise ValueError(f"not an RDF term of SPARQL JSON results: {binding!r}")
     if "xml:lang" in binding:
-        return str(Literal(value, language=binding["xml:lang"]))
+        return Literal(value, language=binding["xml:lang"])
     if "datatype" in binding:
-        return str(Literal(value, datatype=NamedNode(binding["datatype"])))
-    return str(Literal(value))
+        return Literal(value, datatype=NamedNode(binding["datatype"]))
+    return Literal(value)

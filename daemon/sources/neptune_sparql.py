@@ -19,6 +19,7 @@ from daemon.deadletter import DeadLetterFile
 from daemon.rdf import MalformedStatement, QuadChange, default_blank_node_prefix, parse_statement, parse_statements
 from daemon.sources.neptune import PARTITION, NeptuneStreamSource
 from daemon.sources.pgjson import MalformedRecord, record_position
+from daemon.values import INT64_MAX
 
 __all__ = ["NeptuneSparqlStreamSource", "translate_sparql_record"]
 
@@ -51,6 +52,30 @@ def translate_sparql_record(
     )
 
 
+def _well_formed_changes(records: list[dict[str, Any]], quads: list[Quad]) -> list[QuadChange] | None:
+    """A page's changes when every record is well formed (nearly always), in one tight loop with the checks of
+    `translate_sparql_record` inline (about a third of its cost a record); None sends the page the careful way,
+    record by record, which names and dead-letters what is wrong."""
+    changes: list[QuadChange] = []
+    append = changes.append
+    try:
+        for record, quad in zip(records, quads, strict=True):
+            event = record["eventId"]
+            commit, op_num = event["commitNum"], event["opNum"]
+            if commit.__class__ is not int or op_num.__class__ is not int or not 0 <= commit <= INT64_MAX:
+                return None
+            if not 0 <= op_num <= INT64_MAX:
+                return None
+            op = record["op"]
+            if op != "ADD" and op != "REMOVE":
+                return None
+            commit_ms = record.get("commitTimestamp", record.get("commitTimestampInMillis", 0))
+            append(QuadChange(op == "ADD", quad, (commit, op_num), commit_ms if commit_ms.__class__ is int else 0))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+    return changes
+
+
 class NeptuneSparqlStreamSource(NeptuneStreamSource):
     """`NeptuneStreamSource` reading the SPARQL stream into `QuadChange`s."""
 
@@ -63,8 +88,12 @@ class NeptuneSparqlStreamSource(NeptuneStreamSource):
     def _translate(self, records: list[dict[str, Any]]) -> list[QuadChange]:  # type: ignore[override]
         stmts = [r.get("data", {}).get("stmt") if isinstance(r, dict) and isinstance(r.get("data"), dict) else None
                  for r in records]  # fmt: skip
-        self._parsed = parse_statements(stmts, self.blank_node_prefix)  # None: parse record by record
-        self._index = 0
+        parsed = parse_statements(stmts, self.blank_node_prefix)  # None: parse record by record
+        if parsed is not None:
+            changes = _well_formed_changes(records, parsed)
+            if changes is not None:
+                return changes
+        self._parsed, self._index = parsed, 0
         try:
             return super()._translate(records)  # type: ignore[return-value]
         finally:

@@ -130,3 +130,20 @@ def add_lease_table(path: Path, endpoint: str, table: str, **settings: object) -
     body = "".join(f"{k} = {toml_value(v)}\n" for k, v in checkpoint.items())
     path.write_text(path.read_text() + "\n[checkpoint]\n" + body)
     return path
+
+
+def staging_bucket(moto_server: str, stand: NeptuneStand, bucket: str) -> str:
+    """A bootstrap's staging bucket in moto's S3 (created once), and the stand's loader reading from there."""
+    import boto3
+    import botocore.config
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
+    )
+    if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=bucket)
+    stand.loader.s3_endpoint = moto_server
+    return bucket

@@ -4,8 +4,9 @@ Wire shapes follow botocore's `neptunedata` model (`StartLoaderJob`, `ListLoader
 `CancelLoaderJob`) and the Neptune loader documentation:
 
 * `POST /loader` takes `source` (`s3://bucket/prefix`: every object under the prefix is a *feed*), `format`
-  (only `opencypher` here), `iamRoleArn` (an IAM role ARN), `region`, `mode` (`NEW` | `RESUME` | `AUTO`),
-  `failOnError`, `parallelism`, `queueRequest`, `dependencies`, `userProvidedEdgeIds`; answers
+  (`opencypher`, or `nquads`: RDF, loaded into the stand's pyoxigraph store `stand.rdf_store`), `iamRoleArn`
+  (an IAM role ARN), `region`, `mode` (`NEW` | `RESUME` | `AUTO`), `failOnError`, `parallelism`,
+  `queueRequest`, `dependencies`, `userProvidedEdgeIds` (openCypher); answers
   `{"status": "200 OK", "payload": {"loadId": ...}}`. A source with no objects, or a bucket that does not
   exist, is refused at once (400 `BadRequestException`, as Neptune does); a second job while one is queued or
   running needs `queueRequest`.
@@ -18,7 +19,9 @@ Wire shapes follow botocore's `neptunedata` model (`StartLoaderJob`, `ListLoader
   conventions (hidden vertex label, `~id`, encoded names): nodes are MERGEd by id (labels and properties added),
   relationships MERGEd by type and id between existing nodes. Bad records become error lines
   (`PARSING_ERROR`, `DATATYPE_MISMATCH`, `FROM_OR_TO_VERTEX_ARE_MISSING`); with `failOnError` the first
-  failed feed stops the job (`LOAD_FAILED`); feeds loaded before it stay loaded, as with Neptune.
+  failed feed stops the job (`LOAD_FAILED`); feeds loaded before it stay loaded, as with Neptune. An N-Quads
+  feed is parsed by pyoxigraph and added to `stand.rdf_store` as it is (a line without a graph into the default
+  graph, as the stand's `INSERT DATA` writes it); a syntax error is a `PARSING_ERROR` line.
 * `mode=RESUME` (and `AUTO` after an earlier job of the same source) skips the feeds an earlier job of the
   same source loaded.
 * `GET /loader/{id}?details=true&errors=true&page=1&errorsPerPage=10` answers the documented payload:
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import pyoxigraph
 import redis.exceptions
 from aiohttp import web
 
@@ -113,6 +117,7 @@ class Job:
     dependencies: list[str]
     fail_on_error: bool
     mode: str
+    format: str  # opencypher | nquads
     run: int = 1
     status: str = "LOAD_NOT_STARTED"
     feeds: list[Feed] = field(default_factory=list)
@@ -217,9 +222,10 @@ class BulkLoader:
         if not isinstance(body, dict):
             raise _error(400, "BadRequestException", "request body is not a JSON object")
         source = body.get("source")
-        if body.get("format") != "opencypher":
+        file_format = body.get("format")
+        if file_format not in ("opencypher", "nquads"):
             raise _error(
-                400, "BadRequestException", f"the stand loads format opencypher only, not {body.get('format')!r}"
+                400, "BadRequestException", f"the stand loads formats opencypher and nquads, not {file_format!r}"
             )
         if not isinstance(source, str) or not (match := re.fullmatch(r"s3://([^/]+)/?(.*)", source)):
             raise _error(400, "InvalidParameterException", f"source must be s3://bucket/prefix, not {source!r}")
@@ -231,7 +237,7 @@ class BulkLoader:
         mode = str(body.get("mode", "AUTO")).upper()
         if mode not in ("NEW", "RESUME", "AUTO"):
             raise _error(400, "InvalidParameterException", f"unknown mode {mode!r}")
-        if not _bool(body.get("userProvidedEdgeIds"), True):
+        if file_format == "opencypher" and not _bool(body.get("userProvidedEdgeIds"), True):
             raise _error(400, "BadRequestException", "the stand needs userProvidedEdgeIds (relationship :ID columns)")
         dependencies = list(body.get("dependencies") or [])
         for dep in dependencies:
@@ -263,6 +269,7 @@ class BulkLoader:
             dependencies,
             _bool(body.get("failOnError"), True),
             mode,
+            file_format,
             feeds=[Feed(f"s3://{bucket}/{key}", key) for key in keys],
         )
         if busy:
@@ -382,6 +389,9 @@ class BulkLoader:
                 return
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
+            if job.format == "nquads":
+                await self._load_nquads(job, feed, data)
+                return
             try:
                 parsed = await asyncio.to_thread(parse_opencypher_csv, data)
             except CsvFormatError as exc:
@@ -405,6 +415,25 @@ class BulkLoader:
             feed.status = "LOAD_FAILED" if parsed.errors or feed.insert_errors else "LOAD_COMPLETED"
         finally:
             feed.seconds = time.monotonic() - started
+
+    async def _load_nquads(self, job: Job, feed: Feed, data: bytes) -> None:
+        """A feed of N-Quads into the stand's RDF store (`stand.rdf_store`, what its /sparql endpoint serves):
+        parsed whole by pyoxigraph, then added in one call; a syntax error fails the feed with its line."""
+
+        def parse() -> list[pyoxigraph.Quad]:
+            return list(pyoxigraph.parse(data, format=pyoxigraph.RdfFormat.N_QUADS))
+
+        try:
+            quads = await asyncio.to_thread(parse)
+        except SyntaxError as exc:
+            feed.parsing_errors += 1
+            line = re.search(r"line (\d+)", str(exc))
+            self._error_line(job, feed, "PARSING_ERROR", str(exc), int(line[1]) if line else 0)
+            feed.status = "LOAD_FAILED"
+            return
+        await asyncio.to_thread(self.stand.rdf_store.extend, quads)
+        feed.records = len(quads)
+        feed.status = "LOAD_COMPLETED"
 
     # ------------------------------------------------------------------------------------------- S3
 

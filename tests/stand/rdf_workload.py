@@ -10,6 +10,9 @@ newlines, tabs, control characters, non-ASCII) written with `\\uXXXX` / `\\UXXXX
 random, and add / remove / re-add of the same quad, sometimes in one commit. A quad is ADDed only while absent and
 REMOVEd only while present, as Neptune writes its stream.
 
+`neptune_quad` / `apply_commit` keep a source store (a stand's `rdf_store`, what a bootstrap reads) in step with the
+stream, holding quads as Neptune does: blank-node labels as written, default-graph triples in DefaultNamedGraph.
+
 Statements are written here by hand (not by pyoxigraph's serializer), so the parser under test sees escapes and
 forms a serializer would not produce; the reference is built from pyoxigraph terms, not by parsing.
 """
@@ -20,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyoxigraph import DefaultGraph, Literal, NamedNode, Quad
+from pyoxigraph import DefaultGraph, Literal, NamedNode, Quad, RdfFormat, Store, parse
 
 from daemon.rdf import NEPTUNE_DEFAULT_GRAPH
 
@@ -172,3 +175,22 @@ def generate_rdf_history(
             history.n_ops += len(ops)
     history.reference = set(present)
     return history
+
+
+def neptune_quad(stmt: str) -> Quad:
+    """A stream statement as the source cluster stores it: blank-node labels kept (the label a query answers is
+    the stream's label), a triple in Neptune's DefaultNamedGraph."""
+    [quad] = parse(stmt, format=RdfFormat.N_QUADS)
+    if isinstance(quad.graph_name, DefaultGraph):
+        return Quad(quad.subject, quad.predicate, quad.object, NamedNode(NEPTUNE_DEFAULT_GRAPH))
+    return quad
+
+
+def apply_commit(store: Store, ops: list[dict[str, Any]]) -> None:
+    """One commit of stream operations applied to a source store (ADD / REMOVE of a quad, in order)."""
+    for op in ops:
+        quad = neptune_quad(op["data"]["stmt"])
+        if op["op"] == "ADD":
+            store.add(quad)
+        else:
+            store.remove(quad)
