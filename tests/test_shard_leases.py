@@ -87,7 +87,7 @@ def running(
         for i in range(len(cluster.configs)):
             if i != first:
                 cluster.start(i)
-        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 40, "the open shards' leases spread over 3 instances")
+        cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 90, "the open shards' leases spread over 3 instances")
         yield stream, cluster, feeder
     finally:
         feeder.stop()
