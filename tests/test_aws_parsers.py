@@ -242,3 +242,15 @@ async def test_property_graph_stream_bodies_parse_as_botocore_parses_them(value:
 def test_other_protocols_are_aiobotocores() -> None:
     assert type(DAEMON.create_parser("query")) is type(BOTOCORE.create_parser("query"))
     assert isinstance(DAEMON.create_parser("json"), aws_parsers.JSONParser)
+
+
+async def test_the_daemons_clients_use_these_parsers() -> None:
+    from contextlib import AsyncExitStack
+
+    from daemon.aws import open_client
+
+    async with AsyncExitStack() as stack:
+        client = await open_client(stack, "dynamodbstreams", endpoint="http://127.0.0.1:9", region="us-east-1")
+        factory = client._endpoint._response_parser_factory
+        assert isinstance(factory, aws_parsers.ResponseParserFactory)
+        assert isinstance(factory.create_parser(client.meta.service_model.resolved_protocol), aws_parsers.JSONParser)
