@@ -360,8 +360,8 @@ def _notes(
         f"every batch (chunks of {BATCH_SIZE} rows) on a sink that builds the Neptune request body with orjson "
         "and sends nothing.",
         "",
-        "A whole response parsed by a botocore parser is timed on the last four rows, each with the daemon's model "
-        "extras (which declare the records a JSON document), alternating: aiobotocore's own parser "
+        "A whole response parsed by a botocore parser is timed on the last four rows (collector off), each with the "
+        "daemon's model extras (which declare the records a JSON document), alternating: aiobotocore's own parser "
         f"({parse_us['neptune', False]:.1f} µs a Neptune record, {parse_us['dynamodb', False]:.1f} µs a DynamoDB "
         "one: the standard library's `json` on the body), and the daemon's (`daemon.aws_parsers`, what its "
         "clients use: the same parser with orjson decoding the body of a successful stream read, "
