@@ -98,8 +98,12 @@ async def open_client(
     from aiobotocore.config import AioConfig
     from aiobotocore.session import AioSession
 
+    from daemon.aws_parsers import ResponseParserFactory
+
     session = AioSession(profile=profile)
     session.get_component("data_loader").search_paths.insert(0, str(MODEL_EXTRAS))
+    # botocore's parsers, with orjson decoding the stream reads' bodies (`daemon.aws_parsers`)
+    session.register_component("response_parser_factory", ResponseParserFactory())
     config = AioConfig(
         retries={"total_max_attempts": 1},
         connect_timeout=min(timeout_seconds, 10.0),

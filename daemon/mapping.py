@@ -301,7 +301,8 @@ class _CompiledRule:
 
     def properties(self, item: Item) -> dict[str, Any]:
         """The item's attributes as properties, by the name rule and the value rule (`from_dynamodb`), with the
-        common values (an ASCII string without NUL, a plain integer, a boolean) converted inline."""
+        common values (an ASCII string without NUL, a plain integer, a boolean) converted inline and any other
+        number by `dynamodb_number` directly."""
         names = self.names
         out: dict[str, Any] = {}
         for attr in item if self.keep is None else [a for a in self.keep if a in item]:
@@ -326,6 +327,11 @@ class _CompiledRule:
                         if raw.__class__ is str and len(raw) <= 18 and raw.isdigit() and raw.isascii():
                             out[name] = int(raw)
                             continue
+                        try:  # the number rule itself, without `from_dynamodb`'s dispatch on the type tag
+                            out[name] = dynamodb_number(raw)
+                        except UnsupportedValue as exc:
+                            raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
+                        continue
                     else:
                         raw = value.get("BOOL")
                         if raw.__class__ is bool:

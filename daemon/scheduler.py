@@ -199,6 +199,8 @@ class Plan:
         return len({id(m) for b in self.batches() for m in b.mutations})
 
 
+_VREPLACE_LABELLED, _VREPLACE = ("vreplace", True), ("vreplace", False)  # statement shapes of a whole vertex
+
 # Phases of a layer, in execution order.
 RETYPE, CREATE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(7)
 _PHASES = 7
@@ -286,20 +288,27 @@ class Planner:
         open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
+        types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
         n = 0
         for c in changes:
             n += 1
-            if c.kind == VERTEX_LABEL or c.kind == VERTEX_PROPERTY or c.kind == WHOLE_VERTEX:
-                vm = open_vertex.get(c.id)
+            kind = c.kind
+            if kind == WHOLE_VERTEX or kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
+                vertex_id = c.id
+                vm = open_vertex.get(vertex_id)
                 if vm is None:
-                    layer = max(vertex_write.get(c.id, -1), vertex_read.get(c.id, -1)) + 1
-                    if c.kind == WHOLE_VERTEX and c.add:  # what `merge` makes of it, built in one step
-                        vm = VertexMutation(c.id, layer, {c.key: None}, {}, dict(c.value), {}, set(), True, False, [c])
+                    layer = vertex_write.get(vertex_id, -1)
+                    read = vertex_read.get(vertex_id, -1)
+                    layer = (layer if layer > read else read) + 1
+                    if kind == WHOLE_VERTEX and c.add:  # what `merge` makes of it, built in one step
+                        vm = VertexMutation(
+                            vertex_id, layer, {c.key: None}, {}, dict(c.value), {}, set(), True, False, [c]
+                        )
                     else:
-                        vm = VertexMutation(c.id, layer)
+                        vm = VertexMutation(vertex_id, layer)
                         vm.merge(c)
-                    vertex_write[c.id] = layer
-                    open_vertex[c.id] = vm
+                    vertex_write[vertex_id] = layer
+                    open_vertex[vertex_id] = vm
                     mutations.append(vm)
                     continue
                 vm.merge(c)
@@ -307,7 +316,7 @@ class Planner:
 
             edge_id = c.id
             em = open_edge.get(edge_id)
-            if c.kind == EDGE_PROPERTY:
+            if kind == EDGE_PROPERTY:
                 if em is not None and em.action in (EDGE_UPSERT, EDGE_PROPS):
                     em.changes.append(c)
                     _merge_property(em, c)
@@ -320,9 +329,13 @@ class Planner:
                 mutations.append(em)
                 continue
 
-            assert c.kind == EDGE or c.kind == WHOLE_EDGE
-            whole = c.kind == WHOLE_EDGE
-            cache.put(edge_id, c.key)
+            assert kind == EDGE or kind == WHOLE_EDGE
+            whole = kind == WHOLE_EDGE
+            if capacity > 0:
+                types[edge_id] = c.key
+                types.move_to_end(edge_id)
+                if len(types) > capacity:
+                    types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
             open_vertex.pop(source, None)
@@ -352,22 +365,28 @@ class Planner:
             if not c.add and em is not None and em.action == EDGE_PROPS:
                 em.action = EDGE_NOOP  # property removals of an edge that is deleted next
                 carried, em.changes = em.changes, []
-            layer = 1 + max(
-                edge_write.get(edge_id, -1),
-                vertex_write.get(source, -1),
-                vertex_write.get(target, -1),
-            )
+            layer = edge_write.get(edge_id, -1)
+            after = vertex_write.get(source, -1)
+            if after > layer:
+                layer = after
+            after = vertex_write.get(target, -1)
+            if after > layer:
+                layer = after
+            layer += 1
+            add = c.add
             em = EdgeMutation(
                 edge_id,
                 layer,
-                EDGE_UPSERT if c.add else EDGE_DELETE,
+                EDGE_UPSERT if add else EDGE_DELETE,
                 c.key,
                 source,
                 target,
-                dict(c.value) if whole and c.add else {},
-                changes=[*carried, c] if carried else [c],
-                replace=whole and c.add,
-                collect_endpoints=whole and not c.add,
+                dict(c.value) if whole and add else {},
+                {},
+                set(),
+                whole and add,
+                whole and not add,
+                [*carried, c] if carried else [c],
             )
             edge_write[edge_id] = layer
             if vertex_read.get(source, -1) < layer:
@@ -440,7 +459,7 @@ class Planner:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
         statements = self._statement_cache
         for m in mutations:
-            if isinstance(m, EdgeMutation) and m.action == EDGE_NOOP:
+            if m.__class__ is EdgeMutation and m.action == EDGE_NOOP:  # type: ignore[union-attr]
                 continue
             try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
                 parts = self._parts(m)
@@ -476,11 +495,12 @@ class Planner:
             props, removed = m.props, []
         else:
             props, removed = _split_props(m.props, None if identity else encode)
-        null_kind: tuple[Any, ...] = ("vnull",) if isinstance(m, VertexMutation) else ("enull", m.type)
+        vertex = m.__class__ is VertexMutation
+        null_kind: tuple[Any, ...] = ("vnull",) if vertex else ("enull", m.type)
         for key in m.retyped:
             if m.props.get(key) is not None:
                 put((RETYPE, (*null_kind, key), {"id": m.id}))
-        if isinstance(m, VertexMutation):
+        if vertex:
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
             # with names, not label combinations; the others are added after.
@@ -488,7 +508,7 @@ class Planner:
                 put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id}))
             if m.replace:
                 whole = props if identity else {**props, d.id_property: m.id}
-                put((UPSERT, ("vreplace", bool(m.add_labels)), {"id": m.id, "props": whole}))
+                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m.id, "props": whole}))
             elif m.add_labels or props:
                 row: dict[str, Any] = {"id": m.id}
                 if props:

@@ -296,8 +296,12 @@ def from_dynamodb(value: dict[str, Any]) -> Any:
         return dynamodb_number(raw)
     if tag == "NULL":
         return ABSENT
+    if tag == "B":
+        return _b64(raw)
     if tag in _DOCUMENT_TAGS:
-        data = _nested(value, 0)
+        data = _plain_set(tag, raw) if raw.__class__ is list else None
+        if data is None:
+            data = _nested(value, 0)
         try:
             return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
         except TypeError as exc:  # orjson refuses strings with lone surrogates
@@ -306,3 +310,26 @@ def from_dynamodb(value: dict[str, Any]) -> Any:
 
 
 _DOCUMENT_TAGS = frozenset({"SS", "NS", "BS", "L", "M"})
+
+
+def _plain_set(tag: str, raw: list[Any]) -> list[Any] | None:
+    """What `_nested` makes of the common sets (string members; integer numbers; base64 text), without its
+    per-member checks and calls; None for anything else (a list or map, another member type), which `_nested`
+    takes with its reasons."""
+    for member in raw:
+        if member.__class__ is not str:
+            return None
+    if tag == "SS":
+        return sorted(raw)
+    if tag == "NS":
+        numbers = [dynamodb_number(n) for n in raw]
+        for number in numbers:
+            if number.__class__ is not int:
+                return None
+        return sorted(numbers)
+    if tag == "BS":
+        for member in raw:
+            if len(member) % 4 or not _BASE64.fullmatch(member):
+                return None
+        return sorted(raw)
+    return None
