@@ -235,7 +235,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "yes" if s["caught_up"] else "no",
             "caught up" if s["caught_up"] else _duration(s["lag_seconds"]),
             f"{s['changes_applied']:,}",
-            s["sink"],
+            s["sink"] or "(event sinks only)",
             "yes" if s["sink_healthy"] else "NO",
         )
         for s in status["sources"]
