@@ -144,6 +144,10 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     for name, count in summary.quads.items():
         lines.append(f"target {name!r} holds {count:,} quads")
     targets = [*summary.graphs, *summary.quads]
+    if not targets:  # sources that feed event sinks only: nothing to query
+        lines.append(f"event sinks only; their checkpoints:  {self_command()} checkpoint show --config "
+                     f"{shlex.quote(config_path)}")  # fmt: skip
+        return "\n".join(lines)
     sink = "" if len(targets) < 2 else f" --sink {shlex.quote(targets[0])}"
     look = LOOK_STATEMENT if summary.graphs or not summary.quads else LOOK_SPARQL
     lines.append(f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(look)}")

@@ -90,7 +90,6 @@ async def test_an_event_only_neptune_source_feeds_a_webhook_and_kinesis(
         assert supervisor.status()["sinks"] == []  # no graph sink
         assert sample("graph_replicator_stream_latency_seconds", source="main", partition="") == 0
         assert sample("graph_replicator_checkpoint_commit_number", source="main", partition="") == half
-        assert sample("graph_replicator_commits_behind_head", source="main") == 0
 
         load_history(stand, history, slice(half, None))
         last = [len(history.commits), len(history.commits[-1])]
@@ -154,6 +153,8 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     recv.delay = 0.0
     second = DaemonProcess(path)
     assert second.wait(60) == 0, second.log_tail()
+    said = second.log_path.read_text()
+    assert "event sinks only; their checkpoints:" in said and " query " not in said, said[-2000:]
     assert_delivered("webhook", recv.events, expected)
     assert len(recv.events) < len(expected) + cut  # resumed from the checkpoints, not the start
     objects = read_archive(moto, bucket, "only/")
@@ -267,3 +268,36 @@ async def test_bootstrap_and_the_sources_own_checkpoint_are_refused_clearly(
     shown = io.StringIO()
     assert await run(config, Request(action="show"), shown) == 0
     assert "main@hook" in shown.getvalue(), shown.getvalue()
+
+
+async def test_an_event_only_source_on_the_dynamodb_store_writes_under_the_sources_lease(
+    stand: NeptuneStand,
+    moto_server: str,
+    receiver: tuple[Receiver, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With `[checkpoint] kind = "dynamodb"` the instance takes the source's lease, delivers, checkpoints the event
+    sink's item under it and, at `--exit-when-idle`, releases it; the source has no item of its own."""
+    from contextlib import AsyncExitStack
+
+    from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
+    from tests.stand.harness import add_lease_table
+
+    recv, url = receiver
+    history = generate_history(seed=20, n_changes=200)
+    load_history(stand, history)
+    path = tmp_path / "c.toml"
+    path.write_text(event_only_config(tmp_path, neptune_source(stand, limit=50), {"hook": HOOK.format(url=url)}))
+    table = f"only-{tmp_path.name[-20:].lower().replace('_', '-')}"
+    add_lease_table(path, moto_server, table, lease_duration_seconds=3.0, renew_interval_seconds=0.5,
+                    take_interval_seconds=0.2, fencing_margin_seconds=0.5)  # fmt: skip
+    supervisor = Supervisor(load_config(path), exit_when_idle=True)
+    assert await asyncio.wait_for(supervisor.run(), 60) == 0
+    assert_delivered("webhook", recv.events, await asyncio.to_thread(_expected, history, tmp_path))
+    last = (len(history.commits), len(history.commits[-1]))
+    async with AsyncExitStack() as stack:
+        store = await DynamoDBCheckpointStore.open(stack, table=table, region="us-east-1", endpoint=moto_server)
+        assert await store.load("main@hook") == {"": last}
+        assert await store.load("main") == {}
+        lease = await store.get_lease("main", "")
+        assert lease is not None and lease.owner is None  # released at the end

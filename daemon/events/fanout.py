@@ -14,6 +14,9 @@ branches go on for as long as that buffer lasts and then wait too, so no branch 
 its progress (each checkpoint is its own). The source is told a position is applied (`acknowledge`, which is
 how a DynamoDB parent shard finishes) only once every branch has it. A branch that fails for good (a
 non-retryable error) ends the run; the supervisor restarts the whole source from the checkpoints.
+
+A source with event sinks only (`graph=False`, run by `daemon.events.eventonly.EventOnlyPipeline`) has no graph
+branch: the lowest checkpoint is its event sinks' alone, and nothing is put on the pipeline's queue.
 """
 
 from __future__ import annotations
