@@ -260,6 +260,8 @@ async def test_bootstrap_and_the_sources_own_checkpoint_are_refused_clearly(
     assert await asyncio.to_thread(cli_main, ["bootstrap", "--config", str(path)]) != 0
     said = capsys.readouterr()
     assert "feeds event sinks only (hook, audit): there is no graph to bootstrap" in said.out + said.err, said
+    assert await asyncio.to_thread(cli_main, ["query", "--config", str(path), "--sink", "hook", "RETURN 1"]) != 0
+    assert "sink 'hook' is an event sink: it holds no graph (graph sinks: graph)" in capsys.readouterr().err
     config = load_config(path)
     with pytest.raises(AdminError, match=r"feeds event sinks only.*--source main@hook, main@audit"):
         await run(config, Request(action="set", source="main", position="5:1"), io.StringIO())
