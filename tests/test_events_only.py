@@ -303,3 +303,31 @@ async def test_an_event_only_source_on_the_dynamodb_store_writes_under_the_sourc
         assert await store.load("main") == {}
         lease = await store.get_lease("main", "")
         assert lease is not None and lease.owner is None  # released at the end
+
+
+async def test_an_event_sink_failing_for_good_restarts_an_event_only_source_without_losing_anything(
+    history_file: Path,
+    receiver: tuple[Receiver, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A 403 ends the run; readiness says why while the supervisor waits to restart it from the event sink's
+    checkpoint; then everything arrives and the source reports no crash."""
+    recv, url = receiver
+    recv.script = [403]
+    source = {"kind": "file", "path": str(history_file), "limit": 50}
+    path = tmp_path / "c.toml"
+    path.write_text(event_only_config(tmp_path, source, {"hook": HOOK.format(url=url)}))
+    restarts = METRICS.task_restarts.labels(source="main")
+    before = restarts._value.get()
+    supervisor = Supervisor(load_config(path), exit_when_idle=True)
+    task = asyncio.create_task(supervisor.run())
+    seen: list[str] = []
+    while not task.done():
+        seen += supervisor.readiness()[1]
+        await asyncio.sleep(0.01)
+    assert task.result() == 0
+    assert restarts._value.get() == before + 1
+    assert any(r.startswith("source main: restarting after a crash (") and "403" in r for r in seen), seen
+    assert_delivered("webhook", recv.events, await asyncio.to_thread(_file_events, history_file))
+    (shown,) = supervisor.status()["sources"]
+    assert shown["restarting_after"] is None and shown["caught_up"]
