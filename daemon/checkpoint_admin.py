@@ -353,6 +353,10 @@ def _target(config: Config, name: str | None) -> tuple[SourceConfig, str | None]
     """The source a change is for and, for `SOURCE@SINK`, the key of that event sink's rows (else None)."""
     if name is None or LANE_SEPARATOR not in name:
         (source,) = _sources(config, name, one=True)
+        if source.sink is None:
+            keys = ", ".join(lane_key(source.name, e) for e in source.event_sinks)
+            raise AdminError(f"source {source.name!r} feeds event sinks only: its checkpoints are its event sinks' "
+                             f"(--source {keys})")  # fmt: skip
         return source, None
     source_name, sink = name.split(LANE_SEPARATOR, 1)
     (source,) = _sources(config, source_name, one=True)

@@ -144,6 +144,10 @@ def _format_summary(summary: Summary, config_path: str) -> str:
     for name, count in summary.quads.items():
         lines.append(f"target {name!r} holds {count:,} quads")
     targets = [*summary.graphs, *summary.quads]
+    if not targets:  # sources that feed event sinks only: nothing to query
+        lines.append(f"event sinks only; their checkpoints:  {self_command()} checkpoint show --config "
+                     f"{shlex.quote(config_path)}")  # fmt: skip
+        return "\n".join(lines)
     sink = "" if len(targets) < 2 else f" --sink {shlex.quote(targets[0])}"
     look = LOOK_STATEMENT if summary.graphs or not summary.quads else LOOK_SPARQL
     lines.append(f"look at it:  {self_command()} query --config {shlex.quote(config_path)}{sink} {shlex.quote(look)}")
@@ -235,7 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "yes" if s["caught_up"] else "no",
             "caught up" if s["caught_up"] else _duration(s["lag_seconds"]),
             f"{s['changes_applied']:,}",
-            s["sink"],
+            s["sink"] or "(event sinks only)",
             "yes" if s["sink_healthy"] else "NO",
         )
         for s in status["sources"]
@@ -336,11 +340,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    from daemon.config import EVENT_SINK_KINDS
     from daemon.supervisor import build_sink
 
-    name = args.sink or next(iter(config.sinks))
-    if name not in config.sinks:
-        print(f"no sink named {name!r} (defined: {', '.join(config.sinks)})", file=sys.stderr)
+    graphs = [n for n, c in config.sinks.items() if c.kind not in EVENT_SINK_KINDS]  # event sinks hold nothing
+    name = args.sink or (graphs[0] if graphs else None)
+    if name is None:
+        print(f"no graph sink to query: every sink of this config is an event sink ({', '.join(config.sinks)})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if name not in graphs:
+        why = "is an event sink: it holds no graph" if name in config.sinks else "does not exist"
+        print(f"sink {name!r} {why} (graph sinks: {', '.join(graphs) or 'none'})", file=sys.stderr)
         return EXIT_CONFIG
     sink_cfg = config.sinks[name]
     lock = None
@@ -597,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         "query", help="run an openCypher statement (SPARQL on an RDF sink) on a configured sink and print rows"
     )
     query.add_argument("--config", required=True, help=CONFIG_HELP)
-    query.add_argument("--sink", help="sink name (default: the first)")
+    query.add_argument("--sink", help="graph sink name (default: the first graph sink)")
     query.add_argument(
         "--format",
         choices=("table", "json", "csv"),

@@ -306,15 +306,17 @@ class StartPosition(_Model):
 
 class _SourceBase(_Model):
     name: Name = Field(description="Unique source name: metric label, checkpoint key, env override selector.")
-    sink: str = Field(
+    sink: str | None = Field(
+        None,
         description="Name of the `[sinks.NAME]` table this source replicates into (a graph sink). With `sinks` "
-        "it may be left out: it is then `sinks[0]`."
+        "it may be left out: it is then `sinks[0]` when that is a graph sink, and none when every sink is an event "
+        "sink. One of `sink` and `sinks` is required.",
     )
     sinks: list[str] = Field(
         default_factory=list,
         description="Every sink this source feeds, read from the stream once (docs/events.md): the graph sink first, "
         "then event sinks (kinesis, sqs, sns, eventbridge, webhook, s3), each with its own checkpoint (`SOURCE@SINK`). "
-        "Default `[sink]`.",
+        'Event sinks only (no graph sink) is allowed: `sinks = ["archive"]`. Default `[sink]`.',
     )
     queue_size: int = Field(8, ge=1, description="Pages buffered between the source and its apply loop.")
     window_max_changes: int = Field(
@@ -341,7 +343,9 @@ class _SourceBase(_Model):
 
     @model_validator(mode="after")
     def _sinks_start_with_sink(self) -> _SourceBase:
-        if not self.sinks or self.sinks[0] != self.sink:
+        if not self.sinks:
+            raise ValueError("name the sinks this source feeds: `sink` (its graph sink) or `sinks = [...]`")
+        if self.sink is not None and self.sinks[0] != self.sink:
             raise ValueError(f"sinks should start with the graph sink {self.sink!r} (or leave `sink` out)")
         if len(set(self.sinks)) != len(self.sinks):
             raise ValueError("sinks should name each sink once")
@@ -349,8 +353,8 @@ class _SourceBase(_Model):
 
     @property
     def event_sinks(self) -> list[str]:
-        """The sinks this source feeds besides its graph sink."""
-        return list(self.sinks[1:])
+        """The sinks this source feeds besides its graph sink (every sink of an event-only source)."""
+        return [name for name in self.sinks if name != self.sink]
 
 
 class _NeptuneStreamBase(_SourceBase):
@@ -1185,9 +1189,21 @@ class Config(_Model):
         raise KeyError(f"no source named {name!r}")
 
     def sink_for(self, source: NeptuneSourceConfig | FileSourceConfig | DynamoDBSourceConfig | str) -> SinkConfig:
-        """The sink config a source (or source name) replicates into."""
+        """The graph sink config a source (or source name) replicates into (ValueError for an event-only source)."""
         src = self.source(source) if isinstance(source, str) else source
+        if src.sink is None:
+            raise ValueError(f"source {src.name!r} feeds event sinks only: it has no graph sink")
         return self.sinks[src.sink]
+
+    @model_validator(mode="after")
+    def _event_only_sources(self) -> Config:
+        """A source whose first sink is an event sink feeds event sinks only: it has no graph sink (`sink` None;
+        the cross-checks refuse a `sink = "..."` that names an event sink)."""
+        for i, source in enumerate(self.sources):
+            first = self.sinks.get(source.sink) if source.sink is not None else None
+            if first is not None and first.kind in EVENT_SINK_KINDS:
+                self.sources[i] = source.model_copy(update={"sink": None})
+        return self
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -1379,35 +1395,47 @@ def _check_rdf_pairing(data: dict[str, Any], i: int, source: dict[str, Any], sin
 
 
 def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
-    """`sinks = [...]`: each named sink exists; the first is a graph sink, the others event sinks; a DynamoDB
-    source's event sinks need the SQLite checkpoint store in this version (docs/events.md)."""
+    """`sinks = [...]`: each named sink exists; at most one graph sink, first, then event sinks (or event sinks
+    only); a DynamoDB source's event sinks need the SQLite checkpoint store in this version (docs/events.md)."""
     names = source.get("sinks")
     if not isinstance(names, list):
         names = [source["sink"]] if isinstance(source.get("sink"), str) else []
     problems = []
     defined = ", ".join(f'"{n}"' for n in sinks) or "none"
+    kinds = [_sink_kind(sinks, name) for name in names]
+    sink = source.get("sink")
+    if isinstance(sink, str) and _sink_kind(sinks, sink) in EVENT_SINK_KINDS:
+        problems.append((_user_key(("sources", i, "sink"), data),
+                         f'`sink` names the graph sink; "{sink}" is a {_sink_kind(sinks, sink)} sink (for a source '
+                         f'that feeds event sinks only, write sinks = ["{sink}"])'))  # fmt: skip
     for j, name in enumerate(names):
         if not isinstance(name, str) or (j == 0 and "sinks" not in source):
             continue
         key = _user_key(("sources", i, "sinks"), data)
-        kind = sinks[name].get("kind") if isinstance(sinks.get(name), dict) else None
-        kind = kind if isinstance(kind, str) else None  # (a kind of the wrong type is reported by the schema)
+        kind = kinds[j]
         if name not in sinks:
             problems.append((key, f'no sink named "{name}" in [sinks] (defined sinks: {defined})'))
-        elif j == 0 and kind in EVENT_SINK_KINDS:
-            problems.append((key, f'the first sink should be a graph sink ({", ".join(sorted(GRAPH_SINK_KINDS))}); '
-                                  f'"{name}" is a {kind} sink'))  # fmt: skip
+        elif j > 0 and kind in GRAPH_SINK_KINDS and kinds[0] in EVENT_SINK_KINDS:
+            problems.append((key, f'"{name}" is a graph sink: the graph sink comes first in sinks, before the event '
+                                  "sinks (or leave it out: event sinks only)"))  # fmt: skip
         elif j > 0 and kind in GRAPH_SINK_KINDS:
             problems.append((key, f'"{name}" is a graph sink: one graph sink per source, first in the list '
                                   "(replicate into a second graph with a second source)"))  # fmt: skip
     checkpoint = data.get("checkpoint")
     shared = isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb"
-    if len(names) > 1 and shared and source.get("kind") == "dynamodb":
+    if any(kind in EVENT_SINK_KINDS for kind in kinds) and shared and source.get("kind") == "dynamodb":
         why = ('event sinks of a DynamoDB source need [checkpoint] kind = "sqlite" in this version (its shards are '
                "leased one by one across instances and the event sinks' checkpoints do not follow them yet); a "
                'neptune or file source may have event sinks with kind = "dynamodb"')  # fmt: skip
         problems.append((_user_key(("sources", i, "sinks"), data), why))
     return problems
+
+
+def _sink_kind(sinks: dict[str, Any], name: Any) -> str | None:
+    """The kind of the sink called `name` in the raw data; None when it is not there (or not a string: the schema
+    reports that)."""
+    kind = sinks[name].get("kind") if isinstance(name, str) and isinstance(sinks.get(name), dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _check_dynamodb_routes(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
@@ -1417,8 +1445,10 @@ def _check_dynamodb_routes(data: dict[str, Any], i: int, source: dict[str, Any],
         return []
     problems = []
     kind, source_name = source.get("kind"), source.get("name")
-    for name in names[1:]:
-        route = sinks.get(name, {}).get("route") if isinstance(sinks.get(name), dict) else None
+    for name in names:
+        if _sink_kind(sinks, name) not in EVENT_SINK_KINDS:
+            continue
+        route = sinks[name].get("route")
         if isinstance(route, dict) and (route.get("event_names") or route.get("ttl") is True):
             problems.append((_user_key(("sources", i, "sinks"), data),
                              f'sink "{name}" routes on DynamoDB event names or TTL deletions; source '

@@ -127,6 +127,11 @@ class Pipeline:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    async def stored_positions(self) -> dict[str, Position]:
+        """The checkpoint a run starts from, as stored (shown in `/status` before the first window)."""
+        assert self.checkpoints is not None
+        return await self.checkpoints.load(self.name)
+
     async def run(self) -> None:
         """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
         assert self.checkpoints is not None

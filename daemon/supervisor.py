@@ -331,6 +331,14 @@ class Supervisor:
         METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
+        store = SQLiteLeaseStore(self.checkpoints) if self.checkpoints is not None else None
+        if cfg.sink is None:  # event sinks only: no graph branch (docs/events.md)
+            from daemon.events.eventonly import EventOnlyPipeline
+
+            fanned = fan_out(build_source(cfg, self.dead_letters), cfg, self.config, self.dead_letters,
+                             exit_when_idle=self.exit_when_idle)  # fmt: skip
+            fanned.checkpoints = store
+            return EventOnlyPipeline(fanned, store, queue_size=cfg.queue_size)
         sink_cfg = self.config.sinks[cfg.sink]
         sink = self.sinks.get(cfg.sink)
         if sink is None:
@@ -359,7 +367,7 @@ class Supervisor:
             source,
             planner,
             applier,
-            SQLiteLeaseStore(self.checkpoints) if self.checkpoints is not None else None,
+            store,
             queue_size=cfg.queue_size,
             window_max_changes=cfg.window_max_changes,
         )
@@ -405,10 +413,10 @@ class Supervisor:
                 reasons.append(f"source {p.name}: not polling yet")
             if p.crashed is not None:
                 reasons.append(f"source {p.name}: restarting after a crash ({p.crashed})")
-            if not p.applier.healthy:
+            if p.applier is not None and not p.applier.healthy:  # (None: event sinks only, below)
                 why = f" ({p.applier.failing_reason})" if p.applier.failing_reason else ""
                 reasons.append(f"sink {p.applier.sink.name}: failing{why}")
-            elif (waiting := p.applier.oldest_call_seconds()) > UNANSWERED_CALL_SECONDS:
+            elif p.applier is not None and (waiting := p.applier.oldest_call_seconds()) > UNANSWERED_CALL_SECONDS:
                 reasons.append(f"sink {p.applier.sink.name}: a batch call has not answered for {waiting:.0f} s")
             for lane in p.source.lanes if isinstance(p.source, FanOutSource) else ():
                 if not lane.delivery.healthy:
@@ -447,8 +455,8 @@ class Supervisor:
                     by_reason[sample.labels["reason"]] = int(sample.value)
         out = []
         for name, sink in self.sinks.items():
-            failing = [p.applier.failing_reason or "failing" for p in self.pipelines if p.applier.sink is sink
-                       and not p.applier.healthy]  # fmt: skip
+            failing = [p.applier.failing_reason or "failing" for p in self.pipelines if p.applier is not None
+                       and p.applier.sink is sink and not p.applier.healthy]  # fmt: skip
             out.append(
                 {
                     "sink": name,
@@ -603,21 +611,22 @@ class Supervisor:
         )
 
     async def _keep_running(self, pipeline: Pipeline) -> None:
-        sink = pipeline.applier.sink
+        sink = pipeline.applier.sink if pipeline.applier is not None else None  # None: event sinks only
         ceiling = self.config.daemon.restart_backoff_max_seconds
         backoff = min(1.0, ceiling)
         if not pipeline.positions and pipeline.checkpoints is not None:  # shown until the pipeline runs
-            pipeline.positions = await pipeline.checkpoints.load(pipeline.name)
+            pipeline.positions = await pipeline.stored_positions()
         while not pipeline.stopping:
             started = time.monotonic()
             try:
-                try:
-                    await sink.start()
-                except Exception as exc:
-                    self.sink_not_ready[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    raise
-                self.sink_not_ready.pop(pipeline.name, None)
-                METRICS.sink_up.labels(sink=sink.name).set(1)
+                if sink is not None:  # (event sinks connect at their first call)
+                    try:
+                        await sink.start()
+                    except Exception as exc:
+                        self.sink_not_ready[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                        raise
+                    self.sink_not_ready.pop(pipeline.name, None)
+                    METRICS.sink_up.labels(sink=sink.name).set(1)
                 await pipeline.run()
                 return
             except (LeaseLost, FencedOff) as exc:
@@ -797,7 +806,7 @@ class Supervisor:
                 if not pipeline.stopping:
                     log.info("standing by", source=pipeline.name)
                     with suppress(Exception):
-                        pipeline.positions = await pipeline.checkpoints.load(pipeline.name)  # type: ignore[union-attr]
+                        pipeline.positions = await pipeline.stored_positions()
         finally:
             await coordinator.stop(release=True)
             log.info("lease released", source=pipeline.name)

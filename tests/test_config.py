@@ -70,7 +70,8 @@ def test_there_are_three_examples() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_loads(path: Path) -> None:
     config = load_config(path, {})
-    assert config.sources and all(config.sink_for(s) is config.sinks[s.sink] for s in config.sources)
+    assert config.sources and all(config.sink_for(s) is config.sinks[s.sink] for s in config.sources if s.sink)
+    assert all(s.sink or s.event_sinks for s in config.sources)  # event sinks only: no graph sink
     assert parse_config(format_resolved(config), {}) == config
 
 

@@ -589,7 +589,7 @@ async def test_a_webhook_refusing_an_event_dead_letters_that_one_only(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"sources.0.sinks": ["hook", "graph"]}, "the first sink should be a graph sink"),
+        ({"sources.0.sinks": ["hook", "graph"]}, '"graph" is a graph sink: the graph sink comes first in sinks'),
         ({"sources.0.sinks": ["graph", "other"]}, "is a graph sink: one graph sink per source"),
         ({"sources.0.sinks": ["graph", "nope"]}, 'no sink named "nope"'),
         ({"sources.0.sinks": ["graph"]}, "event sink fed by no source"),

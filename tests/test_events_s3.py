@@ -484,11 +484,12 @@ def session_script() -> tuple[list[ScriptedShard], list[dict[str, Any]]]:
 
 
 async def test_ttl_deletions_go_to_the_archive_by_route(
-    engine: EmbeddedFalkorDB, moto: MotoProcess, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto: MotoProcess, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shipped config/dynamodb-ttl-archive.toml, pointed at a scripted stream (moto's streams have no TTL
-    records), plus a second archive of inserts (`event_names`): each holds exactly its records' events, with the
-    TTL flag and the image the item had, per shard, the parent's windows cut at its end."""
+    """The shipped config/dynamodb-ttl-archive.toml (event sinks only, no graph), pointed at a scripted stream
+    (moto's streams have no TTL records), plus a second archive of inserts (`event_names`): each holds exactly its
+    records' events, with the TTL flag and the image the item had, per shard, the parent's windows cut at its end;
+    each archive checkpoints on its own, the source has no row, and `--exit-when-idle` ends the run."""
     from tests.test_dynamodb_lineage import serve
 
     for key, value in AWS_ENV.items():
@@ -501,11 +502,9 @@ async def test_ttl_deletions_go_to_the_archive_by_route(
         "poll_interval_seconds = 0.02\nmin_get_records_interval_seconds = 0.0\ndiscovery_interval_seconds = 0.2",
         r"^data_dir = .*": f'data_dir = "{tmp_path / "data"}"',
         r"^http_address = .*": 'http_address = ""',
-        r'^sinks = \["graph", "expired"\]': 'sinks = ["graph", "expired", "inserts"]',
+        r'^sinks = \["expired"\]': 'sinks = ["expired", "inserts"]',
         r"^bucket = .*": f'bucket = "{bucket}"\nendpoint = "{moto.url}"',
         r"^object_max_events = .*": "object_max_events = 4",
-        r'^kind = "falkordb"': f'kind = "falkordb"\nurl = "redis://{engine.host}:{engine.port}"\n'
-        f'password = "{engine.password}"\ngraph = "ttl"',
     }
     for pattern, new in replace.items():
         text, n = re.subn(pattern, new.replace("\\", "\\\\"), text, count=1, flags=re.M)
@@ -518,6 +517,18 @@ async def test_ttl_deletions_go_to_the_archive_by_route(
         assert await asyncio.wait_for(supervisor.run(), 60) == 0
     finally:
         await runner.cleanup()
+    (source,) = supervisor.status()["sources"]
+    assert source["sink"] is None and source["caught_up"] and supervisor.summary is not None
+    assert supervisor.summary.graphs == {} and source["changes_applied"] == len(records)
+    store = SQLiteCheckpointStore(tmp_path / "data" / "checkpoints.sqlite3")
+    try:
+        assert store.load("sessions") == {}, "an event-only source has no checkpoint of its own"
+        for key in ("sessions@expired", "sessions@inserts"):
+            assert store.load(key) == {s.id: ("SHARD_END",) for s in shards[:1]} | {
+                shards[1].id: (records[-1]["dynamodb"]["SequenceNumber"].zfill(40),)
+            }, key
+    finally:
+        store.close()
 
     config = load_config(path)
     prefix = config.sinks["expired"].prefix  # type: ignore[union-attr]

@@ -203,6 +203,11 @@ class Bootstrap:
         except KeyError:
             known = ", ".join(s.name for s in config.sources) or "none"
             raise BootstrapConfigError(f"no source named {source!r} (sources: {known})") from None
+        if self.source_cfg.sink is None:
+            raise BootstrapConfigError(
+                f"source {source!r} feeds event sinks only ({', '.join(self.source_cfg.sinks)}): there is no graph to "
+                "bootstrap; its event sinks begin at the source's `start`"
+            )
         self.sink_name = self.source_cfg.sink
         self.sink_cfg = config.sinks[self.sink_name]
         self.settings = config.bootstrap

@@ -14,6 +14,9 @@ branches go on for as long as that buffer lasts and then wait too, so no branch 
 its progress (each checkpoint is its own). The source is told a position is applied (`acknowledge`, which is
 how a DynamoDB parent shard finishes) only once every branch has it. A branch that fails for good (a
 non-retryable error) ends the run; the supervisor restarts the whole source from the checkpoints.
+
+A source with event sinks only (`graph=False`, run by `daemon.events.eventonly.EventOnlyPipeline`) has no graph
+branch: the lowest checkpoint is its event sinks' alone, and nothing is put on the pipeline's queue.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class EventLane:
         self.busy = False
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
         self.stopping = False  # a drain: return after the window being delivered
+        self.changes_taken = 0  # changes this branch took from its buffer into a window since start (pre-route)
         self._m_depth = METRICS.event_buffer_depth.labels(source=source, sink=sink.name)
 
     @property
@@ -136,6 +140,7 @@ class EventLane:
         while count < self.window_max and not self.queue.empty():
             window.append(self.queue.get_nowait())
             count += len(window[-1].changes)
+        self.changes_taken += count
         self._m_depth.set(self.queue.qsize())
         with_changes = [b.changes for b in window if b.changes]
         if with_changes:  # for the lag: the oldest change now being delivered, the newest once it is checkpointed
@@ -199,10 +204,12 @@ class EventLane:
 class FanOutSource:
     """The source of a pipeline with event sinks (see the module docstring); a `daemon.pipeline.Source`."""
 
-    def __init__(self, inner: Any, lanes: list[EventLane], checkpoints: Any = None) -> None:
+    def __init__(self, inner: Any, lanes: list[EventLane], checkpoints: Any = None, *, graph: bool = True) -> None:
         self.inner = inner
         self.name = inner.name
         self.lanes = lanes
+        self.graph = graph  # False: event sinks only, nothing is put on the pipeline's queue (`EventOnlyPipeline`)
+        self.on_progress: Any = None  # called with the partitions' new lowest positions (every branch has them)
         self.checkpoints = checkpoints  # the store the pipeline uses (set by the supervisor)
         self.ownership: Any = None  # the source's lease coordinator with the DynamoDB store (set by the supervisor)
         self._applied: dict[str, dict[str, Position]] = {}  # branch -> partition -> applied position
@@ -224,7 +231,7 @@ class FanOutSource:
 
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         assert self.checkpoints is not None
-        starts: dict[str, dict[str, Position]] = {self.name: dict(resume)}
+        starts: dict[str, dict[str, Position]] = {self.name: dict(resume)} if self.graph else {}
         for lane in self.lanes:
             lane.positions = await self.checkpoints.load(lane.key)
             lane.caught_up = False
@@ -235,7 +242,7 @@ class FanOutSource:
         self._acknowledged = {}
         partitions = set().union(*starts.values())
         combined = {p: min(s[p] for s in starts.values()) for p in partitions if all(p in s for s in starts.values())}
-        if combined != resume:
+        if self.graph and combined != resume:
             log.info("fan-out: reading from the slowest branch's checkpoint", source=self.name,
                      resume={p: list(pos) for p, pos in combined.items()})  # fmt: skip
         feed: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=1)
@@ -260,7 +267,7 @@ class FanOutSource:
                     watched.discard(reader)
                     continue
                 batch = getter.result()
-                if (mine := after(batch, starts[self.name].get(batch.partition))) is not None:
+                if self.graph and (mine := after(batch, starts[self.name].get(batch.partition))) is not None:
                     await self._put(out, mine, watched)
                 for lane in self.lanes:
                     if (theirs := after(batch, starts[lane.key].get(batch.partition))) is not None:
@@ -331,6 +338,8 @@ class FanOutSource:
         if common:
             self._acknowledged.update(common)
             self.inner.acknowledge(common)
+            if self.on_progress is not None:
+                self.on_progress(common)
 
     def status(self) -> list[dict[str, Any]]:
         return [lane.status() for lane in self.lanes]
@@ -379,8 +388,9 @@ def build_event_sink(name: str, cfg: Any) -> EventSink:
 def fan_out(
     source: Any, source_cfg: Any, config: Any, dead_letters: DeadLetterFile, *, exit_when_idle: bool = False
 ) -> Any:
-    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink
-    (`exit_when_idle`: the run ends once caught up, so an archive writes its open windows then)."""
+    """The source itself when it feeds only its graph sink; else a `FanOutSource` with a lane per event sink, and
+    no graph branch when the source has no graph sink (`exit_when_idle`: the run ends once caught up, so an
+    archive writes its open windows then)."""
     from daemon.config import S3SinkConfig
 
     if not source_cfg.event_sinks:
@@ -402,4 +412,4 @@ def fan_out(
             lanes.append(archive_lane(name, source_cfg.name, cfg, routing, exit_when_idle=exit_when_idle, **lane))
         else:
             lanes.append(EventLane(source_cfg.name, build_event_sink(name, cfg), routing, **lane))
-    return FanOutSource(source, lanes)
+    return FanOutSource(source, lanes, graph=source_cfg.sink is not None)

@@ -66,7 +66,7 @@
   function noteFor(source) {
     if (source.error) return `stopped: ${source.error}`;
     if (source.restarting_after) return `restarting after: ${source.restarting_after}`;
-    if (!source.sink_healthy) return "sink failing";
+    if (!source.sink_healthy) return source.sink === null ? "event sink failing" : "sink failing";
     return "";
   }
 
@@ -80,7 +80,7 @@
         GR.el("td", source.caught_up ? "ok" : "", source.caught_up ? "caught up" : GR.duration(source.lag_seconds)),
         sparkline(series[source.source]),
         GR.el("td", "num", Number(source.changes_applied || 0).toLocaleString("en")),
-        GR.el("td", source.sink_healthy ? "" : "bad", source.sink),
+        GR.el("td", source.sink_healthy ? "" : "bad", source.sink === null ? "(event sinks only)" : source.sink),
         GR.el("td", "mono", source.owner_id === undefined ? "–" : GR.show(source.owner_id)),
         GR.el("td", "note", noteFor(source)),
       ]);
