@@ -9,11 +9,21 @@ checkpoint store (the pipeline checkpoints a window only once every batch of it 
 *exit* is the whole run to the process's exit. Two parts of the start are timed on their own: the interpreter
 with the daemon's imports for `run` (a process that imports them and exits), and the embedded engine's start
 (spawn to answering PING, `EmbeddedFalkorDB.start`, on an empty data directory). Median of repetitions.
+
+The daemon's modules are byte-compiled first (`compileall`), as a wheel install (the container image) has them:
+with `PYTHONDONTWRITEBYTECODE` set, as in this workplace, an editable install would otherwise compile every
+module from source at every start (about 0.2-0.4 s), which is not what a deployed daemon pays.
+
+`python -m tests.bench.startup --before REV` runs the same start side by side with the `daemon` package of an
+earlier commit (exported with `git archive`, run from the same interpreter), alternating, and prints both
+medians: how a change moved the start on a machine whose load moves between runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import compileall
 import os
 import resource
 import sqlite3
@@ -61,14 +71,28 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_quickstart(tmp: Path) -> tuple[float, float, float]:
+def compile_bytecode(package: Path = ROOT / "daemon") -> None:
+    """Byte-compile a `daemon` package, as installing its wheel does (see the module docstring)."""
+    if not compileall.compile_dir(str(package), quiet=1):
+        raise RuntimeError(f"cannot byte-compile {package}")
+
+
+def run_quickstart(tmp: Path, tree: Path | None = None) -> tuple[float, float, float]:
     """(seconds to the first batch applied, seconds to exit, CPU seconds of the process and the engine it
-    started) of one quick-start run on a fresh data dir."""
+    started) of one quick-start run on a fresh data dir; `tree` runs the `daemon` package under that directory
+    instead of this tree's (`--before`)."""
     config = _config(tmp)
-    command = [str(Path(sys.executable).with_name("graph-replicator")), "run", "--config", str(config)]
+    env = None
+    if tree is None:
+        command = [str(Path(sys.executable).with_name("graph-replicator")), "run", "--config", str(config)]
+    else:
+        command = [sys.executable, "-m", "daemon", "run", "--config", str(config)]
+        env = dict(os.environ, PYTHONPATH=str(tree))
     cpu = _children_cpu()
     started = time.monotonic()
-    proc = subprocess.Popen([*command, "--exit-when-idle"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(  # cwd: the config's paths are absolute; not ROOT, whose `daemon` would shadow `tree`'s
+        [*command, "--exit-when-idle"], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     first = None
     db = tmp / "data" / "checkpoints.sqlite3"
     while proc.poll() is None:
@@ -84,11 +108,12 @@ def run_quickstart(tmp: Path) -> tuple[float, float, float]:
     return first, exited, _children_cpu() - cpu
 
 
-def time_imports() -> tuple[float, float]:
+def time_imports(tree: Path | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of a process that makes `run`'s imports and exits."""
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
     cpu = _children_cpu()
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", RUN_IMPORTS], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", RUN_IMPORTS], cwd=tree or ROOT, check=True, env=env)
     return time.monotonic() - started, _children_cpu() - cpu
 
 
@@ -107,6 +132,7 @@ def time_engine(tmp: Path) -> float:
 
 def run(quick: bool) -> Section:
     reps = 3 if quick else 7
+    compile_bytecode()
     first: list[float] = []
     exits: list[float] = []
     run_cpu: list[float] = []
@@ -171,3 +197,34 @@ def run(quick: bool) -> Section:
         ]
     )
     return Section(KEY, "9. Start-up: process start to first batch applied", COMMAND, columns, rows, targets, notes)
+
+
+def compare(rev: str, reps: int) -> None:
+    """`--before REV`: this tree and REV's `daemon` package, alternating, `reps` runs each; medians printed."""
+    from tests.bench.compare_trees import export_package
+
+    with TemporaryDirectory(prefix="bench-startup-before-") as before:
+        export_package(rev, Path(before), name="daemon")
+        compile_bytecode(Path(before) / "daemon")
+        compile_bytecode()
+        trees: dict[str, Path | None] = {rev: Path(before), "this tree": None}
+        results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+        for i in range(reps):
+            for name in list(trees)[:: 1 if i % 2 else -1]:
+                with TemporaryDirectory(prefix="bench-startup-") as tmp:
+                    f, e, c = run_quickstart(Path(tmp), trees[name])
+                    wall, cpu = time_imports(trees[name])
+                for key, value in (("first batch s", f), ("exit s", e), ("run CPU s", c), ("imports s", wall),
+                                   ("imports CPU s", cpu)):  # fmt: skip
+                    results[name].setdefault(key, []).append(value)
+        print(f"median of {reps} alternating runs (load average now {os.getloadavg()[0]:.1f})")
+        for name, measures in results.items():
+            print(f"{name:>12}: " + ", ".join(f"{key} {median(values):.2f}" for key, values in measures.items()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", required=True, help="an earlier commit to compare with")
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    compare(args.before, args.reps)
