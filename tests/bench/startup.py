@@ -172,28 +172,39 @@ def run(quick: bool) -> Section:
     notes = "\n".join(
         [
             f"`graph-replicator run --config config/quickstart.toml --exit-when-idle` on a fresh data directory, "
-            f"{reps} runs; first batch applied = the first checkpoint row (polled every {POLL_S * 1000:.0f} ms). "
-            f"The machine has {os.cpu_count()} cores shared with the benchmark's own polling and any other work; "
-            "the start is mostly single-threaded Python (imports) and the engine's own start, which overlap "
-            "nothing yet: the sink (and its engine) starts before the pipeline reads its first record. *CPU s* is "
-            "the user + system time of the process (and of the engine it started and stopped), which other work "
-            "on the machine inflates much less than the wall time: compare the two to see how busy the machine "
-            "was.",
+            f"{reps} runs, the daemon's modules byte-compiled first (as an installed wheel has them); first batch "
+            f"applied = the first checkpoint row (polled every {POLL_S * 1000:.0f} ms). The machine has "
+            f"{os.cpu_count()} cores shared with the benchmark's own polling and any other work; the start is "
+            "mostly single-threaded Python (imports), then the engine's start, which overlaps the source's first "
+            "read, then the first window (every record of the capture: the source reads it while the engine "
+            "starts) planned and applied, each statement fsynced by the engine (`engine_fsync = always`). *CPU s* "
+            "is the user + system time of the process (and of the engine it started and stopped), which other "
+            "work on the machine inflates much less than the wall time: compare the two to see how busy the "
+            "machine was.",
             "",
-            "Where the time goes: the imports. On this machine, shared with other work, `run`'s imports took "
-            "1.0-1.5 s of CPU (the same process start with nothing else to do), the engine about 0.1 s, and "
-            "reading, planning and applying the first window of 5,000 records the rest. What was cut, side by "
-            "side with the previous tree (median CPU of 9 alternating processes of the imports above):",
+            "What was cut in issue 14, side by side with the tree before it "
+            "(`python -m tests.bench.startup --before d25f421`: both trees byte-compiled, alternating processes, "
+            "median of 7, one run on the loaded machine; see the report of the run):",
             "",
-            "- `daemon.aws` imports aiobotocore, botocore and aiohttp when a client is first opened or an AWS error "
-            "classified, not at import: a daemon whose sources and sinks need no AWS client (the quick start, any "
-            "file or FalkorDB set-up) never loads them. Imports of `run` 1.34 -> 1.14 s CPU.",
+            "- The modules of sources, sinks, event sinks and the HTTP server are imported when the config uses "
+            "them (`daemon.supervisor.build_source` / `build_sink`; `HttpServer` moved to `daemon.http_server`, "
+            "still importable from `daemon.observability`; `urllib.request` only for `status`): the quick start "
+            "(no HTTP server, no AWS client, no event sink) no longer loads aiohttp (its client and web server), "
+            "botocore, `http.client` and `email`. Earlier in this issue: `daemon.aws` imports aiobotocore, "
+            "botocore and aiohttp when a client is first opened (1.34 -> 1.14 s CPU of the imports then).",
+            "- The sink (its embedded engine) starts while the source reads its first pages "
+            '(`Pipeline.run(before_apply=...)` on a pipeline\'s first run; readiness says "not polling yet" '
+            "until the sink is up, and after a failure the sink starts before anything is read, as before).",
+            "- Indexes: the FalkorDB sink created each index and then waited for the engine's append-only file "
+            "rewrite before the next (50 ms polls), one per relationship type in the first window: 0.2-0.5 s of "
+            "the first window here. The rewrite now runs in one background task, and the indexes created while "
+            "it runs go into one more rewrite (the point of the rewrite, indexes in the base a restart loads, "
+            "is kept).",
             "",
-            "Next cuts, by the import profile (`python -X importtime`), not made in this round because the files "
-            "were being changed by other work at the same time: `daemon.observability` imports aiohttp's web "
-            "server (about 0.2 s here, with its TLS set-up) even when `http_address` is empty; the supervisor "
-            "imports every source and sink module, not the configured ones. Starting the engine while the "
-            "source reads its first page would save at most the engine's start (about 0.1 s).",
+            "Left: `run`'s imports are now mostly pydantic and the config models (about a third), redis and the "
+            "FalkorDB client (needed by this sink), prometheus_client, structlog and asyncio/uvloop; the first "
+            "window's apply is mostly the engine's fsync per statement (`engine_fsync = \"everysec\"` applied the "
+            "same window about 2-3 x faster in a side-by-side trace, at the cost of the durability default).",
         ]
     )
     return Section(KEY, "9. Start-up: process start to first batch applied", COMMAND, columns, rows, targets, notes)
