@@ -259,8 +259,8 @@ def gap_notes(engine_ratio: float, naive_ratio: float, slow_ratio: float) -> str
             "sent the same 977 statements, and pages that grow while the apply loop waits changed the stream "
             "requests little here (the history is 10 pages of 1,000 records). The rest of item 3's gap is the "
             "statement count: about 10 changes a statement, which is the planner's shape of this history, not "
-            "the request path. (This page's run had the same load: every contender took 2-5 x its time on a quiet "
-            "machine, the daemon's CPU-bound work more than the naive consumer's waits, which is why the ratio "
-            "with 2 ms a request is below the 19.6 x of the quieter run before.)"
+            "the request path. On a loaded machine the ratios fall (in a run at load average 8-13 every contender "
+            "took 2-5 x its quiet time, the daemon's CPU-bound work more than the naive consumer's waits: 10.3 x, "
+            "and 15.2 x with 2 ms a request), so compare ratios of runs at similar load."
         )
     return "\n\n".join(out)

@@ -184,10 +184,9 @@ def run(quick: bool) -> Section:
             "",
             "What was cut in issue 14, side by side with the tree before it "
             "(`python -m tests.bench.startup --before d25f421`: both trees byte-compiled, alternating processes, "
-            "median of 7, on this machine at load average 7-9): first batch applied 2.67 -> 2.07 s, the whole "
-            "run's CPU 1.45 -> 1.13 s, the imports of `run` 1.55 -> 0.97 s (0.99 -> 0.65 s CPU). The table "
-            "above ran at the same load; the same tree measured 1.80 s on the quieter machine of the round "
-            "before, so the same cut would put a quiet start near 1.4 s, which this run could not measure.",
+            "median of 7): at load average 1.4, first batch applied 1.53 -> 0.96 s, exit 1.78 -> 1.22 s, the "
+            "whole run's CPU 1.41 -> 1.06 s, the imports of `run` 0.99 -> 0.66 s (0.98 -> 0.65 s CPU); at load "
+            "average 7-9, first batch applied 2.67 -> 2.07 s. The table above ran at load average about 2.",
             "",
             "- The modules of sources, sinks, event sinks and the HTTP server are imported when the config uses "
             "them (`daemon.supervisor.build_source` / `build_sink`; `HttpServer` moved to `daemon.http_server`, "
