@@ -9,8 +9,6 @@ import os
 import shlex
 import shutil
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +213,9 @@ def status_url(args: argparse.Namespace) -> str | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error  # here, not at the top: `run` does not need http.client and email
+    import urllib.request
+
     url = status_url(args)
     if url is None:
         return EXIT_CONFIG

@@ -41,6 +41,10 @@ from pydantic import (
 )
 
 ENV_PREFIX = "GRAPH_REPLICATOR__"
+# A Neptune stream source's largest page by default (`limit_max`): about the size of a window
+# (`window_max_changes`), a few MB of PG_JSON, so that a page still fits the API's 10 MB answers and the
+# records held between source and apply loop stay near what fixed pages of `limit` held.
+DEFAULT_STREAM_LIMIT_MAX = 20_000
 MASK = "***"
 
 
@@ -372,7 +376,21 @@ class _NeptuneStreamBase(_SourceBase):
         "(only changes made from now on) or {commit_num = N, op_num = M} (from that position, inclusive).",
     )
     limit: int = Field(
-        1000, ge=1, le=100000, description="GetPropertygraphStream / GetSparqlStream page size (records)."
+        1000,
+        ge=1,
+        le=100000,
+        description="GetPropertygraphStream / GetSparqlStream page size (records) when caught up; pages grow "
+        "from it while behind (`limit_max`).",
+    )
+    limit_max: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="Largest page while behind: after a full page, when the apply loop is waiting for records, "
+        "the next page asks for twice as many, up to this (the API allows 100,000 records and answers at most "
+        "10 MB); a page shorter than `limit`, or pages waiting for the apply loop, bring it back to `limit`. "
+        f"Unset = the larger of `limit` and {DEFAULT_STREAM_LIMIT_MAX:,}; equal to `limit` = fixed pages. "
+        ">= `limit`.",
     )
     poll_interval_min_seconds: float = Field(
         0.05, gt=0, description="Pause after an empty poll, doubled while the stream stays idle."
@@ -405,6 +423,19 @@ class _NeptuneStreamBase(_SourceBase):
         if low is not None and value < low:
             raise ValueError(f"should be >= poll_interval_min_seconds ({low})")
         return value
+
+    @field_validator("limit_max")
+    @classmethod
+    def _limit_max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("limit")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"should be >= limit ({low})")
+        return value
+
+    @property
+    def page_limit_max(self) -> int:
+        """The largest page the source asks for (`limit_max`, or its default)."""
+        return self.limit_max if self.limit_max is not None else max(self.limit, DEFAULT_STREAM_LIMIT_MAX)
 
 
 class NeptuneSourceConfig(_NeptuneStreamBase):

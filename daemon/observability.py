@@ -1,5 +1,6 @@
-"""Metrics catalogue, structured logging, and the HTTP endpoints (/metrics /healthz /readyz /status, and the
-pages of `daemon.webui`: the status page at / and the graph view at /graph).
+"""Metrics catalogue and structured logging; `HttpServer` (/metrics /healthz /readyz /status, and the pages of
+`daemon.webui`: the status page at / and the graph view at /graph) lives in `daemon.http_server` and is imported
+from here on first use, so a daemon without `http_address` never loads aiohttp's server.
 
 Every metric the daemon exports is declared once here (documented in docs/metrics.md). Names carry the
 `graph_replicator_` prefix, base units and `_total` on counters; labels are bounded (source, sink, reason,
@@ -10,13 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -27,13 +25,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.exposition import choose_encoder
 
 from daemon import __version__
-from daemon.webui import LagHistory, WebUI
 
 if TYPE_CHECKING:
-    from daemon.sinks.base import GraphSink
+    from daemon.http_server import HttpServer as HttpServer  # for type checkers; see __getattr__
 
 _BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -408,61 +404,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
 
 
-class HttpServer:
-    """aiohttp server for the metrics registry, liveness, readiness, a JSON status document, and the status page
-    and graph view (`daemon.webui`; the graph view reads `sinks`)."""
+def __getattr__(name: str) -> Any:
+    if name == "HttpServer":  # aiohttp's server, imported only by a daemon (or a test) that serves HTTP
+        from daemon.http_server import HttpServer
 
-    def __init__(
-        self,
-        address: str,
-        ready: Callable[[], tuple[bool, list[str]]],
-        status: Callable[[], dict[str, Any]],
-        registry: CollectorRegistry,
-        sinks: Mapping[str, GraphSink] | None = None,
-        graph_view: bool = True,
-        history: LagHistory | None = None,
-    ) -> None:
-        host, _, port = address.rpartition(":")
-        self.host, self.port = host or "127.0.0.1", int(port)
-        self._ready, self._status, self._registry = ready, status, registry
-        self.webui = WebUI(status, sinks if sinks is not None else {}, history, graph_view=graph_view)
-        self._runner: web.AppRunner | None = None
-        self.started = time.time()
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/status", self._status_handler)
-        self.webui.install(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = site._server.sockets  # the real port when 0 was asked for
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        self.webui.start()
-
-    async def stop(self) -> None:
-        await self.webui.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "uptime_seconds": round(time.time() - self.started, 3)})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        ready, reasons = self._ready()
-        return web.json_response({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
-
-    async def _status_handler(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps(self._status(), option=orjson.OPT_INDENT_2), content_type="application/json"
-        )
+        return HttpServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -132,8 +132,9 @@ class Pipeline:
         assert self.checkpoints is not None
         return await self.checkpoints.load(self.name)
 
-    async def run(self) -> None:
-        """Run until stopped; raises what the source or the sink raised (the supervisor restarts it)."""
+    async def run(self, before_apply: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run until stopped; raises what the source or the sink raised (the supervisor restarts it).
+        `before_apply` (the sink's start) runs while the source reads its first pages, before the first window."""
         assert self.checkpoints is not None
         self.positions = await self.checkpoints.load(self.name)
         if self.sharded:  # other instances' shards are theirs to show
@@ -144,6 +145,8 @@ class Pipeline:
         queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(maxsize=self.queue_size)
         source_task = asyncio.create_task(self.source.run(queue, dict(self.positions)), name=f"source:{self.name}")
         try:
+            if before_apply is not None:
+                await before_apply()
             while not self._stopping.is_set():
                 window = await self._next_window(queue, source_task)
                 if window is None:

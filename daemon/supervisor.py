@@ -51,15 +51,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from botocore.exceptions import WaiterError
 
 from daemon.checkpoint import SQLiteCheckpointStore, SQLiteLeaseStore
 from daemon.config import (
@@ -77,21 +77,22 @@ from daemon.config import (
 )
 from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
-from daemon.events.fanout import FanOutSource, fan_out
 from daemon.lease_coordinator import LeaseCoordinator
 from daemon.leases import FencedOff, Lease, LeaseLost
 from daemon.model import SHARD_END, Position, SourceStopped
-from daemon.observability import METRICS, HttpServer
+from daemon.observability import METRICS
 from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
 from daemon.sdnotify import SystemdNotifier
-from daemon.sinks.analytics import NeptuneAnalyticsSink
 from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
-from daemon.sinks.falkordb import FalkorDBSink
-from daemon.sinks.neptune import NeptuneSink
-from daemon.sources.dynamodb import DynamoDBStreamSource, StreamTrimmed
-from daemon.sources.file import FileSource
-from daemon.sources.neptune import NeptuneStreamSource, StreamExpired, StreamReset
+
+if TYPE_CHECKING:
+    from daemon.events.fanout import FanOutSource
+    from daemon.observability import HttpServer
+
+# The modules of sources, sinks, event sinks and the HTTP server are imported when the config uses them, not here:
+# the start of a daemon that needs no AWS client, no event sink and no HTTP server does not pay for aiohttp,
+# botocore and the rest (docs/performance.md, start-up).
 
 log = structlog.get_logger("daemon.supervisor")
 
@@ -104,6 +105,8 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
     """The sink object for one `[sinks.NAME]` table."""
     common = {"timeout_seconds": cfg.request_timeout_seconds, "concurrency": cfg.concurrency}
     if isinstance(cfg, FalkorDBSinkConfig):
+        from daemon.sinks.falkordb import FalkorDBSink
+
         return FalkorDBSink(
             name,
             url=cfg.url,
@@ -120,8 +123,12 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
 
         return build_rdf_sink(name, cfg, config)
     if isinstance(cfg, NeptuneSinkConfig):
+        from daemon.sinks.neptune import NeptuneSink
+
         return NeptuneSink(name, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile, **common)
     if isinstance(cfg, NeptuneAnalyticsSinkConfig):
+        from daemon.sinks.analytics import NeptuneAnalyticsSink
+
         return NeptuneAnalyticsSink(
             name,
             graph_id=cfg.graph_id,
@@ -136,6 +143,8 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
 def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
     """The source object for one `[[sources]]` entry."""
     if isinstance(cfg, FileSourceConfig):
+        from daemon.sources.file import FileSource
+
         return FileSource(
             cfg.name,
             path=Path(cfg.path).expanduser().absolute(),
@@ -148,11 +157,15 @@ def build_source(cfg: SourceConfig, dead_letters: DeadLetterFile) -> Source:
             translate=_nquads_translation(cfg) if cfg.format == "nquads" else None,
         )
     if isinstance(cfg, DynamoDBSourceConfig):
+        from daemon.sources.dynamodb import DynamoDBStreamSource
+
         return DynamoDBStreamSource(cfg, dead_letters=dead_letters)
     if isinstance(cfg, NeptuneSparqlSourceConfig):
         from daemon.sources.neptune_sparql import NeptuneSparqlStreamSource
 
         return NeptuneSparqlStreamSource(cfg, dead_letters=dead_letters)
+    from daemon.sources.neptune import NeptuneStreamSource
+
     return NeptuneStreamSource(cfg, dead_letters=dead_letters)
 
 
@@ -163,6 +176,18 @@ def _nquads_translation(cfg: FileSourceConfig) -> Any:
 
     prefix = cfg.blank_node_prefix or default_blank_node_prefix(cfg.name)
     return lambda record: translate_sparql_record(record, prefix)
+
+
+def _stop_reason(exc: SourceStopped) -> str:
+    """The log line's words for a source that stopped for good (the source modules are loaded by then)."""
+    neptune, dynamodb = sys.modules.get("daemon.sources.neptune"), sys.modules.get("daemon.sources.dynamodb")
+    if neptune is not None and isinstance(exc, neptune.StreamReset):
+        return "stream reset"
+    if (neptune is not None and isinstance(exc, neptune.StreamExpired)) or (
+        dynamodb is not None and isinstance(exc, dynamodb.StreamTrimmed)
+    ):
+        return "stream expired"
+    return "cannot go on"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +204,17 @@ class Summary:
     quads: dict[str, int] = field(default_factory=dict)  # RDF sinks: quads held
 
 
+def _fanned_out(source: Any) -> FanOutSource | None:
+    """The source when it feeds event sinks too (a `FanOutSource`), else None. `daemon.events` is imported only by
+    configs with event sinks, so a source cannot be one while that module is not loaded."""
+    fanout = sys.modules.get("daemon.events.fanout")
+    return source if fanout is not None and isinstance(source, fanout.FanOutSource) else None
+
+
 def _event_sinks(pipeline: Pipeline) -> dict[str, Any]:
     """`/status` of a source's event sinks (docs/events.md), when it has any."""
-    source = pipeline.source
-    return {"event_sinks": source.status()} if isinstance(source, FanOutSource) else {}
+    source = _fanned_out(pipeline.source)
+    return {"event_sinks": source.status()} if source is not None else {}
 
 
 class LeasedCheckpoints:
@@ -320,20 +352,24 @@ class Supervisor:
         self.summary: Summary | None = None  # set by `run` with exit_when_idle
         self._drain = asyncio.Event()
         self._sink_slots: dict[str, asyncio.Semaphore] = {}
+        self._sink_starting: set[str] = set()  # sources whose sink is starting (their first pages may be read)
         for source_cfg in config.sources:
             self.pipelines.append(self._build_pipeline(source_cfg))
         address = config.daemon.http_address
-        self.http = (
-            HttpServer(address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view)
-            if address
-            else None
-        )
+        self.http: HttpServer | None = None
+        if address:
+            from daemon.observability import HttpServer
+
+            self.http = HttpServer(
+                address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view
+            )
         METRICS.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def _build_pipeline(self, cfg: SourceConfig) -> Pipeline:
         store = SQLiteLeaseStore(self.checkpoints) if self.checkpoints is not None else None
         if cfg.sink is None:  # event sinks only: no graph branch (docs/events.md)
             from daemon.events.eventonly import EventOnlyPipeline
+            from daemon.events.fanout import fan_out
 
             fanned = fan_out(build_source(cfg, self.dead_letters), cfg, self.config, self.dead_letters,
                              exit_when_idle=self.exit_when_idle)  # fmt: skip
@@ -344,8 +380,11 @@ class Supervisor:
         if sink is None:
             sink = self.sinks[cfg.sink] = build_sink(cfg.sink, sink_cfg, self.config)
             self._sink_slots[cfg.sink] = asyncio.Semaphore(sink_cfg.concurrency)
-        read = build_source(cfg, self.dead_letters)
-        source = fan_out(read, cfg, self.config, self.dead_letters, exit_when_idle=self.exit_when_idle)
+        source = build_source(cfg, self.dead_letters)
+        if cfg.event_sinks:
+            from daemon.events.fanout import fan_out
+
+            source = fan_out(source, cfg, self.config, self.dead_letters, exit_when_idle=self.exit_when_idle)
         applier = PlanApplier(
             sink,
             source=cfg.name,
@@ -371,8 +410,8 @@ class Supervisor:
             queue_size=cfg.queue_size,
             window_max_changes=cfg.window_max_changes,
         )
-        if isinstance(source, FanOutSource):  # event sinks checkpoint beside the graph sink, in the same store
-            source.checkpoints = pipeline.checkpoints
+        if (fanned := _fanned_out(source)) is not None:  # event sinks checkpoint beside the graph sink, same store
+            fanned.checkpoints = pipeline.checkpoints
         return pipeline
 
     def request_drain(self) -> None:
@@ -409,7 +448,7 @@ class Supervisor:
                 reasons.append(f"source {p.name}: {p.source.state}")
             elif p.name in self.lease_trouble:
                 reasons.append(f"source {p.name}: lease table unreachable ({self.lease_trouble[p.name]})")
-            elif not p.source.polling and not p.standby:
+            elif (not p.source.polling or p.name in self._sink_starting) and not p.standby:
                 reasons.append(f"source {p.name}: not polling yet")
             if p.crashed is not None:
                 reasons.append(f"source {p.name}: restarting after a crash ({p.crashed})")
@@ -418,7 +457,7 @@ class Supervisor:
                 reasons.append(f"sink {p.applier.sink.name}: failing{why}")
             elif p.applier is not None and (waiting := p.applier.oldest_call_seconds()) > UNANSWERED_CALL_SECONDS:
                 reasons.append(f"sink {p.applier.sink.name}: a batch call has not answered for {waiting:.0f} s")
-            for lane in p.source.lanes if isinstance(p.source, FanOutSource) else ():
+            for lane in fanned.lanes if (fanned := _fanned_out(p.source)) is not None else ():
                 if not lane.delivery.healthy:
                     reasons.append(f"event sink {lane.sink.name}: failing ({lane.delivery.failing_reason})")
         return (not reasons, reasons)
@@ -499,8 +538,8 @@ class Supervisor:
                 with suppress(Exception):
                     await sink.close()
             for p in self.pipelines:
-                if isinstance(p.source, FanOutSource):
-                    await p.source.close()
+                if (fanned := _fanned_out(p.source)) is not None:
+                    await fanned.close()
             if self.http is not None:
                 await self.http.stop()
             if self.checkpoints is not None:
@@ -560,8 +599,8 @@ class Supervisor:
         self._announce_stopping()
         for p in self.pipelines:
             p.request_stop()
-            if isinstance(p.source, FanOutSource):
-                p.source.request_stop()  # its event sinks finish the windows they are delivering
+            if (fanned := _fanned_out(p.source)) is not None:
+                fanned.request_stop()  # its event sinks finish the windows they are delivering
         pending = [t for t in tasks if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.config.daemon.drain_grace_seconds)
@@ -616,18 +655,32 @@ class Supervisor:
         backoff = min(1.0, ceiling)
         if not pipeline.positions and pipeline.checkpoints is not None:  # shown until the pipeline runs
             pipeline.positions = await pipeline.stored_positions()
+
+        async def start_sink() -> None:
+            assert sink is not None
+            self._sink_starting.add(pipeline.name)
+            try:
+                await sink.start()
+            except Exception as exc:
+                self.sink_not_ready[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                raise
+            finally:
+                self._sink_starting.discard(pipeline.name)
+            self.sink_not_ready.pop(pipeline.name, None)
+            METRICS.sink_up.labels(sink=sink.name).set(1)
+
+        first = True
         while not pipeline.stopping:
             started = time.monotonic()
             try:
-                if sink is not None:  # (event sinks connect at their first call)
-                    try:
-                        await sink.start()
-                    except Exception as exc:
-                        self.sink_not_ready[pipeline.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        raise
-                    self.sink_not_ready.pop(pipeline.name, None)
-                    METRICS.sink_up.labels(sink=sink.name).set(1)
-                await pipeline.run()
+                if sink is None:  # event sinks only: they connect at their first call
+                    await pipeline.run()
+                elif first:  # the source reads its first pages while the sink (its embedded engine) starts
+                    first = False
+                    await pipeline.run(before_apply=start_sink)
+                else:  # after a failure, nothing is read before the sink is up again
+                    await start_sink()
+                    await pipeline.run()
                 return
             except (LeaseLost, FencedOff) as exc:
                 if not pipeline.sharded:  # another instance owns the source now: stop writing at once
@@ -641,8 +694,7 @@ class Supervisor:
                 backoff = min(backoff * 2, ceiling)
             except SourceStopped as exc:
                 self.failed[pipeline.name] = str(exc)
-                reason = "stream expired" if isinstance(exc, StreamExpired | StreamTrimmed) else "cannot go on"
-                reason = "stream reset" if isinstance(exc, StreamReset) else reason
+                reason = _stop_reason(exc)
                 log.error(f"source stopped: {reason}", source=pipeline.name, error=str(exc))
                 return
             except asyncio.CancelledError:
@@ -672,6 +724,8 @@ class Supervisor:
         """Open the lease table, retrying what may pass (connection, throttling, 5xx, a table still being created)
         with backoff until it works (None) or a drain is requested (EXIT_OK); EXIT_LEASE_TABLE, with `fatal`
         set, for a failure that retrying cannot fix."""
+        from botocore.exceptions import WaiterError
+
         from daemon.checkpoint_dynamodb import classify_table_error
 
         ceiling = self.config.daemon.restart_backoff_max_seconds
@@ -701,6 +755,7 @@ class Supervisor:
 
     async def _open_shared_store(self) -> None:
         from daemon.checkpoint_dynamodb import DynamoDBCheckpointStore
+        from daemon.sources.dynamodb import DynamoDBStreamSource
 
         cfg = self.shared
         assert cfg is not None
@@ -728,7 +783,7 @@ class Supervisor:
                 continue
             pipeline.checkpoints = LeasedCheckpoints(store, coordinator)
             pipeline.standby = True
-            if isinstance(source, FanOutSource):  # its event sinks write under the source's lease
+            if _fanned_out(source) is not None:  # its event sinks write under the source's lease
                 source.checkpoints, source.ownership = pipeline.checkpoints, coordinator
             await store.ensure_leases(pipeline.name, {"": ()})  # a Neptune (or file) source is one partition
 

@@ -1,7 +1,9 @@
 """Neptune Analytics sink: `ExecuteQuery` (language OPEN_CYPHER) through aiobotocore's `neptune-graph` client.
 
 The data-plane host carries the graph id as a prefix (`{graphIdentifier}.`); with an explicit `endpoint`
-(a VPC endpoint or the test stand) the prefix is not injected.
+(a VPC endpoint or the test stand) the prefix is not injected. Batch statements take the lean path
+(`daemon.aws.SignedCall`, the host prefix and `graphIdentifier` header in its template): the body is the one
+botocore's serialiser makes, `{"query", "language", "parameters"}`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from daemon.aws import SignedCall
 from daemon.sinks.aws_base import AwsClientSink
 
 
@@ -34,7 +37,22 @@ class NeptuneAnalyticsSink(AwsClientSink):
             body = await stream.read()
         return orjson.loads(body) if body else {}
 
+    async def _capture(self, session: Any) -> SignedCall:
+        return await SignedCall.capture(
+            self._client,
+            session,
+            "ExecuteQuery",
+            graphIdentifier=self._graph_id,
+            queryString="RETURN 1",
+            language="OPEN_CYPHER",
+            parameters={},
+        )
+
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._call is not None:
+            body = {"query": statement, "language": "OPEN_CYPHER", "parameters": {"rows": rows}}
+            answer = await self._call.send(orjson.dumps(body))
+            return list((orjson.loads(answer) if answer else {}).get("results") or [])
         return list((await self._run(statement, {"rows": rows})).get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

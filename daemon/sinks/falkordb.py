@@ -86,6 +86,8 @@ class FalkorDBSink(GraphSink):
         self._read_only = read_only
         self._client_url: str | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None  # rewrites the engine's AOF after index creations
+        self._compact_wanted = False
 
     @property
     def url(self) -> str | None:
@@ -141,6 +143,11 @@ class FalkorDBSink(GraphSink):
         self._graph = AsyncGraph(self._db, self._graph_name)
 
     async def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
+            self._compactor = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,7 +210,21 @@ class FalkorDBSink(GraphSink):
                 raise
             return
         if self.engine is not None:
-            await self.engine.compact()  # so the index is in the AOF base, in use while a restart replays the tail
+            self._compact_soon()
+
+    def _compact_soon(self) -> None:
+        """Rewrite the embedded engine's append-only file after an index was created, so that the index is in the
+        RDB base and in use while a restart replays the tail. In the background: the writes go on meanwhile (the
+        first window creates an index per relationship type; waiting for a rewrite after each held it up), and
+        the indexes created while one rewrite runs are all in the next one."""
+        self._compact_wanted = True
+        if self._compactor is None or self._compactor.done():
+            self._compactor = asyncio.create_task(self._compact_while_wanted(), name=f"engine-compact:{self.name}")
+
+    async def _compact_while_wanted(self) -> None:
+        while self._compact_wanted and self.engine is not None and self.engine.running:
+            self._compact_wanted = False
+            await self.engine.compact(wait=True)
 
     async def ensure_edge_type(self, edge_type: str) -> None:
         if edge_type in self._indexed_types:

@@ -1,6 +1,7 @@
 """Neptune Database sink: `ExecuteOpenCypherQuery` through aiobotocore's `neptunedata` client.
 
-Parameters travel as one JSON string (orjson); ids are Neptune's own `~id`.
+Parameters travel as one JSON string (orjson); ids are Neptune's own `~id`. Batch statements take the lean
+path (`daemon.aws.SignedCall`): the body is the one botocore's serialiser makes, `{"query", "parameters"}`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from daemon.aws import SignedCall
 from daemon.sinks.aws_base import AwsClientSink
 
 
@@ -16,10 +18,17 @@ class NeptuneSink(AwsClientSink):
     kind = "neptune"
     service = "neptunedata"
 
-    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        response = await self._client.execute_open_cypher_query(
-            openCypherQuery=statement, parameters=orjson.dumps({"rows": rows}).decode()
+    async def _capture(self, session: Any) -> SignedCall:
+        return await SignedCall.capture(
+            self._client, session, "ExecuteOpenCypherQuery", openCypherQuery="RETURN 1", parameters="{}"
         )
+
+    async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parameters = orjson.dumps({"rows": rows}).decode()
+        if self._call is not None:
+            answer = await self._call.send(orjson.dumps({"query": statement, "parameters": parameters}))
+            return list((orjson.loads(answer) if answer else {}).get("results") or [])
+        response = await self._client.execute_open_cypher_query(openCypherQuery=statement, parameters=parameters)
         return list(response.get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

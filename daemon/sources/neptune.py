@@ -48,7 +48,9 @@ class NeptuneStreamSource:
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         """Poll forever, putting batches on `out` (which blocks when the pipeline is behind)."""
         async with AsyncExitStack() as stack:
-            reader = await open_stream_reader(stack, self._cfg, resume=resume.get(PARTITION), on_retry=self._on_retry)
+            reader = await open_stream_reader(
+                stack, self._cfg, resume=resume.get(PARTITION), on_retry=self._on_retry, may_grow=out.empty
+            )
             signalled_caught_up = False
             self.state = "polling"
             probe = asyncio.create_task(self._probe_head(reader), name=f"head-probe:{self.name}")

@@ -8,6 +8,12 @@ SPARQL stream (`GetSparqlStream`, same wire shape and rules); the `neptune` and 
 * A page of records is followed at once while pages are full; after a short page it waits
   `idle_min`. "Caught up" (HTTP 404 `StreamRecordsNotFoundException`, "startEventId is from the future", or an
   empty page) is yielded as an empty page, then the reader waits, doubling from `idle_min` to `idle_max`.
+* Page size: `limit` when caught up; while behind (a full page) the next page asks for twice as many, up to
+  `limit_max`, as long as `may_grow()` holds (the sources pass "the apply loop has no page waiting": larger
+  pages then mean fewer requests and larger windows; with pages waiting they would only wait too, and hold
+  more memory). A page shorter than `limit`, or `may_grow()` false, brings it back to `limit`. A page between
+  `limit` and the size asked for (the API cut it at 10 MB, or the reader is near the head) keeps the size and
+  is followed at once.
 * Throttling, 5xx and connection failures back off with full jitter (the caller is told through `on_retry`);
   other failures are raised. botocore's own retries are off (see `daemon.aws`).
 * `ExpiredStreamException`: the position is older than the stream's retention, changes are lost to whoever
@@ -65,6 +71,8 @@ class StreamReader:
         start: str | dict[str, int] = "trim_horizon",
         resume: Position | None = None,
         limit: int = 1000,
+        limit_max: int | None = None,
+        may_grow: Callable[[], bool] | None = None,
         idle_min: float = 0.05,
         idle_max: float = 5.0,
         on_retry: RetryHook | None = None,
@@ -72,7 +80,10 @@ class StreamReader:
     ) -> None:
         self.client = client
         self._operation = operation  # get_propertygraph_stream | get_sparql_stream
-        self.limit = limit  # may be lowered between pages (capture --max-records)
+        self.limit = limit  # the next page's size; may be lowered between pages (capture --max-records)
+        self._base = limit
+        self._limit_max = max(limit, limit_max or limit)  # > limit: adaptive page size (see the module doc)
+        self._may_grow = may_grow or (lambda: True)
         self._start, self._resume = start, resume
         self._idle_min, self._idle_max = idle_min, idle_max
         self._on_retry = on_retry
@@ -87,13 +98,15 @@ class StreamReader:
         params = await self._start_params()
         idle = self._idle_min
         while True:
+            requested = self.limit
             try:
-                response = await self._read(limit=self.limit, **params)
+                response = await self._read(limit=requested, **params)
             except Exception as exc:
                 code = error_code(exc)
                 if code == "StreamRecordsNotFoundException":
                     _check_not_reset(params, str(exc))
                     self._failures = 0
+                    self._caught_up()
                     yield Page([], _after(params), caught_up=True)
                     await asyncio.sleep(idle)
                     idle = min(idle * 2, self._idle_max)
@@ -110,6 +123,7 @@ class StreamReader:
             self._failures = 0
             records = response.get("records") or []
             if not records:
+                self._caught_up()
                 yield Page([], _after(params), caught_up=True)
                 await asyncio.sleep(idle)
                 idle = min(idle * 2, self._idle_max)
@@ -117,10 +131,26 @@ class StreamReader:
             idle = self._idle_min
             after = _last_position(records)
             params = {"iteratorType": "AFTER_SEQUENCE_NUMBER", "commitNum": after[0], "opNum": after[1]}
-            short = len(records) < self.limit
             yield Page(records, after)
+            if self._limit_max > self._base:
+                self.limit = self._next_limit(len(records), requested)
+                short = len(records) < self._base
+            else:
+                short = len(records) < requested
             if short:
                 await asyncio.sleep(self._idle_min)
+
+    def _caught_up(self) -> None:
+        if self._limit_max > self._base:
+            self.limit = self._base
+
+    def _next_limit(self, count: int, requested: int) -> int:
+        """The adaptive page size after a page of `count` records asked for with `requested`."""
+        if count < self._base or not self._may_grow():
+            return self._base
+        if count >= requested:
+            return min(requested * 2, self._limit_max)
+        return requested
 
     async def _start_params(self) -> dict[str, Any]:
         if self._resume is not None:
@@ -191,15 +221,19 @@ async def open_stream_reader(
     resume: Position | None = None,
     limit: int | None = None,
     on_retry: RetryHook | None = None,
+    may_grow: Callable[[], bool] | None = None,
 ) -> StreamReader:
     """A reader of the stream a `neptune` (property graph) or `neptune-sparql` source config names, its client
-    bound to `stack`."""
+    bound to `stack`. With `may_grow` (the sources pass it) pages grow while behind, up to the config's
+    `limit_max`; without it (capture) every page asks for `limit` (or the `limit` given)."""
     client = await open_neptune_client(stack, cfg)
     return StreamReader(
         client,
         start=cfg.start if isinstance(cfg.start, str) else cfg.start.model_dump(),
         resume=resume,
         limit=cfg.limit if limit is None else limit,
+        limit_max=cfg.page_limit_max if may_grow is not None else None,
+        may_grow=may_grow,
         idle_min=cfg.poll_interval_min_seconds,
         idle_max=cfg.poll_interval_max_seconds,
         on_retry=on_retry,

@@ -49,8 +49,9 @@ from tests.stand.workload import History, generate_history
 
 KEY = "end_to_end"
 COMMAND = "python -m tests.bench --only end_to_end"
-ENGINE_TARGET = 0.8
-NAIVE_TARGET = 20.0
+ENGINE_TARGET = 0.9  # issue 14: kept at >= 0.9 x
+NAIVE_TARGET = 15.0  # issue 14
+SLOW_TARGET = 30.0  # issue 14: the same with LATENCY added to every request
 # The endpoint answers in about 1 ms on loopback; a Neptune cluster is a network round trip away and does a
 # commit per request, a few milliseconds. This row repeats item 3 with that much added to every request.
 LATENCY = 0.002
@@ -201,9 +202,9 @@ def run(quick: bool) -> Section:
         Target(f"daemon >= {ENGINE_TARGET} x the direct rate", f"{engine_ratio:.2f} x", engine_ratio >= ENGINE_TARGET),
         Target(f"daemon >= {NAIVE_TARGET:g} x the naive consumer", f"{naive_ratio:.1f} x", naive_ratio >= NAIVE_TARGET),
         Target(
-            f"(context, not the target) the same with {LATENCY * 1000:g} ms added to every request",
+            f"daemon >= {SLOW_TARGET:g} x the naive consumer with {LATENCY * 1000:g} ms added to every request",
             f"{slow_ratio:.1f} x",
-            None,
+            slow_ratio >= SLOW_TARGET,
         ),
         Target("same final graph as the reference, every contender", "; ".join(problems) or "identical", not problems),
     ]
@@ -234,18 +235,32 @@ def gap_notes(engine_ratio: float, naive_ratio: float, slow_ratio: float) -> str
             "3 during this run) the daemon's CPU competes with the engine's; the direct runs themselves varied by "
             "2 x between repetitions. Lowering the pipeline cost (item 1) is what closes this gap."
         )
-    if naive_ratio < NAIVE_TARGET:
+    if naive_ratio < NAIVE_TARGET or slow_ratio < SLOW_TARGET:
         out.append(
-            "**Item 3 gap.** On loopback a request to the test endpoint costs about 1 ms in all, most of it "
-            "client CPU: botocore builds, signs (SigV4) and parses every request, about 1 ms of the daemon's CPU "
-            "a call, while the naive consumer posts with a bare aiohttp session and a fixed header (in its "
+            "**Item 3 gap.** On loopback a request to the test endpoint costs about 1 ms in all, much of it "
+            "client CPU. The daemon's batch statements no longer go through the whole botocore client pipeline "
+            "(`daemon.aws.SignedCall`: the request botocore builds is captured once, and each call is a copy "
+            "with a new body signed by botocore's SigV4 signer, on the client's pooled aiohttp session), which "
+            "cut the client CPU of a call by about 40 % (1.5 -> 0.9 ms on this loaded machine, side by side); "
+            "the naive consumer still posts with a bare aiohttp session and a fixed, unsigned header (in its "
             "favour). The daemon sends far fewer requests (stream pages and batched statements, counted above), "
-            "but each batched row still costs the endpoint and the engine their per-row work. The endpoint is not the "
-            "limit: profiled, it is idle about half of the daemon's run (its own CPU was also cut by 38 % in "
-            "this round, which made both contenders faster). A real Neptune endpoint is a network round trip "
+            "but each batched row still costs the endpoint and the engine their per-row work, and the "
+            "statements are many small ones: the planner cuts a window by phase, label and property set (about "
+            "10 changes a statement here, far below `batch_size`). A real Neptune endpoint is a network round trip "
             "away and commits every request, a few milliseconds: with 2 ms added to every request (the last "
             f"rows) the daemon is {slow_ratio:.1f} x the naive consumer, because the daemon pays that latency "
             "once per batch and in parallel lanes, the naive consumer once per record. Measuring against a real "
             "cluster is what would settle the target."
+        )
+        out.append(
+            "What issue 14's request-path steps gained, side by side with the tree before them (d25f421) on the "
+            "same stand and history, alternating, median of 3, on the same loaded machine (load average 8): "
+            "4.05 s against 5.16 s without added latency, 6.00 s against 8.54 s with 2 ms a request; both trees "
+            "sent the same 977 statements, and pages that grow while the apply loop waits changed the stream "
+            "requests little here (the history is 10 pages of 1,000 records). The rest of item 3's gap is the "
+            "statement count: about 10 changes a statement, which is the planner's shape of this history, not "
+            "the request path. On a loaded machine the ratios fall (in a run at load average 8-13 every contender "
+            "took 2-5 x its quiet time, the daemon's CPU-bound work more than the naive consumer's waits: 10.3 x, "
+            "and 15.2 x with 2 ms a request), so compare ratios of runs at similar load."
         )
     return "\n\n".join(out)

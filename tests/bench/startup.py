@@ -9,11 +9,21 @@ checkpoint store (the pipeline checkpoints a window only once every batch of it 
 *exit* is the whole run to the process's exit. Two parts of the start are timed on their own: the interpreter
 with the daemon's imports for `run` (a process that imports them and exits), and the embedded engine's start
 (spawn to answering PING, `EmbeddedFalkorDB.start`, on an empty data directory). Median of repetitions.
+
+The daemon's modules are byte-compiled first (`compileall`), as a wheel install (the container image) has them:
+with `PYTHONDONTWRITEBYTECODE` set, as in this workplace, an editable install would otherwise compile every
+module from source at every start (about 0.2-0.4 s), which is not what a deployed daemon pays.
+
+`python -m tests.bench.startup --before REV` runs the same start side by side with the `daemon` package of an
+earlier commit (exported with `git archive`, run from the same interpreter), alternating, and prints both
+medians: how a change moved the start on a machine whose load moves between runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import compileall
 import os
 import resource
 import sqlite3
@@ -61,14 +71,28 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_quickstart(tmp: Path) -> tuple[float, float, float]:
+def compile_bytecode(package: Path = ROOT / "daemon") -> None:
+    """Byte-compile a `daemon` package, as installing its wheel does (see the module docstring)."""
+    if not compileall.compile_dir(str(package), quiet=1):
+        raise RuntimeError(f"cannot byte-compile {package}")
+
+
+def run_quickstart(tmp: Path, tree: Path | None = None) -> tuple[float, float, float]:
     """(seconds to the first batch applied, seconds to exit, CPU seconds of the process and the engine it
-    started) of one quick-start run on a fresh data dir."""
+    started) of one quick-start run on a fresh data dir; `tree` runs the `daemon` package under that directory
+    instead of this tree's (`--before`)."""
     config = _config(tmp)
-    command = [str(Path(sys.executable).with_name("graph-replicator")), "run", "--config", str(config)]
+    env = None
+    if tree is None:
+        command = [str(Path(sys.executable).with_name("graph-replicator")), "run", "--config", str(config)]
+    else:
+        command = [sys.executable, "-m", "daemon", "run", "--config", str(config)]
+        env = dict(os.environ, PYTHONPATH=str(tree))
     cpu = _children_cpu()
     started = time.monotonic()
-    proc = subprocess.Popen([*command, "--exit-when-idle"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(  # cwd: the config's paths are absolute; not ROOT, whose `daemon` would shadow `tree`'s
+        [*command, "--exit-when-idle"], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     first = None
     db = tmp / "data" / "checkpoints.sqlite3"
     while proc.poll() is None:
@@ -84,11 +108,12 @@ def run_quickstart(tmp: Path) -> tuple[float, float, float]:
     return first, exited, _children_cpu() - cpu
 
 
-def time_imports() -> tuple[float, float]:
+def time_imports(tree: Path | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of a process that makes `run`'s imports and exits."""
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
     cpu = _children_cpu()
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", RUN_IMPORTS], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", RUN_IMPORTS], cwd=tree or ROOT, check=True, env=env)
     return time.monotonic() - started, _children_cpu() - cpu
 
 
@@ -107,6 +132,7 @@ def time_engine(tmp: Path) -> float:
 
 def run(quick: bool) -> Section:
     reps = 3 if quick else 7
+    compile_bytecode()
     first: list[float] = []
     exits: list[float] = []
     run_cpu: list[float] = []
@@ -146,28 +172,72 @@ def run(quick: bool) -> Section:
     notes = "\n".join(
         [
             f"`graph-replicator run --config config/quickstart.toml --exit-when-idle` on a fresh data directory, "
-            f"{reps} runs; first batch applied = the first checkpoint row (polled every {POLL_S * 1000:.0f} ms). "
-            f"The machine has {os.cpu_count()} cores shared with the benchmark's own polling and any other work; "
-            "the start is mostly single-threaded Python (imports) and the engine's own start, which overlap "
-            "nothing yet: the sink (and its engine) starts before the pipeline reads its first record. *CPU s* is "
-            "the user + system time of the process (and of the engine it started and stopped), which other work "
-            "on the machine inflates much less than the wall time: compare the two to see how busy the machine "
-            "was.",
+            f"{reps} runs, the daemon's modules byte-compiled first (as an installed wheel has them); first batch "
+            f"applied = the first checkpoint row (polled every {POLL_S * 1000:.0f} ms). The machine has "
+            f"{os.cpu_count()} cores shared with the benchmark's own polling and any other work; the start is "
+            "mostly single-threaded Python (imports), then the engine's start, which overlaps the source's first "
+            "read, then the first window (every record of the capture: the source reads it while the engine "
+            "starts) planned and applied, each statement fsynced by the engine (`engine_fsync = always`). *CPU s* "
+            "is the user + system time of the process (and of the engine it started and stopped), which other "
+            "work on the machine inflates much less than the wall time: compare the two to see how busy the "
+            "machine was.",
             "",
-            "Where the time goes: the imports. On this machine, shared with other work, `run`'s imports took "
-            "1.0-1.5 s of CPU (the same process start with nothing else to do), the engine about 0.1 s, and "
-            "reading, planning and applying the first window of 5,000 records the rest. What was cut, side by "
-            "side with the previous tree (median CPU of 9 alternating processes of the imports above):",
+            "What was cut in issue 14, side by side with the tree before it "
+            "(`python -m tests.bench.startup --before d25f421`: both trees byte-compiled, alternating processes, "
+            "median of 7): at load average 1.4, first batch applied 1.53 -> 0.96 s, exit 1.78 -> 1.22 s, the "
+            "whole run's CPU 1.41 -> 1.06 s, the imports of `run` 0.99 -> 0.66 s (0.98 -> 0.65 s CPU); at load "
+            "average 7-9, first batch applied 2.67 -> 2.07 s. The table above ran at load average about 2.",
             "",
-            "- `daemon.aws` imports aiobotocore, botocore and aiohttp when a client is first opened or an AWS error "
-            "classified, not at import: a daemon whose sources and sinks need no AWS client (the quick start, any "
-            "file or FalkorDB set-up) never loads them. Imports of `run` 1.34 -> 1.14 s CPU.",
+            "- The modules of sources, sinks, event sinks and the HTTP server are imported when the config uses "
+            "them (`daemon.supervisor.build_source` / `build_sink`; `HttpServer` moved to `daemon.http_server`, "
+            "still importable from `daemon.observability`; `urllib.request` only for `status`): the quick start "
+            "(no HTTP server, no AWS client, no event sink) no longer loads aiohttp (its client and web server), "
+            "botocore, `http.client` and `email`. Earlier in this issue: `daemon.aws` imports aiobotocore, "
+            "botocore and aiohttp when a client is first opened (1.34 -> 1.14 s CPU of the imports then).",
+            "- The sink (its embedded engine) starts while the source reads its first pages "
+            '(`Pipeline.run(before_apply=...)` on a pipeline\'s first run; readiness says "not polling yet" '
+            "until the sink is up, and after a failure the sink starts before anything is read, as before).",
+            "- Indexes: the FalkorDB sink created each index and then waited for the engine's append-only file "
+            "rewrite before the next (50 ms polls), one per relationship type in the first window: 0.2-0.5 s of "
+            "the first window here. The rewrite now runs in one background task, and the indexes created while "
+            "it runs go into one more rewrite (the point of the rewrite, indexes in the base a restart loads, "
+            "is kept).",
             "",
-            "Next cuts, by the import profile (`python -X importtime`), not made in this round because the files "
-            "were being changed by other work at the same time: `daemon.observability` imports aiohttp's web "
-            "server (about 0.2 s here, with its TLS set-up) even when `http_address` is empty; the supervisor "
-            "imports every source and sink module, not the configured ones. Starting the engine while the "
-            "source reads its first page would save at most the engine's start (about 0.1 s).",
+            "Left: `run`'s imports are now mostly pydantic and the config models (about a third), redis and the "
+            "FalkorDB client (needed by this sink), prometheus_client, structlog and asyncio/uvloop; the first "
+            "window's apply is mostly the engine's fsync per statement (`engine_fsync = \"everysec\"` applied the "
+            "same window 1.6-3 x faster in alternating traces, at the cost of the durability default).",
         ]
     )
     return Section(KEY, "9. Start-up: process start to first batch applied", COMMAND, columns, rows, targets, notes)
+
+
+def compare(rev: str, reps: int) -> None:
+    """`--before REV`: this tree and REV's `daemon` package, alternating, `reps` runs each; medians printed."""
+    from tests.bench.compare_trees import export_package
+
+    with TemporaryDirectory(prefix="bench-startup-before-") as before:
+        export_package(rev, Path(before), name="daemon")
+        compile_bytecode(Path(before) / "daemon")
+        compile_bytecode()
+        trees: dict[str, Path | None] = {rev: Path(before), "this tree": None}
+        results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+        for i in range(reps):
+            for name in list(trees)[:: 1 if i % 2 else -1]:
+                with TemporaryDirectory(prefix="bench-startup-") as tmp:
+                    f, e, c = run_quickstart(Path(tmp), trees[name])
+                    wall, cpu = time_imports(trees[name])
+                for key, value in (("first batch s", f), ("exit s", e), ("run CPU s", c), ("imports s", wall),
+                                   ("imports CPU s", cpu)):  # fmt: skip
+                    results[name].setdefault(key, []).append(value)
+        print(f"median of {reps} alternating runs (load average now {os.getloadavg()[0]:.1f})")
+        for name, measures in results.items():
+            print(f"{name:>12}: " + ", ".join(f"{key} {median(values):.2f}" for key, values in measures.items()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", required=True, help="an earlier commit to compare with")
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    compare(args.before, args.reps)
