@@ -84,7 +84,9 @@ def test_every_catalogued_metric_is_scraped_with_sensible_values(stand: NeptuneS
     # target calls make the retry and error counters count something known.
     stand.faults.configure(rate=1.0, kinds=["slow", "slow", "slow", "server_error"], seed=5, paths=("stream",))
     stand.faults.configure(rate=0.1, kinds=["throttling"], seed=6, paths=("opencypher",))
-    config = config_for(tmp_path, stand, "neptune", source={"limit": 400, "queue_size": 4}, sink={"batch_size": 200})
+    config = config_for(
+        tmp_path, stand, "neptune", source={"limit": 400, "limit_max": 400, "queue_size": 4}, sink={"batch_size": 200}
+    )  # (fixed pages: many slow reads, some failing)
     started = time.time()
     daemon = DaemonProcess(config, exit_when_idle=False)
     try:

@@ -46,6 +46,8 @@ class FakeApplier:
 
 
 class FakeCoordinator:
+    source = "main"
+
     def __init__(self) -> None:
         self.held = {"": Lease("main", "", "me", 1)}
         self.lost: list[str] = []
