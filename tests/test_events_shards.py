@@ -11,6 +11,7 @@ each element's order, duplicates only as replays with the same id; the graph equ
 from __future__ import annotations
 
 import asyncio
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,68 @@ async def test_event_sinks_only_share_shards_and_finish_each_shard_before_its_ch
     closed = {shard.id for shard in shards if shard.closed}
     ended = {lease.partition for lease in await store.list_leases("scripted") if lease.position == SHARD_END}
     assert ended == closed
+
+
+async def test_a_sinks_position_on_a_shard_moves_only_under_the_shards_lease(
+    moto_server: str,
+    stack: AsyncExitStack,  # noqa: F811
+) -> None:
+    """`save_shard_branch` writes `cp@SINK` on the shard's lease item, conditional on the holder (and renews it);
+    a first position registered for the source is every sink's too; an instance that lost the shard moves none."""
+    from daemon.leases import LeaseLost, new_owner_id
+
+    store = await DynamoDBCheckpointStore.open(
+        stack, table=f"branches-{uuid.uuid4().hex[:8]}", region="us-east-1", endpoint=moto_server
+    )
+    await store.ensure_leases("items", {"s1": (), "s2": ()}, {"s2": ("0" * 39 + "5",)}, ("hook", "queue"))
+    s2 = await store.get_lease("items", "s2")
+    assert s2 is not None and s2.branches == {"hook": ("0" * 39 + "5",), "queue": ("0" * 39 + "5",)}
+    old, new = new_owner_id(), new_owner_id()
+    lease = await store.take("items", "s1", old, 0)
+    counter = lease.counter
+    await store.save_shard_branch(lease, "hook", ("0" * 39 + "7",))
+    assert lease.counter == counter + 1 and lease.branches == {"hook": ("0" * 39 + "7",)}
+    await store.save_many("items", {"s1": ("0" * 39 + "9",)}, {"s1": lease})
+    row = await store.get_lease("items", "s1")
+    assert row is not None and (row.position, row.branches) == (("0" * 39 + "9",), {"hook": ("0" * 39 + "7",)})
+
+    taken = await store.take("items", "s1", new, lease.counter)  # another instance, after the lease expired
+    with pytest.raises(LeaseLost):
+        await store.save_shard_branch(lease, "hook", ("0" * 39 + "8",))
+    await store.save_shard_branch(taken, "hook", SHARD_END)
+    row = await store.get_lease("items", "s1")
+    assert row is not None and row.owner == new and row.branches == {"hook": SHARD_END}
+
+
+async def test_checkpoint_show_lists_a_shards_sink_positions_and_changing_them_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: str,
+    stack: AsyncExitStack,  # noqa: F811
+) -> None:
+    import io
+
+    import orjson
+
+    from daemon.checkpoint_admin import AdminError, Request, run
+    from tests.stand.daemon_process import AWS_ENV
+
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    table = f"admin-{uuid.uuid4().hex[:8]}"
+    path = instance_config(tmp_path, "admin", "http://127.0.0.1:9", _NoEngine(), "g", table, moto_server)  # type: ignore[arg-type]
+    config = load_config(with_hook(path, "http://127.0.0.1:9/hook"))
+    store = await DynamoDBCheckpointStore.open(stack, table=table, region="us-east-1", endpoint=moto_server)
+    await store.ensure_leases("scripted", {"s1": ()}, {"s1": ("0" * 39 + "4",)}, ("hook",))
+    out = io.StringIO()
+    assert await run(config, Request("show", fmt="json"), out) == 0
+    shown = {(r["source"], r["partition"]): r["position"] for r in orjson.loads(out.getvalue())}
+    assert shown == {("scripted", "s1"): ["0" * 39 + "4"], ("scripted@hook", "s1"): ["0" * 39 + "4"]}
+    with pytest.raises(AdminError, match="not available yet"):
+        await run(config, Request("set", source="scripted@hook", partition="s1", position="0" * 39 + "1"), out)
+
+
+class _NoEngine:
+    """Stands in for the engine in a config that is only parsed (no graph is written)."""
+
+    host, port, password = "127.0.0.1", 9, "x"
