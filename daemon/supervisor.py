@@ -228,7 +228,7 @@ class LeasedCheckpoints:
         return {lease.partition: lease.branches[sink] for lease in leases if sink in lease.branches}
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
-        if source != self.coordinator.source and not self.sharded:  # an event sink's row, under the source's lease
+        if LANE_SEPARATOR in source and not self.sharded:  # an event sink's SOURCE@SINK row, under the source's lease
             for partition in positions:
                 if not self.coordinator.may_write(partition):
                     raise FencedOff(f"{source!r} partition {partition!r}: the source's lease is not writable")
