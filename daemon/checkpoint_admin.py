@@ -40,6 +40,7 @@ import structlog
 
 from daemon.config import Config, DynamoDBCheckpointConfig, DynamoDBSourceConfig, SourceConfig
 from daemon.events.fanout import LANE_SEPARATOR, lane_key
+from daemon.leases import Lease
 from daemon.model import SHARD_END, SHARD_START, Position
 
 
@@ -216,10 +217,15 @@ class DynamoDBAdmin:
     def __init__(self, config: Config, stack: AsyncExitStack, *, sleep: Callable[[float], Any] = asyncio.sleep):
         assert isinstance(config.checkpoint, DynamoDBCheckpointConfig)
         self.cfg = config.checkpoint
+        self.config = config
         self.stack = stack
         self.sleep = sleep
         self.where = f"DynamoDB table {self.cfg.table}"
         self._store: Any = None
+
+    def _sharded(self, source: str) -> bool:
+        """A DynamoDB source: its shards are shared, its event sinks' positions live on the shards' lease items."""
+        return any(s.name == source and is_shard_source(s) for s in self.config.sources)
 
     async def store(self, *, create: bool) -> Any:
         from daemon.aws import open_client
@@ -241,8 +247,25 @@ class DynamoDBAdmin:
         store = await self.store(create=False)
         rows: list[Row] = []
         for source in sources:
+            owner, _, sink = source.partition(LANE_SEPARATOR)
             try:
-                leases = await store.list_leases(source)
+                if sink and self._sharded(owner):  # a shard's event sink position is on the shard's lease item
+                    leases = [
+                        Lease(
+                            source,
+                            lease.partition,
+                            lease.owner,
+                            lease.counter,
+                            lease.heartbeat,
+                            lease.parents,
+                            lease.branches[sink],
+                            lease.pending_owner,
+                        )
+                        for lease in await store.list_leases(owner)
+                        if sink in lease.branches
+                    ]
+                else:
+                    leases = await store.list_leases(source)
             except Exception as exc:
                 if error_code(exc) == "ResourceNotFoundException":
                     return []  # no table yet: no daemon ran with this store
@@ -398,6 +421,11 @@ async def run(config: Config, request: Request, out: TextIO, *, sleep: Callable[
             _show(rows, sources, admin, request.fmt, out)
             return 0
         source, key = _target(config, request.source)
+        if key is not None and isinstance(admin, DynamoDBAdmin) and is_shard_source(source):
+            raise AdminError(
+                f"{key!r}: changing an event sink's positions of a DynamoDB source on the DynamoDB store is not "
+                "available yet (they live on the shards' lease items); `show` lists them"
+            )
         shown = key or source.name
         current = {r.partition: r.position for r in await admin.rows([shown])}
         writes: dict[str, Position | None]

@@ -17,6 +17,8 @@ Table (created on first use when missing, on-demand billing):
     parents      L of S    parent shard ids
     checkpoint   S         the position as JSON text, exactly as the SQLite store keeps it; ["SHARD_END"] at the end
     pending_owner S        an instance that asked for the lease (steal); the owner hands it over at its next renew
+    cp@SINK      S         a DynamoDB shard's event sink SINK: its position on this shard (JSON text, as `checkpoint`),
+                           on the lease item so a hand-over carries every sink's position (docs/events.md)
     updated_at   N         epoch seconds of the last checkpoint write
 
 Every write that changes an owned lease is conditional on `owner = :me AND lease_counter = :counter`; a take is
@@ -78,8 +80,16 @@ def _position_text(position: Position) -> str:
     return orjson.dumps(list(position)).decode()
 
 
+BRANCH_PREFIX = "cp@"  # the attribute of an event sink's position on a shard's lease item: cp@SINK
+
+
 def lease_from_item(item: Mapping[str, Any]) -> Lease:
     checkpoint = item.get("checkpoint", {}).get("S")
+    branches = {
+        name[len(BRANCH_PREFIX) :]: tuple(orjson.loads(value["S"]))
+        for name, value in item.items()
+        if name.startswith(BRANCH_PREFIX)
+    }
     return Lease(
         source=item["source"]["S"],
         partition=item["partition"]["S"],
@@ -89,6 +99,7 @@ def lease_from_item(item: Mapping[str, Any]) -> Lease:
         parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
         position=tuple(orjson.loads(checkpoint)) if checkpoint is not None else None,
         pending_owner=item.get("pending_owner", {}).get("S"),
+        branches=branches,
     )
 
 
@@ -96,6 +107,7 @@ def _absorb(lease: Lease, written: Lease) -> Lease:
     """Update the caller's lease object in place (the coordinator and the pipeline share it)."""
     lease.owner, lease.counter, lease.heartbeat = written.owner, written.counter, written.heartbeat
     lease.parents, lease.position, lease.pending_owner = written.parents, written.position, written.pending_owner
+    lease.branches = written.branches
     return lease
 
 
@@ -261,6 +273,19 @@ class DynamoDBCheckpointStore:
             ]
             await self._transact(items, lease)
 
+    async def save_shard_branch(self, lease: Lease, sink: str, position: Position) -> None:
+        """Write event sink `sink`'s position on a shared shard as an attribute of the shard's lease item
+        (`cp@SINK`), conditional on our owner and counter like the shard's own checkpoint (and bumping the counter
+        like it, so it also renews): a hand-over carries every sink's position, and an instance that lost the
+        shard cannot move any of them (`LeaseLost`)."""
+        await self._conditional_update(
+            lease,
+            "SET #b = :cp, #u = :now, #c = #c + :one, #h = :now",
+            {":cp": {"S": _position_text(position)}, ":now": {"N": repr(time.time())}},
+            bump=True,
+            branch=BRANCH_PREFIX + sink,
+        )
+
     async def _transact(self, items: list[dict[str, Any]], lease: Lease) -> None:
         """TransactWriteItems whose first item checks `lease`: a failed check raises `LeaseLost`; a conflict with
         another transaction in flight on the same items is retried like throttling."""
@@ -313,13 +338,16 @@ class DynamoDBCheckpointStore:
         source: str,
         partitions: Mapping[str, tuple[str, ...]],
         positions: Mapping[str, Position] | None = None,
+        branches: tuple[str, ...] = (),
     ) -> None:
         """Create a free lease for each partition (with its parents, and its first position when `positions`
-        gives one) that has no item yet. Give parents before their children: a child whose parent has no item
-        yet counts as ready to take."""
+        gives one, for the source and each event sink of `branches`) that has no item yet. Give parents before
+        their children: a child whose parent has no item yet counts as ready to take."""
         for partition, parents in partitions.items():
+            position = (positions or {}).get(partition)
+            extra = {BRANCH_PREFIX + sink: {"S": _position_text(position)} for sink in branches if position is not None}
             try:
-                await self._create(source, partition, parents, (positions or {}).get(partition))
+                await self._create(source, partition, parents, position, **extra)
             except ClientError as exc:
                 if error_code(exc) != CONDITION_FAILED:
                     raise
@@ -497,6 +525,7 @@ class DynamoDBCheckpointStore:
         check_owner: bool = True,
         extra_condition: str | None = None,
         check_counter: bool = True,
+        branch: str | None = None,
     ) -> Lease:
         """One UpdateItem conditional on the lease's counter (and owner), returning the lease as written.
         `new_owner` False means "the owner stays". Writes of one lease are serialised in this process, so a
@@ -511,6 +540,7 @@ class DynamoDBCheckpointStore:
                 check_owner=check_owner,
                 extra_condition=extra_condition,
                 check_counter=check_counter,
+                branch=branch,
             )
 
     async def _update_locked(
@@ -524,6 +554,7 @@ class DynamoDBCheckpointStore:
         check_owner: bool,
         extra_condition: str | None,
         check_counter: bool = True,
+        branch: str | None = None,
     ) -> Lease:
         conditions = ["#c = :c"] if check_counter else []
         values = {**values, ":c": {"N": str(lease.counter)}} if check_counter else dict(values)
@@ -547,7 +578,7 @@ class DynamoDBCheckpointStore:
                 Key=_key(lease.source, lease.partition),
                 UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames=_names_in(update, condition),
+                ExpressionAttributeNames={**_names_in(update, condition), **({"#b": branch} if branch else {})},
                 ExpressionAttributeValues={name: value for name, value in values.items() if name in tokens},
                 ReturnValues="ALL_NEW",
             )

@@ -1427,7 +1427,7 @@ def _check_rdf_pairing(data: dict[str, Any], i: int, source: dict[str, Any], sin
 
 def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: dict[str, Any]) -> list:
     """`sinks = [...]`: each named sink exists; at most one graph sink, first, then event sinks (or event sinks
-    only); a DynamoDB source's event sinks need the SQLite checkpoint store in this version (docs/events.md)."""
+    only); a DynamoDB source's s3 sink needs the SQLite checkpoint store in this version (docs/events.md)."""
     names = source.get("sinks")
     if not isinstance(names, list):
         names = [source["sink"]] if isinstance(source.get("sink"), str) else []
@@ -1454,10 +1454,10 @@ def _check_fan_out(data: dict[str, Any], i: int, source: dict[str, Any], sinks: 
                                   "(replicate into a second graph with a second source)"))  # fmt: skip
     checkpoint = data.get("checkpoint")
     shared = isinstance(checkpoint, dict) and checkpoint.get("kind") == "dynamodb"
-    if any(kind in EVENT_SINK_KINDS for kind in kinds) and shared and source.get("kind") == "dynamodb":
-        why = ('event sinks of a DynamoDB source need [checkpoint] kind = "sqlite" in this version (its shards are '
-               "leased one by one across instances and the event sinks' checkpoints do not follow them yet); a "
-               'neptune or file source may have event sinks with kind = "dynamodb"')  # fmt: skip
+    if "s3" in kinds and shared and source.get("kind") == "dynamodb":
+        why = ('an s3 sink of a DynamoDB source needs [checkpoint] kind = "sqlite" in this version (its open '
+               "windows are not handed over with a shard's lease yet); the other event sinks may share the "
+               'shards with kind = "dynamodb"')  # fmt: skip
         problems.append((_user_key(("sources", i, "sinks"), data), why))
     return problems
 

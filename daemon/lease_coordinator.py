@@ -495,6 +495,10 @@ class LeaseCoordinator:
                             source=lease.source, partition=lease.partition)  # fmt: skip
                 self.metrics.losses.inc()
                 return
+        if lease.shard_end:  # its end was checkpointed while the hand-over waited: free it (children become ready)
+            await self.renewer.give_up(lease, "shard_end")
+            self.wake()
+            return
         self.renewer.handed_off += 1
         await self.renewer.give_up(lease, "handoff", wanted_by)
 

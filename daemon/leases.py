@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from daemon.model import SHARD_END, Position
@@ -47,6 +47,7 @@ class Lease:
     parents: tuple[str, ...] = ()  # parent shard ids (DynamoDB lineage); read a child after its parents end
     position: Position | None = None  # the checkpoint; None before the first save
     pending_owner: str | None = None  # an instance that asked for this lease (a steal waiting for hand-off)
+    branches: dict[str, Position] = field(default_factory=dict)  # a shared shard's event sinks' positions (by sink)
 
     @property
     def shard_end(self) -> bool:

@@ -31,6 +31,9 @@ KINDS = frozenset({VERTEX_LABEL, VERTEX_PROPERTY, EDGE, EDGE_PROPERTY, WHOLE_VER
 # A position within one partition of a source; comparable as a tuple (all positions of a partition have one shape).
 Position = tuple[int | str, ...]
 
+# The checkpoint key of an event sink's branch of a source is SOURCE@SINK (docs/events.md).
+LANE_SEPARATOR = "@"
+
 SHARD_END: Position = ("SHARD_END",)  # sorts after every zero-padded sequence number
 # Before the first record of a shard (read it from TRIM_HORIZON); sorts before every real sequence number, which
 # is never zero. A bootstrap hands it off for the shards that were open when it recorded its position.

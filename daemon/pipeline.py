@@ -251,6 +251,9 @@ class Pipeline:
         while partition in self._writing:
             self._window_done.clear()
             await self._window_done.wait()
+        quiesce_branches = getattr(self.source, "quiesce", None)  # a fan-out: its event sinks' windows too
+        if quiesce_branches is not None:
+            await quiesce_branches(partition)
 
     async def _writable(self, window: list[ChangeBatch]) -> list[ChangeBatch]:
         """The window's batches this instance may write, and the applier's fence for them. One partition: any

@@ -79,7 +79,7 @@ from daemon.datadir import DataDirLock
 from daemon.deadletter import DeadLetterFile
 from daemon.lease_coordinator import LeaseCoordinator
 from daemon.leases import FencedOff, Lease, LeaseLost
-from daemon.model import SHARD_END, Position, SourceStopped
+from daemon.model import LANE_SEPARATOR, SHARD_END, Position, SourceStopped
 from daemon.observability import METRICS
 from daemon.pipeline import Pipeline, Source
 from daemon.scheduler import Planner
@@ -224,16 +224,43 @@ class LeasedCheckpoints:
     once), a lost one is left out of what `save_many` returns, a failing one is retried while its lease is
     writable and given up after, and a shard checkpointed at `SHARD_END` is released at once. An event sink's
     rows (`SOURCE@SINK`, one-partition sources) are written only while the source's lease is writable, each in
-    a transaction with a check of that lease (`DynamoDBCheckpointStore.save_many`)."""
+    a transaction with a check of that lease (`DynamoDBCheckpointStore.save_many`).
 
-    def __init__(self, store: Any, coordinator: LeaseCoordinator, *, sharded: bool = False) -> None:
+    A sharded source with event sinks (`sinks`): each event sink's position on a shard is an attribute of the
+    shard's lease item (`save_shard_branch`, conditional on our holding like the shard's own checkpoint), so
+    `load("SOURCE@SINK")` reads them from the lease items. The shard's own checkpoint becomes `SHARD_END` (which
+    frees the lease and makes its children ready) only once the graph sink (`graph`) and every event sink have
+    delivered the shard's end: a branch that gets there before the others is told its end is saved and the
+    graph's stays where it was in the table (a new owner replays its tail, nothing is skipped)."""
+
+    def __init__(
+        self,
+        store: Any,
+        coordinator: LeaseCoordinator,
+        *,
+        sharded: bool = False,
+        graph: bool = True,
+        sinks: tuple[str, ...] = (),
+    ) -> None:
         self.store, self.coordinator, self.sharded = store, coordinator, sharded
+        self.graph, self.sinks = graph, sinks
+        self._graph_ended: set[str] = set()  # shards whose end the graph sink applied (its row waits for the sinks)
+        self._ending: set[str] = set()  # shards whose own SHARD_END is being written
+
+    def _sink_of(self, key: str) -> str | None:
+        """The event sink of a `SOURCE@SINK` key of this source; None for the source's own key."""
+        prefix = self.coordinator.source + LANE_SEPARATOR
+        return key[len(prefix) :] if key.startswith(prefix) else None
 
     async def load(self, source: str) -> dict[str, Any]:
-        return await self.store.load(source)
+        sink = self._sink_of(source) if self.sharded and self.sinks else None
+        if sink is None:
+            return await self.store.load(source)
+        leases = await self.store.list_leases(self.coordinator.source)
+        return {lease.partition: lease.branches[sink] for lease in leases if sink in lease.branches}
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
-        if source != self.coordinator.source:  # an event sink's SOURCE@SINK row, under the source's lease
+        if LANE_SEPARATOR in source and not self.sharded:  # an event sink's SOURCE@SINK row, under the source's lease
             for partition in positions:
                 if not self.coordinator.may_write(partition):
                     raise FencedOff(f"{source!r} partition {partition!r}: the source's lease is not writable")
@@ -245,14 +272,16 @@ class LeasedCheckpoints:
             for partition in positions:
                 self.coordinator.written(partition, sent)
             return None
+        sink = self._sink_of(source)
         partitions = list(positions)
-        saved = await asyncio.gather(*(self._save_shard(source, p, positions[p]) for p in partitions))
+        saved = await asyncio.gather(*(self._save_shard(source, p, positions[p], sink) for p in partitions))
         return [partition for partition, ok in zip(partitions, saved, strict=True) if ok]
 
     async def forget(self, source: str, partitions: list[str]) -> None:
         if not self.sharded:
             await self._fenced(self.store.forget, source, partitions, self.coordinator.held)
             return
+        source = self.coordinator.source  # an event sink's positions live on the shard's lease item: delete that
         for partition in partitions:  # finished shards past the stream's retention; any instance may delete them
             try:
                 await self.store.forget(source, [partition], self.coordinator.held)
@@ -260,7 +289,45 @@ class LeasedCheckpoints:
                 log.info("finished shard not forgotten: its row changed", source=source, partition=partition,
                          owner=exc.actual_owner)  # fmt: skip
 
-    async def _save_shard(self, source: str, partition: str, position: Position) -> bool:
+    async def _save_shard(self, source: str, partition: str, position: Position, sink: str | None = None) -> bool:
+        if position == SHARD_END and self.sinks:
+            return await self._save_end(partition, sink)
+        return await self._write_shard(partition, position, sink)
+
+    async def _save_end(self, partition: str, sink: str | None) -> bool:
+        """One branch delivered the shard's end: record it (an event sink's on the lease item, the graph's here),
+        and write the shard's own `SHARD_END` (releasing it) once every branch has."""
+        if sink is not None:
+            if not await self._write_shard(partition, SHARD_END, sink):
+                return False
+        elif not self.coordinator.may_write(partition):
+            await self.coordinator.lease_lost(partition)
+            return False
+        else:
+            self._graph_ended.add(partition)
+        await self.end_if_all_ended(partition)
+        return True
+
+    async def end_if_all_ended(self, partition: str) -> None:
+        """Write the shard's own `SHARD_END` (and release it) if the graph sink and every event sink delivered
+        its end; also run for a shard taken over with every branch already there (its last owner stopped between
+        the last branch's end and the shard's)."""
+        lease = self.coordinator.held.get(partition)
+        if lease is None or partition in self._ending or lease.position == SHARD_END:
+            return
+        graph_done = not self.graph or partition in self._graph_ended
+        if graph_done and all(lease.branches.get(sink) == SHARD_END for sink in self.sinks):
+            self._ending.add(partition)
+            try:
+                await self._write_shard(partition, SHARD_END, None)
+            finally:
+                self._ending.discard(partition)
+                self._graph_ended.discard(partition)
+
+    async def _write_shard(self, partition: str, position: Position, sink: str | None) -> bool:
+        """Write one shard's checkpoint (`sink` None) or one event sink's position on it, retried while its lease
+        is writable; False when the lease is lost."""
+        source = self.coordinator.source
         attempt = 0
         while True:
             if not self.coordinator.may_write(partition):
@@ -268,9 +335,12 @@ class LeasedCheckpoints:
                 return False
             sent = self.coordinator.now()
             try:
-                await self.store.save_many(source, {partition: position}, self.coordinator.held)
+                if sink is None:
+                    await self.store.save_many(source, {partition: position}, self.coordinator.held)
+                else:
+                    await self.store.save_shard_branch(self.coordinator.held[partition], sink, position)
             except LeaseLost:
-                log.warning("lease lost at checkpoint; shard dropped", source=source, partition=partition)
+                log.warning("lease lost at checkpoint; shard dropped", source=source, partition=partition, sink=sink)
                 await self.coordinator.lease_lost(partition)
                 return False
             except (KeyError, FencedOff):
@@ -278,12 +348,12 @@ class LeasedCheckpoints:
                 return False
             except Exception as exc:  # the table's own retries are spent: go on trying while the lease lasts
                 attempt += 1
-                log.warning("checkpoint write failed; retrying", source=source, partition=partition,
+                log.warning("checkpoint write failed; retrying", source=source, partition=partition, sink=sink,
                             attempt=attempt, error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
             self.coordinator.written(partition, sent)
-            if position == SHARD_END:
+            if position == SHARD_END and sink is None:
                 await self.coordinator.finished(partition)
             return True
 
@@ -300,11 +370,12 @@ class LeasedCheckpoints:
 class ShardLeases:
     """The lease table as a DynamoDB source sharing its shards sees it (`daemon.sources.dynamodb.SharedShards`)."""
 
-    def __init__(self, store: Any, coordinator: LeaseCoordinator) -> None:
-        self.store, self.coordinator = store, coordinator
+    def __init__(self, store: Any, coordinator: LeaseCoordinator, sinks: tuple[str, ...] = ()) -> None:
+        self.store, self.coordinator, self.sinks = store, coordinator, sinks
 
     async def register(self, shards: Mapping[str, tuple[str, ...]], positions: Mapping[str, Position]) -> None:
-        await self.store.ensure_leases(self.coordinator.source, shards, positions)
+        # A first position (start = "latest") is every event sink's too.
+        await self.store.ensure_leases(self.coordinator.source, shards, positions, self.sinks)
         self.coordinator.wake()  # new shards: take them now, not at the next round
 
     async def known(self) -> bool:
@@ -772,10 +843,18 @@ class Supervisor:
             pipeline.ownership = coordinator
             METRICS.lease_held.labels(source=pipeline.name).set(0)
             source = pipeline.source
-            if isinstance(source, DynamoDBStreamSource):  # shards shared across instances
+            fanned = _fanned_out(source)
+            if isinstance(fanned.inner if fanned else source, DynamoDBStreamSource):  # shards shared across instances
+                sinks = tuple(lane.sink.name for lane in fanned.lanes) if fanned else ()
+                graph = fanned.graph if fanned else True
+                checkpoints = LeasedCheckpoints(store, coordinator, sharded=True, graph=graph, sinks=sinks)
                 pipeline.sharded = True
-                pipeline.checkpoints = LeasedCheckpoints(store, coordinator, sharded=True)
-                source.share(ShardLeases(store, coordinator))
+                pipeline.checkpoints = checkpoints
+                if fanned is not None:  # its event sinks' positions go on the shards' lease items
+                    fanned.checkpoints, fanned.ownership = checkpoints, coordinator
+                    fanned.share(ShardLeases(store, coordinator, sinks))
+                else:
+                    source.share(ShardLeases(store, coordinator))  # type: ignore[attr-defined]
                 coordinator.on_change = lambda _held, source=source, coordinator=coordinator: source.assign(
                     coordinator.held
                 )

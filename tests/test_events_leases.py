@@ -187,7 +187,7 @@ async def test_an_event_sinks_state_goes_retrying_down_and_back_to_ok(tmp_path: 
     assert checkpoints.saved == [{"": (5, 1)}]
 
 
-def test_check_config_takes_event_sinks_with_the_dynamodb_store_except_for_shared_shards() -> None:
+def test_check_config_takes_event_sinks_with_the_dynamodb_store_but_an_s3_sink_of_shared_shards() -> None:
     head = '[checkpoint]\nkind = "dynamodb"\ntable = "t"\nregion = "us-east-1"\n'
     sinks = '[sinks.graph]\nkind = "falkordb"\n[sinks.hook]\nkind = "webhook"\nurl = "http://127.0.0.1:9/x"\n'
     file_source = '[[sources]]\nname = "main"\nkind = "file"\npath = "/dev/null"\nsinks = ["graph", "hook"]\n'
@@ -196,9 +196,11 @@ def test_check_config_takes_event_sinks_with_the_dynamodb_store_except_for_share
         '[[sources]]\nname = "items"\nkind = "dynamodb"\ntable = "app"\nkey = ["PK"]\nregion = "us-east-1"\n'
         'sinks = ["graph", "hook"]\n[[sources.rules]]\nname = "u"\nvertex = { label = "U", id = "{PK}" }\n'
     )
+    assert parse_config(head + dynamodb_source + sinks).sources[0].event_sinks == ["hook"]
+    archive = '[sinks.archive]\nkind = "s3"\nbucket = "b"\nregion = "us-east-1"\n'
     with pytest.raises(ConfigError) as refused:
-        parse_config(head + dynamodb_source + sinks)
-    assert 'event sinks of a DynamoDB source need [checkpoint] kind = "sqlite"' in str(refused.value)
+        parse_config(head + dynamodb_source.replace('"hook"]', '"hook", "archive"]') + sinks + archive)
+    assert 'an s3 sink of a DynamoDB source needs [checkpoint] kind = "sqlite"' in str(refused.value)
 
 
 # ----------------------------------------------------------------------------------------- the commands

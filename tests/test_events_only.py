@@ -238,10 +238,10 @@ def test_check_config_explains_what_an_event_only_source_cannot_be(sinks: str, p
     assert problem in str(caught.value), str(caught.value)
 
 
-def test_an_event_only_dynamodb_source_is_refused_with_the_shared_store_and_routes_are_checked() -> None:
+def test_an_event_only_dynamodb_source_shares_its_shards_with_the_shared_store_and_routes_are_checked() -> None:
     shared = '[checkpoint]\nkind = "dynamodb"\ntable = "t"\nregion = "us-east-1"\n'
-    with pytest.raises(ConfigError, match='event sinks of a DynamoDB source need \\[checkpoint\\] kind = "sqlite"'):
-        parse_config(shared + BASE.format(kind="dynamodb", source=DYNAMODB, sinks='sinks = ["hook", "audit"]'))
+    config = parse_config(shared + BASE.format(kind="dynamodb", source=DYNAMODB, sinks='sinks = ["hook", "audit"]'))
+    assert config.sources[0].sink is None and config.sources[0].event_sinks == ["hook", "audit"]
     parse_config(shared + BASE.format(kind="file", source=FILE, sinks='sinks = ["hook", "audit"]'))
     text = BASE.format(kind="file", source=FILE, sinks='sinks = ["hook", "audit"]') + "route = {ttl = true}\n"
     with pytest.raises(ConfigError, match='sink "audit" routes on DynamoDB event names or TTL deletions'):

@@ -32,13 +32,11 @@ from daemon.deadletter import DeadLetterFile
 from daemon.events.cloudevents import Route, events_of
 from daemon.events.sinks import EventDelivery, EventSink
 from daemon.leases import FencedOff
-from daemon.model import ChangeBatch, Position
+from daemon.model import LANE_SEPARATOR, SHARD_END, ChangeBatch, Position
 from daemon.observability import METRICS
 from daemon.sinks.base import RetryPolicy
 
 log = structlog.get_logger("daemon.events.fanout")
-
-LANE_SEPARATOR = "@"
 
 
 def lane_key(source: str, sink: str) -> str:
@@ -110,6 +108,9 @@ class EventLane:
         self.forget: list[str] = []  # finished shards whose rows this branch deletes after its next window
         self.stopping = False  # a drain: return after the window being delivered
         self.changes_taken = 0  # changes this branch took from its buffer into a window since start (pre-route)
+        self.shards: Any = None  # a sharded source (DynamoDB shards shared across instances): for `is_current`
+        self.writing: set[str] = set()  # partitions of the window being delivered (for `quiesce`)
+        self._window_done = asyncio.Event()
         self._m_depth = METRICS.event_buffer_depth.labels(source=source, sink=sink.name)
 
     @property
@@ -120,17 +121,61 @@ class EventLane:
     async def run(self, checkpoints: Any, on_applied: Any) -> None:
         while True:
             window = self._gather(await self.queue.get())
-            events = events_of(self.source, [c for b in window for c in b.changes], self.route)
-            self.fence_window({b.partition for b in window if b.changes or b.position is not None})
-            if events:
-                await self.sink.start()
-                await self.delivery.deliver(events)
-            reached = {b.partition: b.position for b in window if b.position is not None}
-            await self._checkpoint(checkpoints, on_applied, reached)
-            self.caught_up = window[-1].caught_up
+            last = window[-1]
+            if self.shards is not None:
+                window = await self._writable(window)
+            partitions = {b.partition for b in window if b.changes or b.position is not None}
+            self.writing = partitions
+            try:
+                events = events_of(self.source, [c for b in window for c in b.changes], self.route)
+                self.fence_window(partitions)
+                if events:
+                    await self.sink.start()
+                    try:
+                        await self.delivery.deliver(events)
+                    except FencedOff:
+                        if self.shards is None:
+                            raise
+                        await self._retreat(partitions)
+                        window = []
+                reached = {b.partition: b.position for b in window if b.position is not None}
+                await self._checkpoint(checkpoints, on_applied, reached)
+            finally:
+                self.writing = set()
+                self._window_done.set()
+            self.caught_up = last.caught_up
             self.busy = False
             if self.stopping:
                 return  # a drain: this window is delivered and checkpointed
+
+    async def _writable(self, window: list[ChangeBatch]) -> list[ChangeBatch]:
+        """Sharded: the window's batches read under this instance's current holding of a shard it may still
+        write (the others are another instance's now, or read again under a new holding: dropped, as the graph
+        pipeline drops them)."""
+        kept = []
+        for batch in window:
+            if batch.position is None and not batch.changes:
+                kept.append(batch)  # only says "caught up"
+            elif self.shards.is_current(batch) and self.ownership.may_write(batch.partition):
+                kept.append(batch)
+        return kept
+
+    async def _retreat(self, partitions: set[str]) -> None:
+        """Sharded: a shard's write deadline passed during the delivery: the window is not checkpointed; the
+        shards past it are given up, the others read again from their checkpoints (replays, nothing skipped)."""
+        lost = {p for p in partitions if not self.ownership.may_write(p)}
+        log.warning("write deadline passed during an event window; its shards are read again from their checkpoints",
+                    source=self.source, sink=self.sink.name, given_up=sorted(lost),
+                    rewound=sorted(partitions - lost))  # fmt: skip
+        for partition in lost:
+            await self.ownership.lease_lost(partition)
+        self.shards.rewind(partitions - lost)
+
+    async def quiesce(self, partition: str) -> None:
+        """Return once no window of `partition` is being delivered or checkpointed (a hand-over waits for it)."""
+        while partition in self.writing:
+            self._window_done.clear()
+            await self._window_done.wait()
 
     def _gather(self, first: ChangeBatch) -> list[ChangeBatch]:
         """`first` and what else is buffered, up to `window_max_events` changes; the lane is busy from here."""
@@ -165,7 +210,9 @@ class EventLane:
         """Save the positions that moved (and tell the fan-out); then drop the rows of finished shards."""
         moved = {p: pos for p, pos in reached.items() if self.positions.get(p) != pos}
         if moved:
-            await checkpoints.save_many(self.key, moved)
+            written = await checkpoints.save_many(self.key, moved)
+            if written is not None:  # a sharded source: the shards whose lease was lost at the write are not ours
+                moved = {p: moved[p] for p in written}
             self.positions.update(moved)
             on_applied(self.key, moved)
         self.last_commit_ms = max(self.last_commit_ms, self._gathered_commit_ms)
@@ -214,7 +261,11 @@ class FanOutSource:
         self.ownership: Any = None  # the source's lease coordinator with the DynamoDB store (set by the supervisor)
         self._applied: dict[str, dict[str, Position]] = {}  # branch -> partition -> applied position
         self._acknowledged: dict[str, Position] = {}
+        self._starts: dict[str, dict[str, Position]] = {}  # branch -> partition -> its checkpoint when read from
         self._stopping = False
+        self.sharded = False  # DynamoDB shards shared across instances (`share`)
+        self._held: set[str] = set()  # sharded: the shards this instance holds
+        self._ends: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> str:
@@ -232,11 +283,13 @@ class FanOutSource:
     async def run(self, out: asyncio.Queue[ChangeBatch], resume: dict[str, Position]) -> None:
         assert self.checkpoints is not None
         starts: dict[str, dict[str, Position]] = {self.name: dict(resume)} if self.graph else {}
+        self._starts = starts
         for lane in self.lanes:
             lane.positions = await self.checkpoints.load(lane.key)
             lane.caught_up = False
             lane.queue = _Buffer(maxsize=lane.buffer_batches)  # a restart drops what the last run buffered
             lane.ownership = self.ownership
+            lane.shards = self if self.sharded else None
             starts[lane.key] = dict(lane.positions)
         self._applied = {branch: dict(positions) for branch, positions in starts.items()}
         self._acknowledged = {}
@@ -263,6 +316,8 @@ class FanOutSource:
                     getter.cancel()
                     for task in done - {reader}:
                         task.result()  # an event sink's branch failed: raise it (the pipeline restarts)
+                        if self._stopping:
+                            return  # a drain: the branch stopped after its window (the others finish theirs below)
                         raise RuntimeError(f"event sink branch {task.get_name()} ended")
                     watched.discard(reader)
                     continue
@@ -315,6 +370,79 @@ class FanOutSource:
 
     def acknowledge(self, applied: dict[str, Position]) -> None:
         self._on_applied(self.name, applied)
+
+    # ------------------------------------------------------------- a sharded source (DynamoDB shards shared)
+
+    def share(self, shared: Any) -> None:
+        """Shards shared across instances: the source reads each held shard from the lowest position of the graph
+        sink and every event sink on its lease (`start_of`), and registers new shards with a first position for
+        every event sink too."""
+        self.sharded = True
+        self.inner.share(shared)
+        self.inner.start_of = self.start_of
+
+    def _branch_positions(self, lease: Any) -> dict[str, Position | None]:
+        """Each branch's position on a shard as its lease item holds it (None: none yet)."""
+        positions: dict[str, Position | None] = {self.name: lease.position} if self.graph else {}
+        for lane in self.lanes:
+            positions[lane.key] = lease.branches.get(lane.sink.name)
+        return positions
+
+    def start_of(self, lease: Any) -> Position | None:
+        """Where a held shard is read from: the lowest branch position; the shard's start when a branch has none."""
+        positions = list(self._branch_positions(lease).values())
+        if any(position is None for position in positions):
+            return None
+        return min(positions)  # type: ignore[type-var]
+
+    def _adopt(self, partition: str, lease: Any) -> None:
+        """Each branch is handed only what follows its own position on the shard as the table holds it now."""
+        for branch, position in self._branch_positions(lease).items():
+            for table in (self._starts.setdefault(branch, {}), self._applied.setdefault(branch, {})):
+                if position is None:
+                    table.pop(partition, None)
+                else:
+                    table[partition] = position
+        for lane in self.lanes:
+            position = lease.branches.get(lane.sink.name)
+            if position is None:
+                lane.positions.pop(partition, None)
+            else:
+                lane.positions[partition] = position
+        self._acknowledged.pop(partition, None)
+
+    def assign(self, held: Any) -> None:
+        """The shards this instance holds now (the lease coordinator's map): a newly held one is read from its
+        lease's positions; one taken over with every event sink at its end but not the shard (its last owner
+        stopped in between) is finished here (`LeasedCheckpoints.end_if_all_ended`)."""
+        for partition, lease in held.items():
+            if partition not in self._held:
+                self._adopt(partition, lease)
+                if lease.position != SHARD_END and self.start_of(lease) == SHARD_END:
+                    end = getattr(self.checkpoints, "end_if_all_ended", None)
+                    if end is not None:
+                        task = asyncio.create_task(end(partition), name=f"shard-end:{self.name}:{partition}")
+                        self._ends.add(task)
+                        task.add_done_callback(self._ends.discard)
+        self._held = set(held)
+        self.inner.assign(held)
+
+    def is_current(self, batch: ChangeBatch) -> bool:
+        return bool(self.inner.is_current(batch))
+
+    def rewind(self, partitions: Any) -> None:
+        """Read these held shards again, each branch from its position in the table now."""
+        partitions = set(partitions)
+        held = self.ownership.held if self.ownership is not None else {}
+        for partition in partitions:
+            if partition in held:
+                self._adopt(partition, held[partition])
+        self.inner.rewind(partitions)
+
+    async def quiesce(self, partition: str) -> None:
+        """Return once no event sink is delivering or checkpointing a window of `partition`."""
+        for lane in self.lanes:
+            await lane.quiesce(partition)
 
     def take_forgotten(self) -> list[str]:
         """The source's finished shards past the stream's retention (every branch applied them to their end): the

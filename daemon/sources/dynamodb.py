@@ -168,6 +168,9 @@ class DynamoDBStreamSource:
         self._holdings = 0
         self._registered: set[str] = set()  # shards whose lease this run registered
         self._forgetting: set[str] = set()  # finished shards already handed to the pipeline to forget
+        # Where a held shard is read from: its lease's checkpoint; with event sinks (`FanOutSource.share`), the
+        # lowest of the graph's and every event sink's position on the lease.
+        self.start_of: Callable[[Lease], Position | None] = lambda lease: lease.position
 
     # ------------------------------------------------------------------------------------------- run
 
@@ -180,7 +183,8 @@ class DynamoDBStreamSource:
         self._childless, self._child_wait, self._forgotten = {}, CHILD_WAIT_FIRST_SECONDS, []
         first_start = not resume
         if self._shared is not None:  # the table, not this process, says where each held shard is
-            self._resume = {p: lease.position for p, lease in self._held.items() if lease.position is not None}
+            starts = {p: self.start_of(lease) for p, lease in self._held.items()}
+            self._resume = {p: position for p, position in starts.items() if position is not None}
             self._registered = set()
         async with AsyncExitStack() as stack:
             common = {"region": cfg.region, "profile": cfg.profile, "timeout_seconds": cfg.request_timeout_seconds}
@@ -229,8 +233,9 @@ class DynamoDBStreamSource:
                 self._resume.pop(shard_id, None)
         for shard_id, lease in held.items():
             if shard_id not in self._holding:
-                self._hold(shard_id, lease.position)
-                if lease.position != SHARD_END and self.state == "caught_up":
+                start = self.start_of(lease)
+                self._hold(shard_id, start)
+                if start != SHARD_END and self.state == "caught_up":
                     self.state = "polling"  # a shard to read up to its head first
         self._signalled_caught_up = False
         self._wake.set()
@@ -245,7 +250,7 @@ class DynamoDBStreamSource:
             lease = self._held.get(shard_id)
             if lease is not None and shard_id in self._holding:
                 self._stop_reader(shard_id)
-                self._hold(shard_id, lease.position)
+                self._hold(shard_id, self.start_of(lease))
         self._wake.set()
 
     def _hold(self, shard_id: str, position: Position | None) -> None:
