@@ -541,6 +541,26 @@ class LeaseCoordinator:
                 lease = self.renewer.drop(partition)
                 if lease is not None:
                     await self.renewer.give_up(lease, "drain")
+            await self._release_strays()
+
+    async def _release_strays(self) -> None:
+        """Release what the table names us owner of without our knowing: a take cancelled in flight by the drain
+        (its conditional write may still land) would otherwise keep its partition from the others until it
+        expires. Nothing of it was read or written, so it is free to give up."""
+        try:
+            leases = await self.store.list_leases(self.source)
+        except Exception as exc:
+            log.warning("leases not re-read at drain; any taken in flight expire", source=self.source,
+                        error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
+            return
+        for lease in leases:
+            if lease.owner == self.owner:
+                log.info("releasing a lease taken in flight at drain", source=self.source, partition=lease.partition)
+                try:
+                    await self.renewer.give_up(lease, "drain")
+                except Exception as exc:
+                    log.warning("lease not released at drain; it expires", source=self.source,
+                                partition=lease.partition, error=f"{type(exc).__name__}: {str(exc)[:300]}")  # fmt: skip
 
     async def _every(
         self, interval: float, step: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None
