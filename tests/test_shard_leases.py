@@ -227,6 +227,9 @@ def test_rolling_restart_hands_shards_over_and_loses_nothing(loop, engine, moto_
             assert cluster.daemons[i].wait(30) == 0, cluster.daemons[i].log_tail()
             exited_at = time.monotonic()
             assert any(line.get("event") == "leases released" for line in cluster.daemons[i].log_lines())
+            # Released, not left to expire: the table names it owner of nothing once it has exited.
+            kept = sorted(p for p, owner in cluster.owners().items() if owner == i)
+            assert not kept, f"instance {i} exited still owning {kept}: they would wait for lease expiry"
 
             def handed(held: list[str] = held, others: list[int] = others) -> bool:
                 owners = cluster.owners()
@@ -241,10 +244,8 @@ def test_rolling_restart_hands_shards_over_and_loses_nothing(loop, engine, moto_
             "\nrolling restart: drain (SIGTERM to exit) and then takeover of all its shards: "
             + ", ".join(f"{drain:.2f} + {taken:.2f} s" for drain, taken in handoffs)
         )
-        # Had the leases not been released, the others would wait for them to expire: at least lease_duration -
-        # renew_interval after the process exited (its last renewal came before that).
-        bound = TIMINGS.lease_duration - TIMINGS.renew_interval - TIMINGS.margin
-        assert max(taken for _, taken in handoffs) < bound, "a SIGTERM'd instance's shards waited for lease expiry"
+        # (The takeover times are reported, not bounded: released leases are taken at the others' next take round,
+        # 0.3-2.1 s on a quiet machine, but 7.8 s once on a CI machine running two test workers beside moto.)
         readers, shard = cluster.stream.streams.most_readers()
         assert readers <= 2, f"{readers} instances read {shard} within one second"
         cluster.wait_for(lambda: cluster.balanced([0, 1, 2]), 45, "an even share again")
