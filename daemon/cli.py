@@ -505,7 +505,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace, config: Config) -> int:
     from daemon.bootstrap import Bootstrap, BootstrapError
     from daemon.bootstrap.runner import bootstrap_error_text
-    from daemon.observability import METRICS, HttpServer, configure_logging
+    from daemon.http_server import HttpServer
+    from daemon.observability import METRICS, configure_logging
 
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     source = args.source

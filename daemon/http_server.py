@@ -2,7 +2,7 @@
 at / and the graph view at /graph).
 
 Its own module so that aiohttp's server is imported only when `daemon.http_address` is set (or by
-`bootstrap --metrics-address`): `daemon.observability.HttpServer` names this class and imports it on first use.
+`bootstrap --metrics-address`): its callers import it there, and nowhere else.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
@@ -27,9 +27,6 @@ from prometheus_client import (
 )
 
 from daemon import __version__
-
-if TYPE_CHECKING:
-    from daemon.http_server import HttpServer as HttpServer  # for type checkers; see __getattr__
 
 _BATCH_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -402,11 +399,3 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "HttpServer":  # aiohttp's server, imported only by a daemon (or a test) that serves HTTP
-        from daemon.http_server import HttpServer
-
-        return HttpServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

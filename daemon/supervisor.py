@@ -88,7 +88,7 @@ from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 
 if TYPE_CHECKING:
     from daemon.events.fanout import FanOutSource
-    from daemon.observability import HttpServer
+    from daemon.http_server import HttpServer
 
 # The modules of sources, sinks, event sinks and the HTTP server are imported when the config uses them, not here:
 # the start of a daemon that needs no AWS client, no event sink and no HTTP server does not pay for aiohttp,
@@ -429,7 +429,7 @@ class Supervisor:
         address = config.daemon.http_address
         self.http: HttpServer | None = None
         if address:
-            from daemon.observability import HttpServer
+            from daemon.http_server import HttpServer
 
             self.http = HttpServer(
                 address, self.readiness, self.status, METRICS.registry, self.sinks, config.daemon.graph_view

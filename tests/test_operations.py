@@ -31,7 +31,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from daemon.config import DaemonConfig, load_config
-from daemon.observability import METRICS, HttpServer, Metrics
+from daemon.http_server import HttpServer
+from daemon.observability import METRICS, Metrics
 from daemon.sdnotify import SystemdNotifier, socket_address, watchdog_interval
 from daemon.sources.stream_reader import _last_valid_event_id
 

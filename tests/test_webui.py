@@ -21,7 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.config import DaemonConfig
-from daemon.observability import METRICS, HttpServer
+from daemon.http_server import HttpServer
+from daemon.observability import METRICS
 from daemon.webui import LagHistory
 from tests.stand.daemon_process import AWS_ENV, toml_value
 from tests.stand.harness import wait_for
