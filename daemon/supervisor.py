@@ -260,7 +260,8 @@ class LeasedCheckpoints:
         return {lease.partition: lease.branches[sink] for lease in leases if sink in lease.branches}
 
     async def save_many(self, source: str, positions: dict[str, Any]) -> list[str] | None:
-        if LANE_SEPARATOR in source and not self.sharded:  # an event sink's SOURCE@SINK row, under the source's lease
+        sink = self._sink_of(source)
+        if sink is not None and not self.sharded:  # an event sink's SOURCE@SINK row, under the source's lease
             for partition in positions:
                 if not self.coordinator.may_write(partition):
                     raise FencedOff(f"{source!r} partition {partition!r}: the source's lease is not writable")
@@ -272,7 +273,6 @@ class LeasedCheckpoints:
             for partition in positions:
                 self.coordinator.written(partition, sent)
             return None
-        sink = self._sink_of(source)
         partitions = list(positions)
         saved = await asyncio.gather(*(self._save_shard(source, p, positions[p], sink) for p in partitions))
         return [partition for partition, ok in zip(partitions, saved, strict=True) if ok]
