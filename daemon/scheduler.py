@@ -57,43 +57,55 @@ from daemon.names import InvalidName
 EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, EDGE_NOOP = "upsert", "props", "delete", "noop"
 
 
+# A mutation's label maps, `removed` and `retyped` start as these shared empty values and become a dict / set of
+# their own at their first write (most mutations are one change and never write them); readers iterate and test
+# them alike. `props` is the whole-element change's own dict while `shared` is set, copied at the first write.
+Labels = dict[str, None] | tuple[()]
+NO_LABELS: tuple[()] = ()
+
+
 @dataclass(slots=True)
 class VertexMutation:
     id: str
     layer: int
-    add_labels: dict[str, None] = field(default_factory=dict)
-    remove_labels: dict[str, None] = field(default_factory=dict)
+    add_labels: Labels = NO_LABELS
+    remove_labels: Labels = NO_LABELS
     props: dict[str, Any] = field(default_factory=dict)
-    removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
-    retyped: set[str] = field(default_factory=set)
+    removed: dict[str, Any] | None = None  # last value removed per key in this run
+    retyped: set[str] | tuple[()] = ()
     replace: bool = False  # `props` is every property the vertex holds (SET n = props)
     orphan_only: bool = False  # removed labels delete the vertex only if no edge holds it (no DETACH)
     changes: list[GraphChange] = field(default_factory=list)
+    shared: bool = False  # `props` is a change's `value`: copy it before writing
 
     def merge(self, change: GraphChange) -> None:
         self.changes.append(change)
-        if change.kind == WHOLE_VERTEX:
-            self.replace = True
-            self.removed.clear()
-            self.retyped.clear()
-            if change.add:
-                self.remove_labels.pop(change.key, None)
-                self.add_labels[change.key] = None
-                self.props = dict(change.value)
-            else:
-                self.add_labels.pop(change.key, None)
-                self.remove_labels[change.key] = None
-                self.orphan_only = True
-                self.props = {}
-        elif change.kind == VERTEX_LABEL:
-            if change.add:
-                self.remove_labels.pop(change.key, None)
-                self.add_labels[change.key] = None
-            else:
-                self.add_labels.pop(change.key, None)
-                self.remove_labels[change.key] = None
-        else:
+        kind, key = change.kind, change.key
+        if kind == VERTEX_PROPERTY:
             _merge_property(self, change)
+            return
+        if change.add:
+            if self.remove_labels:
+                self.remove_labels.pop(key, None)  # type: ignore[union-attr]
+            if self.add_labels:
+                self.add_labels[key] = None  # type: ignore[index]
+            else:
+                self.add_labels = {key: None}
+        else:
+            if self.add_labels:
+                self.add_labels.pop(key, None)  # type: ignore[union-attr]
+            if self.remove_labels:
+                self.remove_labels[key] = None  # type: ignore[index]
+            else:
+                self.remove_labels = {key: None}
+        if kind == WHOLE_VERTEX:
+            self.replace = True
+            self.removed, self.retyped = None, ()
+            if change.add:
+                self.props, self.shared = change.value, True
+            else:
+                self.orphan_only = True
+                self.props, self.shared = {}, False
 
 
 @dataclass(slots=True)
@@ -105,11 +117,12 @@ class EdgeMutation:
     from_id: str | None = None
     to_id: str | None = None
     props: dict[str, Any] = field(default_factory=dict)
-    removed: dict[str, Any] = field(default_factory=dict)  # last value removed per key in this run
-    retyped: set[str] = field(default_factory=set)
+    removed: dict[str, Any] | None = None  # last value removed per key in this run
+    retyped: set[str] | tuple[()] = ()
     replace: bool = False  # a whole edge: endpoints MERGEd, `props` is every property (SET e = props)
     collect_endpoints: bool = False  # after a delete, remove endpoints left as bare placeholders
     changes: list[GraphChange] = field(default_factory=list)
+    shared: bool = False  # `props` is a change's `value`: copy it before writing
 
 
 Mutation = VertexMutation | EdgeMutation
@@ -125,23 +138,30 @@ def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> No
     an update to a numerically equal value, so those keys are removed before they are set.
     """
     key, value, props = change.key, change.value, m.props
+    if m.shared:
+        m.props = props = dict(props)
+        m.shared = False
     if m.replace:  # the run holds every property: a removal just drops the key
         if change.add:
             props[key] = value
         else:
             props.pop(key, None)
         return
-    current = props.get(key)
+    removed = m.removed
     if change.add:
-        if key in m.removed and _same_number_other_type(m.removed[key], value):
-            m.retyped.add(key)
+        if removed is not None and key in removed and _same_number_other_type(removed[key], value):
+            m.retyped = {*m.retyped, key}
         props[key] = value
         return
-    m.removed[key] = value
+    if removed is None:
+        m.removed = {key: value}
+    else:
+        removed[key] = value
+    current = props.get(key)
     if current is None or (type(current) is type(value) and current == value):
         props[key] = None
     elif _same_number_other_type(current, value):
-        m.retyped.add(key)
+        m.retyped = {*m.retyped, key}
 
 
 def _same_number_other_type(a: Any, b: Any) -> bool:
@@ -255,32 +275,20 @@ class Planner:
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
         rejected: list[tuple[GraphChange, str]] = []
-        mutations, n_changes = self._coalesce_and_layer(self._admissible(changes, rejected))
+        mutations, n_changes = self._coalesce_and_layer(changes, rejected)
         skipped = await self._resolve_edge_types(mutations)
         layers = self._group(mutations, rejected)
-        return Plan(layers, skipped, n_changes + len(rejected), rejected)
+        return Plan(layers, skipped, n_changes, rejected)
 
-    def _admissible(
+    def _coalesce_and_layer(
         self, changes: Iterable[GraphChange], rejected: list[tuple[GraphChange, str]]
-    ) -> Iterator[GraphChange]:
-        """The changes that do not touch what identifies an element in the target; the others go to `rejected`.
+    ) -> tuple[list[Mutation], int]:
+        """Mutations of the admissible changes, and the number of changes (rejected ones included).
 
-        The id property holds the element's source id (a record setting it would re-key the element, and later
-        records for the real id would miss it), and the base label is how FalkorDB finds a replicated vertex.
+        A change that touches what identifies an element in the target goes to `rejected` instead: the id
+        property holds the element's source id (a record setting it would re-key the element, and later records
+        for the real id would miss it), and the base label is how FalkorDB finds a replicated vertex.
         """
-        id_key, base = self.dialect.id_property, self.dialect.base_label
-        for c in changes:
-            kind = c.kind
-            if (kind == VERTEX_PROPERTY or kind == EDGE_PROPERTY) and c.key == id_key:
-                rejected.append((c, f"reserved_name: property key {id_key!r} is the id property of the target"))
-            elif (kind == WHOLE_VERTEX or kind == WHOLE_EDGE) and c.add and id_key in c.value:
-                rejected.append((c, f"reserved_name: property key {id_key!r} is the id property of the target"))
-            elif (kind == VERTEX_LABEL or kind == WHOLE_VERTEX) and base is not None and c.key == base:
-                rejected.append((c, f"reserved_name: label {base!r} is the base label of the target"))
-            else:
-                yield c
-
-    def _coalesce_and_layer(self, changes: Iterable[GraphChange]) -> tuple[list[Mutation], int]:
         mutations: list[Mutation] = []
         vertex_write: dict[str, int] = {}  # last layer that wrote the vertex
         vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
@@ -289,31 +297,85 @@ class Planner:
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
         types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
+        id_key, base = self.dialect.id_property, self.dialect.base_label
+        reserved_key = f"reserved_name: property key {id_key!r} is the id property of the target"
+        reserved_label = f"reserved_name: label {base!r} is the base label of the target"
         n = 0
         for c in changes:
             n += 1
             kind = c.kind
             if kind == WHOLE_VERTEX or kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
+                key = c.key
+                if kind == VERTEX_PROPERTY:
+                    if key == id_key:
+                        rejected.append((c, reserved_key))
+                        continue
+                elif kind == WHOLE_VERTEX and c.add and id_key in c.value:
+                    rejected.append((c, reserved_key))
+                    continue
+                elif key == base:
+                    rejected.append((c, reserved_label))
+                    continue
                 vertex_id = c.id
                 vm = open_vertex.get(vertex_id)
                 if vm is None:
                     layer = vertex_write.get(vertex_id, -1)
                     read = vertex_read.get(vertex_id, -1)
                     layer = (layer if layer > read else read) + 1
-                    if kind == WHOLE_VERTEX and c.add:  # what `merge` makes of it, built in one step
+                    # What `merge` makes of the first change, built in one step.
+                    if kind == VERTEX_PROPERTY:
+                        if c.add:
+                            vm = VertexMutation(
+                                vertex_id, layer, NO_LABELS, NO_LABELS, {key: c.value}, None, (), False, False, [c]
+                            )
+                        else:
+                            vm = VertexMutation(
+                                vertex_id,
+                                layer,
+                                NO_LABELS,
+                                NO_LABELS,
+                                {key: None},
+                                {key: c.value},
+                                (),
+                                False,
+                                False,
+                                [c],
+                            )
+                    elif c.add:
+                        whole = kind == WHOLE_VERTEX
                         vm = VertexMutation(
-                            vertex_id, layer, {c.key: None}, {}, dict(c.value), {}, set(), True, False, [c]
+                            vertex_id,
+                            layer,
+                            {key: None},
+                            NO_LABELS,
+                            c.value if whole else {},
+                            None,
+                            (),
+                            whole,
+                            False,
+                            [c],
+                            whole,
                         )
                     else:
-                        vm = VertexMutation(vertex_id, layer)
-                        vm.merge(c)
+                        whole = kind == WHOLE_VERTEX
+                        vm = VertexMutation(vertex_id, layer, NO_LABELS, {key: None}, {}, None, (), whole, whole, [c])
                     vertex_write[vertex_id] = layer
                     open_vertex[vertex_id] = vm
                     mutations.append(vm)
-                    continue
-                vm.merge(c)
+                elif kind == VERTEX_PROPERTY and c.add and vm.removed is None and not vm.replace:
+                    vm.props[key] = c.value  # `_merge_property`, nothing removed in the run
+                    vm.changes.append(c)
+                else:
+                    vm.merge(c)
                 continue
 
+            if kind == EDGE_PROPERTY:
+                if c.key == id_key:
+                    rejected.append((c, reserved_key))
+                    continue
+            elif kind == WHOLE_EDGE and c.add and id_key in c.value:
+                rejected.append((c, reserved_key))
+                continue
             edge_id = c.id
             em = open_edge.get(edge_id)
             if kind == EDGE_PROPERTY:
@@ -322,7 +384,9 @@ class Planner:
                     _merge_property(em, c)
                     continue
                 layer = edge_write.get(edge_id, -1) + 1
-                em = EdgeMutation(edge_id, layer, EDGE_PROPS, cache.get(edge_id), changes=[c])
+                em = EdgeMutation(
+                    edge_id, layer, EDGE_PROPS, cache.get(edge_id), None, None, {}, None, (), False, False, [c]
+                )
                 _merge_property(em, c)
                 edge_write[edge_id] = layer
                 open_edge[edge_id] = em
@@ -351,13 +415,13 @@ class Planner:
                 and vertex_write.get(source, -1) < em.layer
                 and vertex_write.get(target, -1) < em.layer
             ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
-                em.props = dict(c.value)
+                em.props, em.shared = c.value, True
                 em.changes.append(c)
                 continue
             if not c.add and em is not None and em.action == EDGE_UPSERT:
                 em.action = EDGE_DELETE
                 em.changes.append(c)
-                em.props.clear()
+                em.props, em.shared = {}, False
                 em.collect_endpoints = whole
                 open_edge.pop(edge_id)
                 continue
@@ -381,12 +445,13 @@ class Planner:
                 c.key,
                 source,
                 target,
-                dict(c.value) if whole and add else {},
-                {},
-                set(),
+                c.value if whole and add else {},
+                None,
+                (),
                 whole and add,
                 whole and not add,
                 [*carried, c] if carried else [c],
+                whole and add,
             )
             edge_write[edge_id] = layer
             if vertex_read.get(source, -1) < layer:
