@@ -32,11 +32,13 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from prometheus_client import Histogram
 
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
@@ -174,8 +176,8 @@ class PlanApplier:
         self._decomposed: set[int] = set()  # mutations of the plan being applied that were retried change by change
         self._calls_in_flight: dict[int, float] = {}  # batch call -> when it was sent (perf_counter)
         labels = {"source": source, "sink": sink.name}
-        self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
-        self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
+        self._m_batch_seconds = _Observer(METRICS.batch_duration.labels(sink=sink.name))
+        self._m_batch_size = _Observer(METRICS.batch_size.labels(sink=sink.name))
         self._m_applied = METRICS.records_applied.labels(**labels)
         self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
         self._m_up = METRICS.sink_up.labels(sink=sink.name)
@@ -227,11 +229,15 @@ class PlanApplier:
 
     async def _run_phase(self, phase: list[Batch]) -> None:
         size = self.batch_size
-        chunks = [
-            (batch, batch.rows[i : i + size], batch.mutations[i : i + size])
-            for batch in phase
-            for i in range(0, len(batch.rows), size)
-        ]
+        chunks: list[tuple[Batch, list[dict[str, Any]], Sequence[Mutation]]] = []
+        for batch in phase:
+            rows = batch.rows
+            if len(rows) <= size:  # the batch's own lists, not a copy (most batches)
+                chunks.append((batch, rows, batch.mutations))
+            else:
+                chunks.extend(
+                    (batch, rows[i : i + size], batch.mutations[i : i + size]) for i in range(0, len(rows), size)
+                )
         if len(chunks) == 1:
             await self._run_chunk(*chunks[0])
             return
@@ -404,6 +410,21 @@ class PlanApplier:
             reason=reason,
             dead_letter_file=str(self.dead_letters.path),
         )
+
+
+class _Observer:
+    """`Histogram.observe` of one labelled histogram, the bucket found by bisection: the same sum and bucket counts
+    for a fraction of the cost (the applier observes two histograms per batch call). No exemplars."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, histogram: Histogram) -> None:
+        histogram._raise_if_not_observable()  # a labelled child, as `observe` checks on every call
+        self._sum, self._buckets, self._bounds = histogram._sum, histogram._buckets, histogram._upper_bounds
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)  # the first bucket whose bound is >= amount
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
