@@ -241,9 +241,10 @@ class PlanApplier:
         if len(chunks) == 1:
             await self._run_chunk(*chunks[0])
             return
-        async with asyncio.TaskGroup() as group:
-            for chunk in chunks:
+        async with asyncio.TaskGroup() as group:  # the first chunk in this task, started first as before
+            for chunk in chunks[1:]:
                 group.create_task(self._run_chunk(*chunk))
+            await self._run_chunk(*chunks[0])
 
     async def lookup_edge_types(self, edge_ids: list[str]) -> dict[str, str]:
         """`GraphSink.edge_types`, retried like any other sink call (the planner's lookup for unseen edges)."""
