@@ -84,6 +84,39 @@ class GraphChange:
         return out
 
 
+_new = object.__new__
+
+
+def make_change(
+    kind: str,
+    add: bool,
+    id: str,
+    key: str,
+    value: Any,
+    from_id: str | None,
+    to_id: str | None,
+    position: Position,
+    commit_ms: int,
+    partition: str,
+) -> GraphChange:
+    """`GraphChange(kind, add, id, key, value, from_id, to_id, position, commit_ms, partition)` for the sources' hot
+    paths: the same object without calling the dataclass `__init__` through the type (a class call costs more than
+    the eleven slot stores; about 0.4 -> 0.25 us a change)."""
+    change = _new(GraphChange)
+    change.kind = kind
+    change.add = add
+    change.id = id
+    change.key = key
+    change.value = value
+    change.from_id = from_id
+    change.to_id = to_id
+    change.position = position
+    change.commit_ms = commit_ms
+    change.partition = partition
+    change.origin = None
+    return change
+
+
 @dataclass(slots=True)
 class ChangeBatch:
     """What a source hands the pipeline: changes in source order and the position they reach.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange, Position
+from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange, Position, make_change
 from daemon.names import InvalidName, check_name
 from daemon.values import INT64_MAX, UnsupportedValue, check_text, from_pg_json, show
 
@@ -96,11 +96,11 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
                             raise MalformedRecord(str(exc), (commit, op_num)) from exc
                     else:
                         return _careful(record, partition)
-                    return GraphChange(
+                    return make_change(
                         kind, op == "ADD", element_id, key, value, None, None, (commit, op_num), commit_ms, partition
                     )
             elif kind == VERTEX_LABEL and raw.__class__ is str and raw and raw.isascii():
-                return GraphChange(
+                return make_change(
                     VERTEX_LABEL, op == "ADD", element_id, raw, None, None, None, (commit, op_num), commit_ms, partition
                 )
             elif kind == EDGE and raw.__class__ is str and raw and raw.isascii():
@@ -114,7 +114,7 @@ def translate_record(record: dict[str, Any], partition: str = "") -> GraphChange
                     and "\x00" not in source
                     and "\x00" not in target
                 ):
-                    return GraphChange(
+                    return make_change(
                         EDGE, op == "ADD", element_id, raw, None, source, target, (commit, op_num), commit_ms, partition
                     )
     return _careful(record, partition)
