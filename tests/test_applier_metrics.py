@@ -1,10 +1,10 @@
-"""The applier's histogram observations (daemon.sinks.base._Observer) count exactly as Histogram.observe does."""
+"""The applier's metrics shortcuts (daemon.sinks.base._Observer, _gauge_value) count as prometheus_client does."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
-from daemon.sinks.base import _Observer
+from daemon.sinks.base import _gauge_value, _Observer
 
 
 def test_observer_matches_histogram_observe() -> None:
@@ -21,4 +21,19 @@ def test_observer_matches_histogram_observe() -> None:
         expositions.append([line for line in lines if "_created" not in line])  # a timestamp
     assert 'batch_seconds_bucket{le="0.005",sink="s"} 3.0' in expositions[0]
     assert 'batch_seconds_bucket{le="+Inf",sink="s"} 12.0' in expositions[0]
+    assert expositions[1] == expositions[0]
+
+
+def test_gauge_value_matches_gauge_calls() -> None:
+    expositions = []
+    for direct in (False, True):
+        registry = CollectorRegistry()
+        child = Gauge("inflight", "doc", ["sink"], registry=registry).labels(sink="s")
+        if direct:
+            value = _gauge_value(child)
+            value.inc(1), value.inc(1), value.inc(-1), value.set(7.0), value.inc(-1)
+        else:
+            child.inc(), child.inc(), child.dec(), child.set(7), child.dec()
+        expositions.append(generate_latest(registry).decode())
+    assert 'inflight{sink="s"} 6.0' in expositions[0]
     assert expositions[1] == expositions[0]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
@@ -179,8 +179,8 @@ class PlanApplier:
         self._m_batch_seconds = _Observer(METRICS.batch_duration.labels(sink=sink.name))
         self._m_batch_size = _Observer(METRICS.batch_size.labels(sink=sink.name))
         self._m_applied = METRICS.records_applied.labels(**labels)
-        self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
-        self._m_up = METRICS.sink_up.labels(sink=sink.name)
+        self._m_inflight = _gauge_value(METRICS.inflight_batches.labels(sink=sink.name))
+        self._m_up = _gauge_value(METRICS.sink_up.labels(sink=sink.name))
 
     def oldest_call_seconds(self) -> float:
         """How long the oldest batch call in flight has gone unanswered (0 when none): a target that stopped
@@ -266,7 +266,7 @@ class PlanApplier:
 
     def _succeeded(self) -> None:
         self.healthy, self.failing_reason = True, None
-        self._m_up.set(1)
+        self._m_up.set(1.0)
 
     def _count_retry(self, cls: ErrorClass) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
@@ -276,7 +276,7 @@ class PlanApplier:
         self._count_retry(cls)
         if attempt >= self.retry.attempts_before_split or cls.reason in UNHEALTHY_AT_ONCE:
             self.healthy, self.failing_reason = False, f"{cls.reason}: {_short(exc, 200)}"
-            self._m_up.set(0)
+            self._m_up.set(0.0)
         delay = self.retry.delay(attempt)
         log.warning(
             "sink call failed, retrying",
@@ -294,13 +294,13 @@ class PlanApplier:
         while True:
             try:
                 async with self._slots:
-                    self._m_inflight.inc()
+                    self._m_inflight.inc(1)
                     started = time.perf_counter()
                     self._calls_in_flight[id(rows)] = started
                     try:
                         results = await self._execute_fenced(batch.statement, rows)
                     finally:
-                        self._m_inflight.dec()
+                        self._m_inflight.inc(-1)
                         del self._calls_in_flight[id(rows)]
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
@@ -411,6 +411,13 @@ class PlanApplier:
             reason=reason,
             dead_letter_file=str(self.dead_letters.path),
         )
+
+
+def _gauge_value(gauge: Gauge) -> Any:
+    """The value behind one labelled gauge: `inc(n)` and `set(x)` on it are what `Gauge.inc` / `dec` / `set` do after
+    the per-call checks made once here (the applier moves two gauges per batch call)."""
+    gauge._raise_if_not_observable()
+    return gauge._value
 
 
 class _Observer:
