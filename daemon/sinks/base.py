@@ -298,7 +298,10 @@ class PlanApplier:
                     started = time.perf_counter()
                     self._calls_in_flight[id(rows)] = started
                     try:
-                        results = await self._execute_fenced(batch.statement, rows)
+                        if self.fence is None:  # no leases: the call itself (no coroutine of `_execute_fenced`)
+                            results = await self.sink.execute(batch.statement, rows)
+                        else:
+                            results = await self._execute_fenced(batch.statement, rows)
                     finally:
                         self._m_inflight.inc(-1)
                         del self._calls_in_flight[id(rows)]
