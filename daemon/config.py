@@ -785,7 +785,7 @@ class FalkorDBSinkConfig(_SinkBase):
 NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
 
 
-class _HttpGraphSinkBase(_SinkBase):
+class _HttpSinkBase(_SinkBase):
     max_request_bytes: int = Field(
         16 * 1024 * 1024,
         ge=64 * 1024,
@@ -795,7 +795,7 @@ class _HttpGraphSinkBase(_SinkBase):
     )
 
 
-class NeptuneSinkConfig(_HttpGraphSinkBase):
+class NeptuneSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "neptune"`: a Neptune Database cluster (openCypher)."""
 
     kind: Literal["neptune"] = Field(description="Sink kind.")
@@ -804,7 +804,7 @@ class NeptuneSinkConfig(_HttpGraphSinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
-class NeptuneAnalyticsSinkConfig(_HttpGraphSinkBase):
+class NeptuneAnalyticsSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "neptune-analytics"`: a Neptune Analytics graph (openCypher)."""
 
     kind: Literal["neptune-analytics"] = Field(description="Sink kind.")
@@ -1023,7 +1023,7 @@ class OxigraphSinkConfig(_SinkBase):
         return True
 
 
-class SparqlSinkConfig(_SinkBase):
+class SparqlSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "sparql"`: any SPARQL 1.1 Update endpoint (Neptune RDF, Fuseki, GraphDB, Oxigraph
     server) over the SPARQL 1.1 protocol; for `neptune-sparql` sources (docs/rdf.md)."""
 

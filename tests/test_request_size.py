@@ -1,4 +1,4 @@
-"""Batch requests sized by bytes as well as rows (`max_request_bytes` of the Neptune sinks), on the stand.
+"""Batch requests sized by bytes as well as rows (`max_request_bytes` of the Neptune and SPARQL sinks), on the stand.
 
 Neptune refuses an HTTP request over 150 MB with 400 BadRequestException; the stand does the same at a limit
 a test lowers. A batch of large rows is sent in halves before it reaches the sink's limit, on the lean path
@@ -13,14 +13,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pyoxigraph import DefaultGraph, Literal, NamedNode, Quad
 
+from daemon.aws import SignedCall
 from daemon.deadletter import DeadLetterFile
 from daemon.model import VERTEX_LABEL, VERTEX_PROPERTY, GraphChange
+from daemon.rdf import QuadChange, RdfPlanner
 from daemon.scheduler import Planner
 from daemon.sinks.analytics import NeptuneAnalyticsSink
 from daemon.sinks.aws_base import AwsClientSink
-from daemon.sinks.base import PlanApplier, RetryPolicy
+from daemon.sinks.base import GraphSink, PlanApplier, RetryPolicy
 from daemon.sinks.neptune import NeptuneSink
+from daemon.sinks.sparql import SparqlSink
 from tests.stand.comparator import read_falkordb_graph
 from tests.stand.moto_process import aws_test_environment
 from tests.stand.neptune_endpoint import HIDDEN_LABEL, NeptuneStand
@@ -52,19 +56,24 @@ def _changes(sizes: dict[str, int]) -> list[GraphChange]:
     return out
 
 
+def _applier(sink: GraphSink, dead: Path) -> PlanApplier:
+    return PlanApplier(
+        sink,
+        source="test",
+        batch_size=500,
+        concurrency=asyncio.Semaphore(4),
+        retry=RetryPolicy(initial_seconds=0.01, max_seconds=0.05),
+        dead_letters=DeadLetterFile(dead),
+    )
+
+
 async def _apply(sink: AwsClientSink, changes: list[GraphChange], dead: Path, *, lean: bool = True) -> None:
     await sink.start()
     try:
         if not lean:
+            assert isinstance(sink._call, SignedCall)
             sink._call = None  # the full client path (the fallback when the lean call cannot be set up)
-        applier = PlanApplier(
-            sink,
-            source="test",
-            batch_size=500,
-            concurrency=asyncio.Semaphore(4),
-            retry=RetryPolicy(initial_seconds=0.01, max_seconds=0.05),
-            dead_letters=DeadLetterFile(dead),
-        )
+        applier = _applier(sink, dead)
         planner = Planner(sink.dialect, applier.lookup_edge_types, 1000)
         await applier.apply(await planner.plan(changes))
     finally:
@@ -113,3 +122,22 @@ async def test_a_target_with_a_lower_limit_than_the_sink_still_converges(stand: 
     await _apply(_sink("neptune", stand, 16 * 1024 * 1024), _changes(sizes), tmp_path / "dead.jsonl")
     assert _blobs(stand) == sizes  # the refusals bisect the batch down to requests the target takes
     assert _dead(tmp_path / "dead.jsonl") == []
+
+
+async def test_sparql_updates_of_long_literals_go_in_requests_under_the_limit(
+    stand: NeptuneStand, tmp_path: Path
+) -> None:
+    quads = [
+        Quad(NamedNode(f"http://s/{n}"), NamedNode("http://p"), Literal(f"{n} " + "x" * 2_500), DefaultGraph())
+        for n in range(100)
+    ]
+    sink = SparqlSink("rdf", update_url=f"{stand.url}/sparql", sigv4_region="us-east-1", max_request_bytes=LIMIT)
+    await sink.start()
+    try:
+        planner = RdfPlanner()
+        window = [QuadChange(True, quad, (1, i + 1)) for i, quad in enumerate(quads)]
+        assert await _applier(sink, tmp_path / "dead.jsonl").apply(await planner.plan(window)) == len(quads)
+    finally:
+        await sink.close()
+    assert set(stand.rdf_store.quads_for_pattern(None, None, None, None)) == set(quads)
+    assert 0 < stand.largest_request_bytes["sparql"] <= LIMIT
