@@ -21,6 +21,7 @@ contenders alternate; each row is the median of repetitions.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -48,8 +49,12 @@ COMMAND = "python -m tests.bench --only pipeline_cost"
 PAGE = 1000  # records per stream page (the neptune source's default `limit`; GetRecords' maximum)
 WINDOW_PAGES = 8  # pages per window: a full queue (`queue_size` 8) during a catch-up
 BATCH_SIZE = 500  # the sinks' default `batch_size`
-# Issue 14's targets, CPU µs per change from parse to batches.
+# Issue 14's targets, CPU µs per change from parse to batches, set against round 1's figures (its "now"), which
+# round 1's tree measured on 2026-11-23. The machine's speed changes from day to day (about 1.75x slower on
+# 2026-11-26), so each target is judged as a ratio to round 1's tree measured side by side in the same run.
 TARGET_US = {"neptune": 7.0, "dynamodb": 15.0, "dynamodb_plain": 12.0}
+ROUND1_US = {"neptune": 8.7, "dynamodb": 38.6, "dynamodb_plain": 33.5}
+ROUND1_TREE = "f931ee7"
 STAGES = ("parse", "translate", "plan", "serialise")
 
 
@@ -334,14 +339,70 @@ def run(quick: bool) -> Section:
                 "",
             ]
         )
-    targets = [
-        Target(
-            f"{label}: <= {TARGET_US[name]:g} µs per change", f"{totals[name]:.2f} µs", totals[name] <= TARGET_US[name]
-        )
-        for name, label in INPUTS
-    ]
+    round1 = _round_one(quick)
+    targets = []
+    for name, label in INPUTS:
+        if round1 is None:  # no git history to export round 1's tree from: the absolute figure, as measured
+            target = Target(
+                f"{label}: <= {TARGET_US[name]:g} µs per change",
+                f"{totals[name]:.2f} µs",
+                totals[name] <= TARGET_US[name],
+            )
+        else:
+            before, after = round1[name]["daemon_before"]["sum"], round1[name]["daemon"]["sum"]
+            bound = TARGET_US[name] / ROUND1_US[name]
+            target = Target(
+                f"{label}: <= {TARGET_US[name]:g} µs per change (round 1: {ROUND1_US[name]:g}), judged side by side: "
+                f"<= {bound:.2f} x round 1's tree",
+                f"{after / before:.2f} x ({after:.2f} vs {before:.2f} µs side by side; {totals[name]:.2f} µs above)",
+                after / before <= bound,
+            )
+        targets.append(target)
+        if round1 is not None:
+            for package, who in (("daemon_before", f"round 1's tree ({ROUND1_TREE})"), ("daemon", "this tree")):
+                stages = round1[name][package]
+                rows.append(
+                    [
+                        f"{label}: {who}, side by side",
+                        "",
+                        "",
+                        *(fmt(stages[stage], 2) for stage in STAGES),
+                        fmt(stages["sum"], 2),
+                        *([""] * 6),
+                    ]
+                )
     notes = _notes(n, reps, profiles, parse_us)
+    if round1 is not None:
+        notes += "\n\n" + _round_one_note(quick)
     return Section(KEY, "1. Pipeline cost (CPU per change, no network)", COMMAND, columns, rows, targets, notes)
+
+
+def _round_one(quick: bool) -> dict[str, dict[str, dict[str, float]]] | None:
+    """Round 1's tree and this one side by side (`tests.bench.compare_trees`), or None without git history."""
+    from tests.bench.compare_trees import side_by_side
+
+    try:
+        return side_by_side(ROUND1_TREE, [name for name, _ in INPUTS], 3 if quick else 5, 5_000 if quick else 10_000)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        print(f"round 1's tree {ROUND1_TREE} cannot be exported ({exc}); the targets are judged on absolute figures")
+        return None
+
+
+def _round_one_note(quick: bool) -> str:
+    return (
+        f"**Judged side by side with round 1's tree.** Issue 14's targets are round 1's figures (measured by "
+        f"round 1's tree, {ROUND1_TREE}, on 2026-11-23: {ROUND1_US['neptune']:g}, {ROUND1_US['dynamodb']:g} and "
+        f"{ROUND1_US['dynamodb_plain']:g} µs a change) cut to {TARGET_US['neptune']:g}, {TARGET_US['dynamodb']:g} "
+        f"and {TARGET_US['dynamodb_plain']:g} µs. The same code runs at different speeds on different days here "
+        "(every stage about 1.75x slower on 2026-11-26 than on 2026-11-23, orjson's own serialise included), so "
+        "each target is judged as the ratio it asks for, against round 1's tree measured in the same process on "
+        "the same pages: `python -m tests.bench.compare_trees "
+        f"{ROUND1_TREE}` (round 1's `daemon` package exported from git next to this one; every page parsed by each "
+        "tree's own botocore response parser with its model extras, translated, and every window planned and "
+        "serialised by both, alternating; CPU time, median of "
+        f"{3 if quick else 5} passes over {5_000 if quick else 10_000:,} records). Its rows are the last of the "
+        "table; the figures above it are this tree alone."
+    )
 
 
 def _notes(
