@@ -604,7 +604,7 @@ class DynamoDBStreamSource:
     async def _translate(self, shard_id: str, records: list[dict[str, Any]]) -> list[GraphChange]:
         fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
         changes: list[GraphChange] = []
-        mapper_changes = self._mapper.changes
+        mapper_changes, addition = self._mapper.changes, self._mapper.addition
         for record in records:
             # the common case inline (what `_sequence_number` and `_epoch_ms` accept first), the rest through them
             body = record.get("dynamodb") if record.__class__ is dict else None
@@ -638,12 +638,19 @@ class DynamoDBStreamSource:
                 and identity.get("Type") == "Service"
                 and identity.get("PrincipalId") == TTL_PRINCIPAL
             )
+            old = body.get("OldImage")
             try:
+                # the common record's one change in one call; `changes` for the others (and the same outcome)
+                change = addition(event, keys, new, old, position, shard_id, commit_ms)
+                if change is not None:
+                    change.origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+                    changes.append(change)
+                    continue
                 outcome = mapper_changes(
                     event,
                     keys=keys,
                     new=new,
-                    old=body.get("OldImage"),
+                    old=old,
                     position=position,
                     partition=shard_id,
                     commit_ms=commit_ms,
@@ -661,13 +668,7 @@ class DynamoDBStreamSource:
             if outcome.skipped is not None:
                 METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
             if outcome.changes:  # for event sinks (docs/events.md): the record's own words, by reference
-                origin = {
-                    "eventName": event,
-                    "ttl": ttl,
-                    "keys": keys,
-                    "newImage": new,
-                    "oldImage": body.get("OldImage"),
-                }
+                origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
                 for change in outcome.changes:
                     change.origin = origin
             changes.extend(outcome.changes)
