@@ -351,9 +351,9 @@ def _rule_code(rule: _CompiledRule) -> str:
     ones present) by the name rule (each name checked once and remembered in `NAMES`: skipped, renamed or kept)
     and the value rule, with the common values converted inline: an ASCII string without NUL, an integer of at
     most 18 digits, a fraction without exponent that `repr` of its float gives back as it is (so that float is
-    what the number rule gives: it is not whole and prints back as the same decimal), a boolean; every other
-    number goes to `dynamodb_number`, every other value to
-    `from_dynamodb` (`_number`, `_value`), which give the same as `from_dynamodb` would for the inline ones.
+    what the number rule gives: it is not whole and prints back as the same decimal), a boolean, a NULL (no
+    property); every other number goes to `dynamodb_number`, every other value to `from_dynamodb` (`_number`,
+    `_value`), which give the same as `from_dynamodb` would for the inline ones.
     `addition` is the whole-element ADD: the required attributes checked, the properties (inline), then the
     ids (`_Ids.lines`), in the order `element` has them, so an item with several faults fails on the same one.
     """
@@ -407,6 +407,8 @@ def _rule_code(rule: _CompiledRule) -> str:
         "            if raw.__class__ is bool:",
         "                out[name] = raw",
         "                continue",
+        "            if 'NULL' in value:  # no property",
+        "                continue",
         "    value = _value(RULE, attr, value)",
         "    if value is not ABSENT:",
         "        out[name] = value",
@@ -454,17 +456,37 @@ def _matcher(rules: list[_CompiledRule]) -> Callable[[Item], _CompiledRule | Non
     return _first_rule(rules, "match(item)", lambda r, rule: [f"return R{r}"], namespace)
 
 
-def _adder(rules: list[_CompiledRule]) -> Callable[[Item, bool, Position, int, str], GraphChange | None]:
-    """`add(item, fresh, position, commit_ms, partition)`: the whole-element ADD of the first rule that maps
-    `item` (its generated `addition`), or None when no rule does, or when the older image (there is one unless
-    `fresh`) may map to another element (the rule is not `same_element_for_same_key`)."""
-    namespace = {f"A{r}": rule.addition for r, rule in enumerate(rules)}
+def _adder(rules: list[_CompiledRule]) -> Callable[..., GraphChange | None]:
+    """`ItemMapper.addition` generated once: the record's shape checked as `changes` checks it, then the
+    whole-element ADD of the first rule that maps the new image (its generated `addition`); None for any other
+    record, and when the rule is not `same_element_for_same_key` and there is an older image to compare with."""
+    namespace: dict[str, Any] = {f"A{r}": rule.addition for r, rule in enumerate(rules)}
+    namespace["INT64_MAX"] = INT64_MAX
+    prelude = (
+        "if (",
+        "    event == 'REMOVE'",
+        "    or item.__class__ is not dict",
+        "    or keys.__class__ is not dict",
+        "    or commit_ms.__class__ is not int",
+        "    or not 0 <= commit_ms <= INT64_MAX",
+        "):",
+        "    return None",
+        "if old is not None:",
+        "    if old.__class__ is not dict:",
+        "        return None",
+        "    try:",
+        "        if old == item:",
+        "            return None",
+        "    except RecursionError:  # nested deeper than Python compares: `changes` says what it makes",
+        "        return None",
+    )
 
     def action(r: int, rule: _CompiledRule) -> list[str]:
         add = f"A{r}(item, position, commit_ms, partition)"
-        return [f"return {add}"] if rule.same_element_for_same_key else [f"return {add} if fresh else None"]
+        return [f"return {add}"] if rule.same_element_for_same_key else [f"return {add} if old is None else None"]
 
-    return _first_rule(rules, "add(item, fresh, position, commit_ms, partition)", action, namespace)
+    signature = "addition(event, keys, item, old, position, partition, commit_ms)"
+    return _first_rule(rules, signature, action, namespace, prelude)
 
 
 def _first_rule(
@@ -472,10 +494,11 @@ def _first_rule(
     signature: str,
     action: Callable[[int, _CompiledRule], list[str]],
     namespace: dict[str, Any],
+    prelude: tuple[str, ...] = (),
 ) -> Any:
-    """A function generated once that runs `action`'s lines for the first rule whose tests hold on `item`, and
-    returns None if none does; see `_matcher`."""
-    lines = [f"def {signature}:"]
+    """A function generated once that runs `prelude`, then `action`'s lines for the first rule whose tests hold
+    on `item`, and returns None if none does; see `_matcher`."""
+    lines = [f"def {signature}:", *_indent(list(prelude))]
     strings: dict[str, str] = {}  # attribute -> the variable holding its S value (None if it has none)
     for r, rule in enumerate(rules):
         terms = []
@@ -581,7 +604,15 @@ class ItemMapper:
         for i, rule in enumerate(self.rules):
             rule.same_element_for_same_key = rule.key_ids and all(r.key_only_tests for r in self.rules[: i + 1])
         self._match = _matcher(self.rules)
-        self._add = _adder(self.rules)
+        # `addition(event, keys, new, old, position, partition, commit_ms)`: the one change of the common record,
+        # in one call with positional arguments: an INSERT or MODIFY whose new image a rule maps, with no older
+        # image or one that cannot map to another element. None for any other record (a REMOVE, equal images, no
+        # rule, a rule whose element may differ between the images, a record of another shape, an unknown
+        # `commit_ms`): `changes` then says what it makes. Whenever it gives a change, or raises, `changes` gives
+        # that same change, or raises the same (tests/test_mapping_generated.py).
+        self.addition: Callable[[str, Item, Item | None, Item | None, Position, str, int], GraphChange | None] = _adder(
+            self.rules
+        )
         self.vertex_removes = cfg.vertex_removes
         self.ttl_deletes = cfg.ttl_deletes
         self.ttl_mark_property = cfg.ttl_mark_property
@@ -602,39 +633,6 @@ class ItemMapper:
             raise UnmappableItem(None, f"an item is a map of attribute values, got {type(item).__name__}")
         rule = self.match(item, keys_only)
         return None if rule is None else rule.element(item, with_properties)
-
-    def addition(
-        self,
-        event: str,
-        keys: Item,
-        new: Item | None,
-        old: Item | None,
-        position: Position,
-        partition: str,
-        commit_ms: int,
-    ) -> GraphChange | None:
-        """The one change of the common record, in one call with positional arguments: an INSERT or MODIFY whose
-        new image a rule maps, with no older image or one that cannot map to another element. None for any other
-        record (a REMOVE, equal images, no rule, a rule whose element may differ between the images, a record
-        of another shape, an unknown `commit_ms`): `changes` then says what it makes. Whenever this gives a
-        change, or raises, `changes` gives that same change, or raises the same."""
-        if (
-            event == "REMOVE"
-            or new.__class__ is not dict
-            or keys.__class__ is not dict
-            or commit_ms.__class__ is not int
-            or not 0 <= commit_ms <= INT64_MAX
-        ):
-            return None
-        if old is not None:
-            if old.__class__ is not dict:
-                return None
-            try:
-                if old == new:
-                    return None
-            except RecursionError:
-                return None
-        return self._add(new, old is None, position, commit_ms, partition)  # type: ignore[arg-type]
 
     def changes(
         self,

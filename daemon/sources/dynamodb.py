@@ -146,6 +146,7 @@ class DynamoDBStreamSource:
         self.state = "starting"
         self.polling = False
         self._m = SourceMetrics(cfg.name)
+        self._skipped: dict[str, Any] = {}  # reason -> graph_replicator_records_skipped_total{source, reason}
         self._shards: dict[str, Shard] = {}
         self._resume: dict[str, Position] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -666,7 +667,12 @@ class DynamoDBStreamSource:
                 self._dead_letter(shard_id, record, position, reason)
                 continue
             if outcome.skipped is not None:
-                METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
+                skipped = self._skipped.get(outcome.skipped)
+                if skipped is None:  # the counter of this reason, looked up once
+                    skipped = self._skipped[outcome.skipped] = METRICS.records_skipped.labels(
+                        source=self.name, reason=outcome.skipped
+                    )
+                skipped.inc()
             if outcome.changes:  # for event sinks (docs/events.md): the record's own words, by reference
                 origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
                 for change in outcome.changes:
