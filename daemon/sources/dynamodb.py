@@ -613,8 +613,8 @@ class DynamoDBStreamSource:
             if not (
                 sequence.__class__ is str
                 and len(sequence) <= SEQUENCE_WIDTH
-                and sequence.isdigit()
                 and sequence.isascii()
+                and sequence.encode().isdigit()  # (bytes' digit test is a table lookup a byte; str's a Unicode one)
             ):
                 sequence = _sequence_number(record)
                 if sequence is None:

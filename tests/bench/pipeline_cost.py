@@ -3,7 +3,7 @@
 Room in the design: one benchmark of `tests/bench/` (`python -m tests.bench --only pipeline_cost`).
 
 * **Neptune**: stream pages as the stand serves them (JSON bytes, 1,000 records a page) -> parsed records
-  (`daemon.aws_parsers.decode`: orjson, as the daemon's botocore clients decode a stream page) ->
+  (`daemon.aws_parsers.decode`: msgspec, as the daemon's botocore clients decode a stream page) ->
   `translate_record` -> windows of 8 pages (a full queue during a catch-up) -> `Planner.plan` ->
   `PlanApplier.apply` on a sink that only serialises each request as the Neptune sink does (orjson body, no
   network).
@@ -160,7 +160,7 @@ async def _dynamodb(pages: list[bytes], tmp: Path) -> _Run:
 
 def _botocore_parser(service: str, operation: str, *, daemon: bool) -> Any:
     """A function of a response body that parses it as aiobotocore's own parser does (`daemon` False) or as the
-    daemon's clients do (`daemon.aws_parsers`: orjson decodes the body), both with the daemon's model extras."""
+    daemon's clients do (`daemon.aws_parsers`: msgspec decodes the body), both with the daemon's model extras."""
     import botocore.session
     from aiobotocore.parsers import AioResponseParserFactory
 
@@ -313,9 +313,9 @@ def run(quick: bool) -> Section:
     ddb_parse_us = parse_us["dynamodb", False]
     for label, records, us in (
         ("botocore parse, GetPropertygraphStream (with the model extras)", nep_records, parse_us["neptune", False]),
-        ("the daemon's parse (orjson), GetPropertygraphStream", nep_records, parse_us["neptune", True]),
+        ("the daemon's parse (msgspec), GetPropertygraphStream", nep_records, parse_us["neptune", True]),
         ("botocore parse, DynamoDB Streams GetRecords (with the model extras)", ddb_records, ddb_parse_us),
-        ("the daemon's parse (orjson), DynamoDB Streams GetRecords", ddb_records, parse_us["dynamodb", True]),
+        ("the daemon's parse (msgspec), DynamoDB Streams GetRecords", ddb_records, parse_us["dynamodb", True]),
     ):
         rows.append(
             [
@@ -352,7 +352,7 @@ def _notes(
         "(the social workload of `config/dynamodb-social.toml`, generated in memory: once with every DynamoDB "
         "attribute type, once with the common string, number and bool attributes only); median of "
         f"{reps} runs each, alternating. Stages: *parse* = JSON page -> records (`daemon.aws_parsers.decode`, "
-        "orjson after the check for integers beyond 64 bits, as the daemon's botocore clients decode a stream "
+        "msgspec (which reads integers of any size as `json` does), as the daemon's botocore clients decode a stream "
         "page; both sources get records as parsed JSON through the daemon's botocore model extras), "
         "*translate* = record -> `GraphChange` (`translate_record`; the `dynamodb` source's own `_translate`, "
         "i.e. `ItemMapper.changes`), "
@@ -364,7 +364,7 @@ def _notes(
         "daemon's model extras (which declare the records a JSON document), alternating: aiobotocore's own parser "
         f"({parse_us['neptune', False]:.1f} µs a Neptune record, {parse_us['dynamodb', False]:.1f} µs a DynamoDB "
         "one: the standard library's `json` on the body), and the daemon's (`daemon.aws_parsers`, what its "
-        "clients use: the same parser with orjson decoding the body of a successful stream read, "
+        "clients use: the same parser with msgspec decoding the body of a successful stream read, "
         f"{parse_us['neptune', True]:.1f} and {parse_us['dynamodb', True]:.1f} µs). Without the extras, "
         "botocore's model-driven parse of GetRecords cost 108 µs a record: the largest CPU cost of a DynamoDB "
         "source, more than the whole pipeline.",
