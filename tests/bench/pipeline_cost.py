@@ -480,6 +480,44 @@ def _notes(
         "needs a different representation (e.g. mapping straight from the response bytes), not more of these "
         "cuts.",
         "",
+        "Round 2, third step (branch `perf-ddb`, against 0274901): the DynamoDB source side, counted in "
+        "instructions (`valgrind --tool=cachegrind`, the benchmark's 2,000 social records, three passes minus "
+        "one, collector off) and timed side by side. Per record, parse + translate: every attribute type "
+        "106.5k -> 91.8k instructions (-14 %; f931ee7: 114.9k with its parse = `orjson.loads`), string / number / "
+        "bool 81.1k -> 65.5k (-19 %; f931ee7: 96.2k).",
+        "",
+        "| step | instructions before -> after | CPU, side by side |",
+        "|---|---|---|",
+        "| parse: msgspec instead of orjson + the scan for integers beyond 64 bits | 37.3k -> 28.3k a record "
+        "(every type), 33.6k -> 24.4k (S/N/BOOL) | parse stage 13.1 -> 11.4 and 10.9 -> 9.7 µs a change in the "
+        "whole pipeline (median of 11, collector on); 11.2 -> 10.3 and 8.1 -> 6.9 µs a record with the "
+        "collector off |",
+        "| translate: rules' properties and whole-element ADD generated as code, one-call `ItemMapper.addition` "
+        "| 138.4M -> 131.0M a pass (every type), 95.0M -> 85.1M (S/N/BOOL) | see the last row |",
+        "| translate: record checks in the generated dispatch, NULL inline, the skipped counter bound once, "
+        "sequence digits tested as bytes | 131.0M -> 126.9M, 85.1M -> 82.2M | `compare_trees main`: within "
+        "the spread of a loaded machine (±15 % between runs) |",
+        "",
+        "- `daemon/aws_parsers.py` decodes the stream reads with msgspec, which reads integers of any size as "
+        "`json` does, so no body is scanned first; whatever msgspec refuses still goes to botocore "
+        "(`tests/test_aws_parsers.py` unchanged in its properties). With the collector on the gain is smaller "
+        "than the instructions say: the same objects are built, and the collector's passes over them (a third "
+        "of the parse stage) do not change.",
+        "- `daemon/mapping.py`: each rule's `properties` and `addition` are Python source generated once "
+        "(`_rule_code`: names cached, skipped key attributes known up front, S / N / BOOL / NULL inline, "
+        "negative integers and fractions a float prints back converted without `dynamodb_number`, ids as "
+        "f-strings inline); `ItemMapper.addition` (the record's checks and the rules' dispatch generated into "
+        "one function) gives the common record's one change in a call, `changes` takes every other record. "
+        "`tests/test_mapping_generated.py` proves with hypothesis that the generated code equals the plain "
+        "reading of the rules (check_name, from_dynamodb, the templates) and that `addition` gives exactly "
+        "what `changes` gives.",
+        "- Tried and dropped: leaves of lists and maps converted inline in `_nested` (+1.8 % instructions: the "
+        "extra tests cost more than the calls saved); a leaf fast path at the top of `_nested` (more opcodes "
+        "for every non-leaf); subscripts, `in` and `type()` instead of `.get` and `__class__` in the "
+        "per-attribute loop (-1 %). The per-attribute loop is within 2.3x of an empty dict comprehension over "
+        "the same items; what remains is one Python iteration per attribute, one `GraphChange` and one "
+        "`origin` dict a record, and the collector's passes over the images a window keeps.",
+        "",
         "Where the DynamoDB gap comes from: a DynamoDB record is a whole item image, so one change carries every "
         "attribute through the value rule (about 4 attributes here, each a type tag to inspect; sets, lists and "
         "maps become canonical JSON text, numbers are checked for exactness), its ids are rendered from "
