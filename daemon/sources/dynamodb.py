@@ -143,6 +143,9 @@ class DynamoDBStreamSource:
         self._cfg = cfg
         self._dead_letters = dead_letters
         self._mapper = ItemMapper(cfg)
+        # Event sinks describe each record from its own words (`GraphChange.origin`); without them the images
+        # are not kept past translation (a window of them would be held, and walked by the collector, for nothing).
+        self._keep_origin = bool(cfg.event_sinks)
         self.state = "starting"
         self.polling = False
         self._m = SourceMetrics(cfg.name)
@@ -606,6 +609,7 @@ class DynamoDBStreamSource:
         fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
         changes: list[GraphChange] = []
         mapper_changes, addition = self._mapper.changes, self._mapper.addition
+        keep_origin = self._keep_origin
         for record in records:
             # the common case inline (what `_sequence_number` and `_epoch_ms` accept first), the rest through them
             body = record.get("dynamodb") if record.__class__ is dict else None
@@ -644,7 +648,8 @@ class DynamoDBStreamSource:
                 # the common record's one change in one call; `changes` for the others (and the same outcome)
                 change = addition(event, keys, new, old, position, shard_id, commit_ms)
                 if change is not None:
-                    change.origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+                    if keep_origin:
+                        change.origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
                     changes.append(change)
                     continue
                 outcome = mapper_changes(
@@ -673,7 +678,7 @@ class DynamoDBStreamSource:
                         source=self.name, reason=outcome.skipped
                     )
                 skipped.inc()
-            if outcome.changes:  # for event sinks (docs/events.md): the record's own words, by reference
+            if keep_origin and outcome.changes:  # for event sinks (docs/events.md): the record's own words
                 origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
                 for change in outcome.changes:
                     change.origin = origin
