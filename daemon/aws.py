@@ -96,7 +96,7 @@ def aws_session(profile: str | None = None) -> Any:
 
     session = AioSession(profile=profile)
     session.get_component("data_loader").search_paths.insert(0, str(MODEL_EXTRAS))
-    # botocore's parsers, with orjson decoding the stream reads' bodies (`daemon.aws_parsers`)
+    # botocore's parsers, with msgspec decoding the stream reads' bodies (`daemon.aws_parsers`)
     session.register_component("response_parser_factory", ResponseParserFactory())
     return session
 

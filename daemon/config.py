@@ -781,7 +781,21 @@ class FalkorDBSinkConfig(_SinkBase):
         return self.url is None
 
 
-class NeptuneSinkConfig(_SinkBase):
+# Neptune refuses an HTTP request over 150 MB (400 BadRequestException); batches stay far below by default.
+NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
+
+
+class _HttpSinkBase(_SinkBase):
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=NEPTUNE_REQUEST_MAX_BYTES,
+        description="Largest batch request body: a batch whose rows would make a larger one is sent in halves "
+        "(a single row goes alone whatever its size). Neptune refuses requests over 150 MB.",
+    )
+
+
+class NeptuneSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "neptune"`: a Neptune Database cluster (openCypher)."""
 
     kind: Literal["neptune"] = Field(description="Sink kind.")
@@ -790,7 +804,7 @@ class NeptuneSinkConfig(_SinkBase):
     profile: Profile | None = Field(None, description="AWS profile name; default credential chain when unset.")
 
 
-class NeptuneAnalyticsSinkConfig(_SinkBase):
+class NeptuneAnalyticsSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "neptune-analytics"`: a Neptune Analytics graph (openCypher)."""
 
     kind: Literal["neptune-analytics"] = Field(description="Sink kind.")
@@ -1009,7 +1023,7 @@ class OxigraphSinkConfig(_SinkBase):
         return True
 
 
-class SparqlSinkConfig(_SinkBase):
+class SparqlSinkConfig(_HttpSinkBase):
     """`[sinks.NAME] kind = "sparql"`: any SPARQL 1.1 Update endpoint (Neptune RDF, Fuseki, GraphDB, Oxigraph
     server) over the SPARQL 1.1 protocol; for `neptune-sparql` sources (docs/rdf.md)."""
 

@@ -91,19 +91,22 @@ class Outcome:
 
 
 class _Ids:
-    """A rule's id templates (the element id, and an edge's endpoints) compiled to one function of the item.
+    """A rule's id templates (the element id, and an edge's endpoints) compiled to Python source once, when the
+    mapper is built: each attribute a template names is read once (and matched against its `regex` once), each
+    reference (`{ATTR}`, `{ATTR[i]}`, `{ATTR[i:]}`, `{ATTR~GROUP}`) is computed once even when several templates
+    use it, and each template is a concatenation of constants and those values. Only `repr` of the config's
+    strings reaches the source.
 
-    The function is generated as Python source once, when the mapper is built: each attribute a template
-    names is read once (and matched against its `regex` once), each reference (`{ATTR}`, `{ATTR[i]}`,
-    `{ATTR[i:]}`, `{ATTR~GROUP}`) is computed once even when several templates use it, and each template is a
-    concatenation of constants and those values. Only `repr` of the config's strings reaches the source.
-    `render(item)` returns the ids in template order, or raises `UnmappableItem` as the rule says."""
+    `lines` compute the ids from `item` into `i0`, `i1`, ... (template order), or raise `UnmappableItem` as the
+    rule says; they use the names `v`, `t*`, `m*`, `p*`, `r*`, `i*` and the globals in `namespace`. The rule's
+    generated code (`_rule_code`) embeds them; `render(item)` is them on their own, returning the ids as a tuple.
+    """
 
     def __init__(self, rule: str, templates: list[str], separator: str, patterns: dict[str, re.Pattern[str]]) -> None:
         self.rule, self.separator = rule, separator
         attrs: list[str] = []  # attribute -> t{i}
         refs: list[TemplateRef] = []  # reference -> r{i}
-        lines = ["def render(item):"]
+        lines: list[str] = []
         split: set[int] = set()  # attributes (by position) split into p{i} already
         matched: set[int] = set()  # attributes matched against their regex into m{i} already
         ids: list[list[str]] = []  # per template: its expression's terms
@@ -120,10 +123,10 @@ class _Ids:
                     at = len(attrs)
                     attrs.append(ref.attr)
                     lines += [
-                        f"    v = item.get({ref.attr!r})",
-                        f"    t{at} = v.get('S') if v.__class__ is dict else None",
-                        f"    if t{at}.__class__ is not str:",
-                        f"        t{at} = _key_text(RULE, {ref.attr!r}, v)",
+                        f"v = item.get({ref.attr!r})",
+                        f"t{at} = v.get('S') if v.__class__ is dict else None",
+                        f"if t{at}.__class__ is not str:",
+                        f"    t{at} = _key_text(RULE, {ref.attr!r}, v)",
                     ]
                 at = attrs.index(ref.attr)
                 if ref not in refs:
@@ -132,23 +135,23 @@ class _Ids:
                     if ref.group is not None:
                         if at not in matched:
                             matched.add(at)
-                            lines.append(f"    m{at} = PATTERNS[{ref.attr!r}].fullmatch(t{at})")
+                            lines.append(f"m{at} = PATTERNS[{ref.attr!r}].fullmatch(t{at})")
                         lines += [
-                            f"    {r} = m{at}[{ref.group!r}] if m{at} is not None else None",
-                            f"    if {r} is None:",
-                            f"        _no_capture(RULE, {ref.attr!r}, t{at}, {ref.group!r})",
+                            f"{r} = m{at}[{ref.group!r}] if m{at} is not None else None",
+                            f"if {r} is None:",
+                            f"    _no_capture(RULE, {ref.attr!r}, t{at}, {ref.group!r})",
                         ]
                     elif ref.index is not None:
                         if at not in split:
                             split.add(at)
-                            lines.append(f"    p{at} = t{at}.split(SEP)")
+                            lines.append(f"p{at} = t{at}.split(SEP)")
                         lines += [
-                            f"    if len(p{at}) <= {ref.index}:",
-                            f"        _no_part(RULE, {ref.attr!r}, t{at}, {ref.index}, SEP)",
-                            f"    {r} = SEP.join(p{at}[{ref.index}:])" if ref.rest else f"    {r} = p{at}[{ref.index}]",
+                            f"if len(p{at}) <= {ref.index}:",
+                            f"    _no_part(RULE, {ref.attr!r}, t{at}, {ref.index}, SEP)",
+                            f"{r} = SEP.join(p{at}[{ref.index}:])" if ref.rest else f"{r} = p{at}[{ref.index}]",
                         ]
                     else:
-                        lines.append(f"    {r} = t{at}")
+                        lines.append(f"{r} = t{at}")
                 terms.append(f"r{refs.index(ref)}")
             ids.append(terms)
         values = [f"r{i}" for i in range(len(refs))]
@@ -156,10 +159,11 @@ class _Ids:
         # otherwise every id is checked by the text rule, which names what is wrong.
         clean = all(lit.isascii() and "\x00" not in lit for lit in literals)
         fast = " and ".join(f"{v}.isascii() and '\\x00' not in {v}" for v in values) if clean else "False"
-        lines.append(f"    ids = ({', '.join(' + '.join(t) for t in ids)},)")
-        lines += [f"    if not ({fast}):", "        _check_ids(RULE, ids)", "    return ids"]
-        self.source = "\n".join(lines)
-        namespace: dict[str, Any] = {
+        self.names = [f"i{i}" for i in range(len(ids))]
+        lines += [f"{name} = {_concat(terms)}" for name, terms in zip(self.names, ids, strict=True)]
+        lines += [f"if not ({fast}):", f"    _check_ids(RULE, ({', '.join(self.names)},))"]
+        self.lines = lines
+        self.namespace: dict[str, Any] = {
             "RULE": rule,
             "SEP": separator,
             "PATTERNS": patterns,
@@ -168,8 +172,22 @@ class _Ids:
             "_no_capture": _no_capture,
             "_check_ids": _check_ids,
         }
+        self.source = "\n".join(["def render(item):", *_indent(lines), f"    return ({', '.join(self.names)},)"])
+        namespace = dict(self.namespace)
         exec(compile(self.source, f"<id templates of rule {rule!r}>", "exec"), namespace)
         self.render: Callable[[Item], tuple[str, ...]] = namespace["render"]
+
+
+def _concat(terms: list[str]) -> str:
+    """An expression joining `terms` (string literals' reprs, and names of variables holding strings) in one
+    step: adjacent literals and f-strings, which Python compiles to one join."""
+    if len(terms) == 1:
+        return terms[0]
+    return " ".join(term if term[0] in "'\"" else f"f'{{{term}}}'" for term in terms)
+
+
+def _indent(lines: list[str], depth: int = 1) -> list[str]:
+    return [" " * (4 * depth) + line for line in lines]
 
 
 def _template_pieces(template: str) -> list[tuple[str, TemplateRef | None]]:
@@ -259,8 +277,9 @@ class _CompiledRule:
         # Set by ItemMapper: this rule and every rule before it test only key attributes, and its ids come from
         # the key; then an older image of the same item matches this rule too and maps to the same element.
         self.same_element_for_same_key = False
-        # attribute name -> property name (None: never a property); filled as names are met
-        self.names: dict[str, str | None] = {}
+        # attribute name -> property name (None: never a property); filled as names are met, the skipped first
+        self.names: dict[str, str | None] = dict.fromkeys(self.skip)
+        self._generate()
 
     def matches(self, item: Item, known: Callable[[str], bool] | None = None) -> bool:
         """Every test holds; tests on attributes `known` says the image lacks pass (a keys-only REMOVE)."""
@@ -281,69 +300,34 @@ class _CompiledRule:
         edge_id, from_id, to_id = self.ids.render(item)
         return Element(self.name, False, edge_id, self.label, from_id, to_id, props)
 
-    def addition(self, item: Item, position: Position, commit_ms: int, partition: str) -> GraphChange:
-        """The whole-element ADD of an item this rule matched (what `element` gives, as a change)."""
-        if self.required:
-            self._check_required(item)
-        props = self.properties(item)
-        if self.vertex:
-            (vertex_id,) = self.ids.render(item)
-            return GraphChange(
-                WHOLE_VERTEX, True, vertex_id, self.label, props, None, None, position, commit_ms, partition
-            )
-        edge_id, from_id, to_id = self.ids.render(item)
-        return GraphChange(WHOLE_EDGE, True, edge_id, self.label, props, from_id, to_id, position, commit_ms, partition)
-
     def _check_required(self, item: Item) -> None:
         missing = [a for a in self.required if a not in item]
         if missing:
             raise UnmappableItem(self.name, f"required attribute(s) {', '.join(map(repr, missing))} missing")
 
-    def properties(self, item: Item) -> dict[str, Any]:
-        """The item's attributes as properties, by the name rule and the value rule (`from_dynamodb`), with the
-        common values (an ASCII string without NUL, a plain integer, a boolean) converted inline and any other
-        number by `dynamodb_number` directly."""
-        names = self.names
-        out: dict[str, Any] = {}
-        for attr in item if self.keep is None else [a for a in self.keep if a in item]:
-            name = names.get(attr, _UNSEEN)
-            if name is None:
-                continue
-            if name is _UNSEEN:
-                name = self._name(attr)
-                if name is None:
-                    continue
-            value = item[attr]
-            if value.__class__ is dict and len(value) == 1:
-                raw = value.get("S")
-                if raw is not None:
-                    if raw.__class__ is str and raw.isascii() and "\x00" not in raw:
-                        out[name] = raw
-                        continue
-                else:
-                    raw = value.get("N")
-                    if raw is not None:
-                        # up to 18 ASCII digits: within 64 bits, and `int` gives what the full rule gives
-                        if raw.__class__ is str and len(raw) <= 18 and raw.isdigit() and raw.isascii():
-                            out[name] = int(raw)
-                            continue
-                        try:  # the number rule itself, without `from_dynamodb`'s dispatch on the type tag
-                            out[name] = dynamodb_number(raw)
-                        except UnsupportedValue as exc:
-                            raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
-                        continue
-                    else:
-                        raw = value.get("BOOL")
-                        if raw.__class__ is bool:
-                            out[name] = raw
-                            continue
-            try:
-                value = from_dynamodb(value)
-            except UnsupportedValue as exc:
-                raise UnmappableItem(self.name, f"attribute {show(attr)}: {exc}") from None
-            if value is not ABSENT:
-                out[name] = value
-        return out
+    def _generate(self) -> None:
+        """`properties(item)` and `addition(item, position, commit_ms, partition)` as Python source, generated
+        once (see `_rule_code`)."""
+        source = _rule_code(self)
+        namespace: dict[str, Any] = {
+            **self.ids.namespace,
+            "NAMES": self.names,
+            "UNSEEN": _UNSEEN,
+            "MISSING": _UNSEEN,
+            "KEEP": tuple(self.keep or ()),
+            "LABEL": self.label,
+            "KIND": WHOLE_VERTEX if self.vertex else WHOLE_EDGE,
+            "GraphChange": GraphChange,
+            "ABSENT": ABSENT,
+            "_name": self._name,
+            "_check_required": self._check_required,
+            "_number": _number,
+            "_value": _value,
+        }
+        exec(compile(source, f"<rule {self.name!r}>", "exec"), namespace)
+        self.source = source
+        self.properties: Callable[[Item], dict[str, Any]] = namespace["properties"]
+        self.addition: Callable[[Item, Position, int, str], GraphChange] = namespace["addition"]
 
     def _name(self, attr: str) -> str | None:
         """The property name of an attribute met for the first time (None: never a property), remembered."""
@@ -360,14 +344,163 @@ class _CompiledRule:
         return name
 
 
+def _rule_code(rule: _CompiledRule) -> str:
+    """A rule's `properties(item)` and `addition(item, position, commit_ms, partition)` as Python source.
+
+    `properties` maps the item's attributes (every one but the key's with `properties = "*"`, else the listed
+    ones present) by the name rule (each name checked once and remembered in `NAMES`: skipped, renamed or kept)
+    and the value rule, with the common values converted inline: an ASCII string without NUL, an integer of at
+    most 18 digits, a fraction without exponent that `repr` of its float gives back as it is (so that float is
+    what the number rule gives: it is not whole and prints back as the same decimal), a boolean, a NULL (no
+    property); every other number goes to `dynamodb_number`, every other value to `from_dynamodb` (`_number`,
+    `_value`), which give the same as `from_dynamodb` would for the inline ones.
+    `addition` is the whole-element ADD: the required attributes checked, the properties (inline), then the
+    ids (`_Ids.lines`), in the order `element` has them, so an item with several faults fails on the same one.
+    """
+    loop = (
+        ["for attr, value in item.items():"]
+        if rule.keep is None
+        else [
+            "for attr in KEEP:",
+            "    value = item.get(attr, MISSING)",
+            "    if value is MISSING:",
+            "        continue",
+        ]
+    )
+    props = [
+        "out = {}",
+        *loop,
+        "    name = NAMES.get(attr, UNSEEN)",
+        "    if name is None:",
+        "        continue",
+        "    if name is UNSEEN:",
+        "        name = _name(attr)",
+        "        if name is None:",
+        "            continue",
+        "    if value.__class__ is dict and len(value) == 1:",
+        "        raw = value.get('S')",
+        "        if raw is not None:",
+        "            if raw.__class__ is str and raw.isascii() and '\\x00' not in raw:",
+        "                out[name] = raw",
+        "                continue",
+        "        else:",
+        "            raw = value.get('N')",
+        "            if raw is not None:",
+        "                if raw.__class__ is str and len(raw) <= 18 and raw.isascii():",
+        "                    # up to 18 digits: within 64 bits, and `int` gives what the full rule gives",
+        "                    if raw.isdigit() or (raw[1:].isdigit() and raw[0] == '-'):",
+        "                        out[name] = int(raw)",
+        "                        continue",
+        "                    # a fraction without exponent that a float prints back as it is: that float",
+        "                    if '.' in raw and 'e' not in raw:",
+        "                        try:",
+        "                            number = float(raw)",
+        "                        except ValueError:",
+        "                            pass",
+        "                        else:",
+        "                            if repr(number) == raw and raw[-2:] != '.0':",
+        "                                out[name] = number",
+        "                                continue",
+        "                out[name] = _number(RULE, attr, raw)",
+        "                continue",
+        "            raw = value.get('BOOL')",
+        "            if raw.__class__ is bool:",
+        "                out[name] = raw",
+        "                continue",
+        "            if 'NULL' in value:  # no property",
+        "                continue",
+        "    value = _value(RULE, attr, value)",
+        "    if value is not ABSENT:",
+        "        out[name] = value",
+    ]
+    required = []
+    if rule.required:
+        missing = " or ".join(f"{attr!r} not in item" for attr in rule.required)
+        required = [f"if {missing}:", "    _check_required(item)"]
+    ids = rule.ids.names
+    ends = f"{ids[1]}, {ids[2]}" if len(ids) == 3 else "None, None"
+    lines = [
+        "def properties(item):",
+        *_indent(props),
+        "    return out",
+        "",
+        "def addition(item, position, commit_ms, partition):",
+        *_indent(required),
+        *_indent(props),
+        *_indent(rule.ids.lines),
+        f"    return GraphChange(KIND, True, {ids[0]}, LABEL, out, {ends}, position, commit_ms, partition)",
+    ]
+    return "\n".join(lines)
+
+
+def _number(rule: str, attr: str, raw: Any) -> int | float | str:
+    """An N value by the number rule (`dynamodb_number`), or `UnmappableItem` naming the attribute."""
+    try:
+        return dynamodb_number(raw)
+    except UnsupportedValue as exc:
+        raise UnmappableItem(rule, f"attribute {show(attr)}: {exc}") from None
+
+
+def _value(rule: str, attr: str, value: Any) -> Any:
+    """Any attribute value by the value rule (`from_dynamodb`), or `UnmappableItem` naming the attribute."""
+    try:
+        return from_dynamodb(value)
+    except UnsupportedValue as exc:
+        raise UnmappableItem(rule, f"attribute {show(attr)}: {exc}") from None
+
+
 def _matcher(rules: list[_CompiledRule]) -> Callable[[Item], _CompiledRule | None]:
     """The first rule whose tests all hold, as one function generated once: each tested attribute's string is
     read once, `begins_with` and string `equals` tests are inline, other tests call their function (`_test`)."""
-    lines = ["def match(item):"]
+    namespace = {f"R{r}": rule for r, rule in enumerate(rules)}
+    return _first_rule(rules, "match(item)", lambda r, rule: [f"return R{r}"], namespace)
+
+
+def _adder(rules: list[_CompiledRule]) -> Callable[..., GraphChange | None]:
+    """`ItemMapper.addition` generated once: the record's shape checked as `changes` checks it, then the
+    whole-element ADD of the first rule that maps the new image (its generated `addition`); None for any other
+    record, and when the rule is not `same_element_for_same_key` and there is an older image to compare with."""
+    namespace: dict[str, Any] = {f"A{r}": rule.addition for r, rule in enumerate(rules)}
+    namespace["INT64_MAX"] = INT64_MAX
+    prelude = (
+        "if (",
+        "    event == 'REMOVE'",
+        "    or item.__class__ is not dict",
+        "    or keys.__class__ is not dict",
+        "    or commit_ms.__class__ is not int",
+        "    or not 0 <= commit_ms <= INT64_MAX",
+        "):",
+        "    return None",
+        "if old is not None:",
+        "    if old.__class__ is not dict:",
+        "        return None",
+        "    try:",
+        "        if old == item:",
+        "            return None",
+        "    except RecursionError:  # nested deeper than Python compares: `changes` says what it makes",
+        "        return None",
+    )
+
+    def action(r: int, rule: _CompiledRule) -> list[str]:
+        add = f"A{r}(item, position, commit_ms, partition)"
+        return [f"return {add}"] if rule.same_element_for_same_key else [f"return {add} if old is None else None"]
+
+    signature = "addition(event, keys, item, old, position, partition, commit_ms)"
+    return _first_rule(rules, signature, action, namespace, prelude)
+
+
+def _first_rule(
+    rules: list[_CompiledRule],
+    signature: str,
+    action: Callable[[int, _CompiledRule], list[str]],
+    namespace: dict[str, Any],
+    prelude: tuple[str, ...] = (),
+) -> Any:
+    """A function generated once that runs `prelude`, then `action`'s lines for the first rule whose tests hold
+    on `item`, and returns None if none does; see `_matcher`."""
+    lines = [f"def {signature}:", *_indent(list(prelude))]
     strings: dict[str, str] = {}  # attribute -> the variable holding its S value (None if it has none)
-    namespace: dict[str, Any] = {}
     for r, rule in enumerate(rules):
-        namespace[f"R{r}"] = rule
         terms = []
         for t, (attr, cond) in enumerate(rule.rule.when.items()):
             inline = cond.exists is None and cond.regex is None
@@ -387,10 +520,10 @@ def _matcher(rules: list[_CompiledRule]) -> Callable[[Item], _CompiledRule | Non
                 terms.append(f"{text}.__class__ is str and {text}.startswith({cond.begins_with!r})")
             else:
                 terms.append(f"{text} == {cond.equals!r}")
-        lines += [f"    if {' and '.join(terms) or 'True'}:", f"        return R{r}"]
+        lines += [f"    if {' and '.join(terms) or 'True'}:", *_indent(action(r, rule), 2)]
     lines.append("    return None")
     exec(compile("\n".join(lines), "<mapping rules>", "exec"), namespace)
-    return namespace["match"]
+    return namespace[signature.partition("(")[0]]
 
 
 def _item_test(tests: list[tuple[str, Callable[[Any], bool]]]) -> Callable[[Item], bool]:
@@ -471,6 +604,15 @@ class ItemMapper:
         for i, rule in enumerate(self.rules):
             rule.same_element_for_same_key = rule.key_ids and all(r.key_only_tests for r in self.rules[: i + 1])
         self._match = _matcher(self.rules)
+        # `addition(event, keys, new, old, position, partition, commit_ms)`: the one change of the common record,
+        # in one call with positional arguments: an INSERT or MODIFY whose new image a rule maps, with no older
+        # image or one that cannot map to another element. None for any other record (a REMOVE, equal images, no
+        # rule, a rule whose element may differ between the images, a record of another shape, an unknown
+        # `commit_ms`): `changes` then says what it makes. Whenever it gives a change, or raises, `changes` gives
+        # that same change, or raises the same (tests/test_mapping_generated.py).
+        self.addition: Callable[[str, Item, Item | None, Item | None, Position, str, int], GraphChange | None] = _adder(
+            self.rules
+        )
         self.vertex_removes = cfg.vertex_removes
         self.ttl_deletes = cfg.ttl_deletes
         self.ttl_mark_property = cfg.ttl_mark_property

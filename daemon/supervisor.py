@@ -125,7 +125,14 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
     if isinstance(cfg, NeptuneSinkConfig):
         from daemon.sinks.neptune import NeptuneSink
 
-        return NeptuneSink(name, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile, **common)
+        return NeptuneSink(
+            name,
+            endpoint=cfg.endpoint,
+            region=cfg.region,
+            profile=cfg.profile,
+            max_request_bytes=cfg.max_request_bytes,
+            **common,
+        )
     if isinstance(cfg, NeptuneAnalyticsSinkConfig):
         from daemon.sinks.analytics import NeptuneAnalyticsSink
 
@@ -135,6 +142,7 @@ def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
             region=cfg.region,
             endpoint=cfg.endpoint,
             profile=cfg.profile,
+            max_request_bytes=cfg.max_request_bytes,
             **common,
         )
     raise TypeError(f"unknown sink config {type(cfg).__name__}")

@@ -233,9 +233,10 @@ def _b64(raw: Any) -> str:
 def _members(tag: str, raw: Any, kind: type | tuple[type, ...]) -> list[Any]:
     if not isinstance(raw, list | tuple):
         raise UnsupportedValue(f"{tag} value is {type(raw).__name__}, not a list")
-    for member in raw:
-        if not isinstance(member, kind):
-            raise UnsupportedValue(f"{tag} member {show(member)} is {type(member).__name__}")
+    if kind is not object:  # (every member is an object: a list's members are checked one by one by `_nested`)
+        for member in raw:
+            if not isinstance(member, kind):
+                raise UnsupportedValue(f"{tag} member {show(member)} is {type(member).__name__}")
     return list(raw)
 
 

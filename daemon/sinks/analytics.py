@@ -50,9 +50,11 @@ class NeptuneAnalyticsSink(AwsClientSink):
 
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self._call is not None:
-            body = {"query": statement, "language": "OPEN_CYPHER", "parameters": {"rows": rows}}
-            answer = await self._call.send(orjson.dumps(body))
+            body = orjson.dumps({"query": statement, "language": "OPEN_CYPHER", "parameters": {"rows": rows}})
+            self._check_size(len(body), rows)
+            answer = await self._call.send(body)
             return list((orjson.loads(answer) if answer else {}).get("results") or [])
+        self._check_size(len(orjson.dumps(rows)) + len(statement), rows)
         return list((await self._run(statement, {"rows": rows})).get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ errors that come back. `PlanApplier` does the rest (DESIGN rule 6):
   a mutation of one change goes to the dead-letter file, and a mutation coalesced from several is applied
   again one change at a time, so that exactly the changes the target refuses are dead-lettered and the good
   parts apply; the rest of the chunk is applied;
+* a chunk whose request would exceed the sink's size limit (`BatchTooLarge`, raised before anything is sent)
+  is sent in halves; a single row is always sent;
 * any other failure (access denied, an unexpected exception) is raised: the supervisor restarts the pipeline
   from its checkpoint with backoff, and nothing is dead-lettered for it;
 * with leases (`fence` set by the pipeline for each window), every batch call is checked against the window's
@@ -87,6 +89,16 @@ REJECTED = ErrorClass(False, "rejected", data_rejected=True)
 UNHEALTHY_AT_ONCE = frozenset({"resource"})
 RETRY["resource"] = ErrorClass(True, "resource")
 RETRY["unknown"] = ErrorClass(True, "unknown")
+
+
+class BatchTooLarge(Exception):
+    """Raised by `GraphSink.execute` before sending, when the request for more than one row would exceed the
+    sink's request size limit; the applier sends the rows in halves instead (nothing was sent, nothing failed)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"batch request of {size:,} bytes exceeds the limit of {limit:,} bytes")
 
 
 class GraphSink(ABC):
@@ -313,6 +325,10 @@ class PlanApplier:
                 return
             except FencedOff:
                 raise
+            except BatchTooLarge as exc:
+                log.info("batch sent in halves", sink=self.sink.name, rows=len(rows), reason=str(exc))
+                await self._split(batch, rows, mutations)
+                return
             except Exception as exc:
                 cls = self.sink.classify(exc)
                 if cls.retryable:

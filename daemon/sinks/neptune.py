@@ -26,8 +26,11 @@ class NeptuneSink(AwsClientSink):
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parameters = orjson.dumps({"rows": rows}).decode()
         if self._call is not None:
-            answer = await self._call.send(orjson.dumps({"query": statement, "parameters": parameters}))
+            body = orjson.dumps({"query": statement, "parameters": parameters})
+            self._check_size(len(body), rows)
+            answer = await self._call.send(body)
             return list((orjson.loads(answer) if answer else {}).get("results") or [])
+        self._check_size(len(parameters) + len(statement), rows)
         response = await self._client.execute_open_cypher_query(openCypherQuery=statement, parameters=parameters)
         return list(response.get("results") or [])
 

@@ -28,5 +28,6 @@ def build_rdf_sink(name: str, cfg: OxigraphSinkConfig | SparqlSinkConfig, config
         query_url=str(cfg.query_url) if cfg.query_url else None,
         sigv4_region=cfg.region if cfg.auth == "sigv4" else None,
         profile=cfg.profile,
+        max_request_bytes=cfg.max_request_bytes,
         **common,
     )

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from daemon.aws import classify_aws_error, user_agent
 from daemon.rdf import sparql_data_block
-from daemon.sinks.base import ErrorClass
+from daemon.sinks.base import BatchTooLarge, ErrorClass
 from daemon.sinks.oxigraph import RdfSink
 
 __all__ = ["SparqlClient", "SparqlSink", "binding_term", "sparql_error"]
@@ -79,9 +79,12 @@ class SparqlClient:
         return result
 
     async def post(self, url: str, form: dict[str, str], accept: str) -> bytes:
+        return await self.post_body(url, urllib.parse.urlencode(form).encode(), accept)
+
+    async def post_body(self, url: str, body: bytes, accept: str) -> bytes:
+        """POST an urlencoded form body as it is (the bytes sent are the bytes signed)."""
         if self._session is None:
             raise ConnectionError(f"{self.name!r} is not started")
-        body = urllib.parse.urlencode(form).encode()  # the bytes sent are the bytes signed
         headers = {"Content-Type": FORM, "Accept": accept}
         if self._credentials is not None:
             headers = await self._signed(url, body, headers)
@@ -111,8 +114,10 @@ class SparqlSink(RdfSink):
         profile: str | None = None,
         timeout_seconds: float = 60.0,
         concurrency: int = 4,
+        max_request_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.name = name
+        self.max_request_bytes = max_request_bytes
         self.update_url, self.query_url = update_url, query_url or update_url
         self.client = SparqlClient(
             f"sink {name}",
@@ -130,7 +135,10 @@ class SparqlSink(RdfSink):
 
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         update = f"{statement} {sparql_data_block(row['quad'] for row in rows)}"
-        await self.client.post(self.update_url, {"update": update}, "*/*")
+        body = urllib.parse.urlencode({"update": update}).encode()
+        if len(body) > self.max_request_bytes and len(rows) > 1:
+            raise BatchTooLarge(len(body), self.max_request_bytes)
+        await self.client.post_body(self.update_url, body, "*/*")
         return []
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

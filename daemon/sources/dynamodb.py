@@ -143,9 +143,13 @@ class DynamoDBStreamSource:
         self._cfg = cfg
         self._dead_letters = dead_letters
         self._mapper = ItemMapper(cfg)
+        # Event sinks describe each record from its own words (`GraphChange.origin`); without them the images
+        # are not kept past translation (a window of them would be held, and walked by the collector, for nothing).
+        self._keep_origin = bool(cfg.event_sinks)
         self.state = "starting"
         self.polling = False
         self._m = SourceMetrics(cfg.name)
+        self._skipped: dict[str, Any] = {}  # reason -> graph_replicator_records_skipped_total{source, reason}
         self._shards: dict[str, Shard] = {}
         self._resume: dict[str, Position] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -604,7 +608,8 @@ class DynamoDBStreamSource:
     async def _translate(self, shard_id: str, records: list[dict[str, Any]]) -> list[GraphChange]:
         fetched = await self._current_items(records) if self._view_type in ("KEYS_ONLY", "OLD_IMAGE") else None
         changes: list[GraphChange] = []
-        mapper_changes = self._mapper.changes
+        mapper_changes, addition = self._mapper.changes, self._mapper.addition
+        keep_origin = self._keep_origin
         for record in records:
             # the common case inline (what `_sequence_number` and `_epoch_ms` accept first), the rest through them
             body = record.get("dynamodb") if record.__class__ is dict else None
@@ -612,8 +617,8 @@ class DynamoDBStreamSource:
             if not (
                 sequence.__class__ is str
                 and len(sequence) <= SEQUENCE_WIDTH
-                and sequence.isdigit()
                 and sequence.isascii()
+                and sequence.encode().isdigit()  # (bytes' digit test is a table lookup a byte; str's a Unicode one)
             ):
                 sequence = _sequence_number(record)
                 if sequence is None:
@@ -638,12 +643,20 @@ class DynamoDBStreamSource:
                 and identity.get("Type") == "Service"
                 and identity.get("PrincipalId") == TTL_PRINCIPAL
             )
+            old = body.get("OldImage")
             try:
+                # the common record's one change in one call; `changes` for the others (and the same outcome)
+                change = addition(event, keys, new, old, position, shard_id, commit_ms)
+                if change is not None:
+                    if keep_origin:
+                        change.origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+                    changes.append(change)
+                    continue
                 outcome = mapper_changes(
                     event,
                     keys=keys,
                     new=new,
-                    old=body.get("OldImage"),
+                    old=old,
                     position=position,
                     partition=shard_id,
                     commit_ms=commit_ms,
@@ -659,15 +672,14 @@ class DynamoDBStreamSource:
                 self._dead_letter(shard_id, record, position, reason)
                 continue
             if outcome.skipped is not None:
-                METRICS.records_skipped.labels(source=self.name, reason=outcome.skipped).inc()
-            if outcome.changes:  # for event sinks (docs/events.md): the record's own words, by reference
-                origin = {
-                    "eventName": event,
-                    "ttl": ttl,
-                    "keys": keys,
-                    "newImage": new,
-                    "oldImage": body.get("OldImage"),
-                }
+                skipped = self._skipped.get(outcome.skipped)
+                if skipped is None:  # the counter of this reason, looked up once
+                    skipped = self._skipped[outcome.skipped] = METRICS.records_skipped.labels(
+                        source=self.name, reason=outcome.skipped
+                    )
+                skipped.inc()
+            if keep_origin and outcome.changes:  # for event sinks (docs/events.md): the record's own words
+                origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
                 for change in outcome.changes:
                     change.origin = origin
             changes.extend(outcome.changes)

@@ -1,13 +1,15 @@
 """Before/after of the pipeline's CPU stages: this tree against an earlier commit, side by side in one process.
 
 Room in the design: the comparison behind the per-step numbers in docs/performance.md's pipeline-cost notes
-(`python -m tests.bench.compare_trees REV [--input dynamodb dynamodb_plain neptune] [--passes 7]`); not a
-section of the page. The commit's `daemon` package is exported (`git archive`) into a temporary directory and
-imported as `daemon_before` (its own imports rewritten), next to this tree's `daemon`. Both get the same stream
-pages (10,000 records, as `pipeline_cost` builds them), parsed once each; every page is translated by one and
-then the other (the order flips every pass), every window of 8 pages planned and serialised by both on a
-serialise-only sink, CPU time (`time.process_time`) summed per stage. Prints the median over the passes, CPU µs
-per change, and the bytes both sinks serialised (equal when both trees build the same requests).
+(`python -m tests.bench.compare_trees REV [--input dynamodb dynamodb_plain neptune] [--passes 7]`), and behind
+the pipeline-cost section's comparison with round 1's tree (`side_by_side`). The commit's `daemon` package is
+exported (`git archive`) into a temporary directory and imported as `daemon_before` (its own imports
+rewritten), next to this tree's `daemon`. Both get the same stream pages (10,000 records, as `pipeline_cost`
+builds them); every page is parsed by each tree's own botocore response parser (its model extras, and its
+parser factory: `daemon.aws_parsers` where the tree has one, aiobotocore's otherwise), then translated, by one
+and then the other (the order flips every pass); every window of 8 pages is planned and serialised by both on a
+serialise-only sink; CPU time (`time.process_time`) is summed per stage. Prints the median over the passes, CPU
+µs per change, and the bytes both sinks serialised (equal when both trees build the same requests).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from tests.bench._common import median
 from tests.bench.pipeline_cost import WINDOW_PAGES, dynamodb_pages, neptune_pages
 from tests.bench.report import ROOT
 
-STAGES = ("translate", "plan", "serialise")
+STAGES = ("parse", "translate", "plan", "serialise")
+OPERATIONS = {"neptune": ("neptunedata", "GetPropertygraphStream"), "dynamodb": ("dynamodbstreams", "GetRecords")}
 _IMPORT = re.compile(r"\b(from|import) daemon(\.|\b)")
 
 
@@ -93,13 +96,40 @@ class Contender:
             dead_letters=deadletter.DeadLetterFile(tmp / f"{package}-apply.jsonl"),
         )
         self.planner = module("scheduler").Planner(self.sink.dialect, self.applier.lookup_edge_types, 200_000)
-        key = "records" if kind == "neptune" else "Records"
-        self.records = [orjson.loads(page)[key] for page in pages]
+        self.pages = pages
+        self.records_key = "records" if kind == "neptune" else "Records"
+        self._parser, self._protocol, self._shape = _response_parser(
+            package, *OPERATIONS["neptune" if kind == "neptune" else "dynamodb"]
+        )
 
-    async def translate(self, page: int) -> list[Any]:
+    async def parse(self, page: int) -> list[Any]:
+        """A stream page's records as this tree's botocore client hands them over."""
+        response = {"body": self.pages[page], "headers": {}, "status_code": 200, "context": {}}
+        parsed = await self._parser.create_parser(self._protocol).parse(response, self._shape)
+        records: list[Any] = parsed[self.records_key]
+        return records
+
+    async def translate(self, records: list[Any]) -> list[Any]:
         if self.kind == "neptune":
-            return [self.translate_record(record) for record in self.records[page]]
-        return await self.source._translate("shardId-000", self.records[page])
+            return [self.translate_record(record) for record in records]
+        return await self.source._translate("shardId-000", records)
+
+
+def _response_parser(package: str, service: str, operation: str) -> tuple[Any, str, Any]:
+    """(parser factory, protocol, output shape) as `package`'s clients parse `operation`: its model extras, and its own
+    parser factory where it has one (`aws_parsers`, orjson on stream bodies) or aiobotocore's."""
+    import botocore.session
+    from aiobotocore.parsers import AioResponseParserFactory
+
+    extras = importlib.import_module(f"{package}.aws").MODEL_EXTRAS
+    try:
+        factory = importlib.import_module(f"{package}.aws_parsers").ResponseParserFactory()
+    except ModuleNotFoundError:
+        factory = AioResponseParserFactory()
+    session = botocore.session.get_session()
+    session.get_component("data_loader").search_paths.insert(0, str(extras))
+    model = session.get_service_model(service)
+    return factory, model.metadata["protocol"], model.operation_model(operation).output_shape
 
 
 async def compare(contenders: list[Contender], passes: int) -> dict[str, dict[str, float]]:
@@ -111,12 +141,16 @@ async def compare(contenders: list[Contender], passes: int) -> dict[str, dict[st
         seconds = {c.package: dict.fromkeys(STAGES, 0.0) for c in contenders}
         windows: dict[str, list[Any]] = {c.package: [] for c in contenders}
         changes = dict.fromkeys(windows, 0)
-        pages = len(contenders[0].records)
+        pages = len(contenders[0].pages)
         for page in range(pages):
             for c in order:
                 t0 = clock()
-                windows[c.package].extend(await c.translate(page))
-                seconds[c.package]["translate"] += clock() - t0
+                records = await c.parse(page)
+                t1 = clock()
+                windows[c.package].extend(await c.translate(records))
+                seconds[c.package]["parse"] += t1 - t0
+                seconds[c.package]["translate"] += clock() - t1
+                del records
             if (page + 1) % WINDOW_PAGES and page + 1 < pages:
                 continue
             for c in order:
@@ -141,30 +175,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--records", type=int, default=10_000)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
-        export_package(args.rev, Path(tmp))
-        sys.path.insert(0, tmp)
-        for kind in args.input:
-            if kind == "neptune":
-                pages = neptune_pages(args.records)
-            else:
-                pages = dynamodb_pages(args.records, plain=kind == "dynamodb_plain")
-            contenders = [Contender(p, kind, pages, Path(tmp)) for p in ("daemon_before", "daemon")]
-            gc.collect()
-            gc.freeze()  # the inputs, as pipeline_cost does
-            thresholds = gc.get_threshold()
-            gc.set_threshold(*GC_THRESHOLDS)
-            try:
-                result = asyncio.run(compare(contenders, args.passes))
-            finally:
-                gc.set_threshold(*thresholds)
-                gc.unfreeze()
-            print(f"{kind}: CPU µs per change, median of {args.passes} passes ({args.rev} -> this tree)")
-            for c in contenders:
-                stages = result[c.package]
-                cells = "  ".join(f"{s} {stages[s]:6.2f}" for s in STAGES)
-                print(f"  {c.package:14s} {cells}  sum {sum(stages.values()):6.2f}  bytes {c.sink.bytes_out:,}")
+    results = side_by_side(args.rev, args.input, args.passes, args.records)
+    for kind, result in results.items():
+        print(f"{kind}: CPU µs per change, median of {args.passes} passes ({args.rev} -> this tree)")
+        for package, stages in result.items():
+            cells = "  ".join(f"{s} {stages[s]:6.2f}" for s in STAGES)
+            print(f"  {package:14s} {cells}  sum {stages['sum']:6.2f}  bytes {int(stages['bytes']):,}")
     return 0
+
+
+def side_by_side(
+    rev: str, kinds: list[str], passes: int, records: int = 10_000
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per input kind, per package (`daemon_before` = `rev`, `daemon` = this tree): median CPU µs per change of
+    each stage, their `sum`, and the `bytes` its sink serialised."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+        export_package(rev, Path(tmp))
+        sys.path.insert(0, tmp)
+        try:
+            for kind in kinds:
+                if kind == "neptune":
+                    pages = neptune_pages(records)
+                else:
+                    pages = dynamodb_pages(records, plain=kind == "dynamodb_plain")
+                contenders = [Contender(p, kind, pages, Path(tmp)) for p in ("daemon_before", "daemon")]
+                gc.collect()
+                gc.freeze()  # the inputs, as pipeline_cost does
+                thresholds = gc.get_threshold()
+                gc.set_threshold(*GC_THRESHOLDS)
+                try:
+                    result = asyncio.run(compare(contenders, passes))
+                finally:
+                    gc.set_threshold(*thresholds)
+                    gc.unfreeze()
+                out[kind] = {
+                    c.package: {**result[c.package], "sum": sum(result[c.package].values()), "bytes": c.sink.bytes_out}
+                    for c in contenders
+                }
+        finally:
+            sys.path.remove(tmp)
+            for name in [m for m in sys.modules if m == "daemon_before" or m.startswith("daemon_before.")]:
+                del sys.modules[name]
+    return out
 
 
 if __name__ == "__main__":

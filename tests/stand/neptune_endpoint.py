@@ -546,6 +546,8 @@ def _render(value: Any, vertex_ids: dict[int, Any]) -> Any:
 # ----------------------------------------------------------------------------------------------------
 
 _SIGV4_PREFIX = "AWS4-HMAC-SHA256 Credential="
+# "HTTP Request Payload Maximum (150MB)" of Neptune's limits page: larger requests get 400 BadRequestException.
+NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
 # URL path -> the name `stand.requests` and `stand.faults` use for it
 _PATH_KEYS = {
     "/propertygraph/stream": STREAM_PATH,
@@ -600,6 +602,9 @@ class NeptuneStand:
         # Added to every request before it is handled (0: none): a stand-in for the network round trip and a
         # real cluster's per-request work, for benchmarks that compare request patterns (tests/bench/end_to_end).
         self.request_latency_seconds = 0.0
+        # Neptune refuses a request body over 150 MB with 400 BadRequestException; tests lower the limit.
+        self.max_request_bytes = NEPTUNE_REQUEST_MAX_BYTES
+        self.largest_request_bytes: Counter[str] = Counter()  # by path, the largest body received
         self.loader = BulkLoader(self)
         self._requested_port = port
         self._port: int | None = None
@@ -665,6 +670,8 @@ class NeptuneStand:
         self.rdf_store.clear()
         self.faults.clear()
         self.requests.clear()
+        self.largest_request_bytes.clear()
+        self.max_request_bytes = NEPTUNE_REQUEST_MAX_BYTES
 
     def falkordb_graph(self) -> falkordb.Graph:
         """A sync handle on the target graph as FalkorDB stores it (encoded names, hidden label)."""
@@ -684,7 +691,7 @@ class NeptuneStand:
         self._graph = self._db.select_graph(self.graph_name)
         self._wire = EngineWire(self.engine.host, self.engine.port, self.engine.password)
         await self._ensure_vertex_index()
-        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=NEPTUNE_REQUEST_MAX_BYTES + 1024 * 1024)
         for route, path in _PATH_KEYS.items():
             if path in STREAM_PATHS:
                 app.router.add_get(route, self._handle_stream)
@@ -740,7 +747,13 @@ class NeptuneStand:
     ) -> web.StreamResponse:
         path = _PATH_KEYS.get(request.path, request.path)
         self.requests[path] += 1
+        size = request.content_length or 0
+        self.largest_request_bytes[path] = max(self.largest_request_bytes[path], size)
         try:
+            if size > self.max_request_bytes:
+                raise StandError(
+                    400, "BadRequestException", f"HTTP request payload of {size} bytes exceeds {self.max_request_bytes}"
+                )
             if not request.headers.get("Authorization", "").startswith(_SIGV4_PREFIX):
                 raise StandError(403, "AccessDeniedException", "Missing Authentication Token")
             if self.request_latency_seconds > 0:
