@@ -34,13 +34,11 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import Gauge, Histogram
 
 from daemon.cypher import Dialect
 from daemon.deadletter import DeadLetterFile
@@ -188,11 +186,11 @@ class PlanApplier:
         self._decomposed: set[int] = set()  # mutations of the plan being applied that were retried change by change
         self._calls_in_flight: dict[int, float] = {}  # batch call -> when it was sent (perf_counter)
         labels = {"source": source, "sink": sink.name}
-        self._m_batch_seconds = _Observer(METRICS.batch_duration.labels(sink=sink.name))
-        self._m_batch_size = _Observer(METRICS.batch_size.labels(sink=sink.name))
+        self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
+        self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
         self._m_applied = METRICS.records_applied.labels(**labels)
-        self._m_inflight = _gauge_value(METRICS.inflight_batches.labels(sink=sink.name))
-        self._m_up = _gauge_value(METRICS.sink_up.labels(sink=sink.name))
+        self._m_inflight = METRICS.inflight_batches.labels(sink=sink.name)
+        self._m_up = METRICS.sink_up.labels(sink=sink.name)
 
     def oldest_call_seconds(self) -> float:
         """How long the oldest batch call in flight has gone unanswered (0 when none): a target that stopped
@@ -278,7 +276,7 @@ class PlanApplier:
 
     def _succeeded(self) -> None:
         self.healthy, self.failing_reason = True, None
-        self._m_up.set(1.0)
+        self._m_up.set(1)
 
     def _count_retry(self, cls: ErrorClass) -> None:
         METRICS.retries.labels(sink=self.sink.name, reason=cls.reason).inc()
@@ -288,7 +286,7 @@ class PlanApplier:
         self._count_retry(cls)
         if attempt >= self.retry.attempts_before_split or cls.reason in UNHEALTHY_AT_ONCE:
             self.healthy, self.failing_reason = False, f"{cls.reason}: {_short(exc, 200)}"
-            self._m_up.set(0.0)
+            self._m_up.set(0)
         delay = self.retry.delay(attempt)
         log.warning(
             "sink call failed, retrying",
@@ -306,7 +304,7 @@ class PlanApplier:
         while True:
             try:
                 async with self._slots:
-                    self._m_inflight.inc(1)
+                    self._m_inflight.inc()
                     started = time.perf_counter()
                     self._calls_in_flight[id(rows)] = started
                     try:
@@ -315,7 +313,7 @@ class PlanApplier:
                         else:
                             results = await self._execute_fenced(batch.statement, rows)
                     finally:
-                        self._m_inflight.inc(-1)
+                        self._m_inflight.dec()
                         del self._calls_in_flight[id(rows)]
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
@@ -430,28 +428,6 @@ class PlanApplier:
             reason=reason,
             dead_letter_file=str(self.dead_letters.path),
         )
-
-
-def _gauge_value(gauge: Gauge) -> Any:
-    """The value behind one labelled gauge: `inc(n)` and `set(x)` on it are what `Gauge.inc` / `dec` / `set` do after
-    the per-call checks made once here (the applier moves two gauges per batch call)."""
-    gauge._raise_if_not_observable()
-    return gauge._value
-
-
-class _Observer:
-    """`Histogram.observe` of one labelled histogram, the bucket found by bisection: the same sum and bucket counts
-    for a fraction of the cost (the applier observes two histograms per batch call). No exemplars."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, histogram: Histogram) -> None:
-        histogram._raise_if_not_observable()  # a labelled child, as `observe` checks on every call
-        self._sum, self._buckets, self._bounds = histogram._sum, histogram._buckets, histogram._upper_bounds
-
-    def observe(self, amount: float) -> None:
-        self._sum.inc(amount)
-        self._buckets[bisect_left(self._bounds, amount)].inc(1)  # the first bucket whose bound is >= amount
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:
