@@ -36,8 +36,9 @@ from typing import Any
 
 from daemon.cypher import (
     Dialect,
+    edge_delete_between_statement,
     edge_delete_statement,
-    edge_property_removal_statement,
+    edge_property_removals_statement,
     edge_props_statement,
     edge_replace_statement,
     edge_upsert_statement,
@@ -45,7 +46,7 @@ from daemon.cypher import (
     vertex_create_statement,
     vertex_delete_orphan_statement,
     vertex_delete_unlabelled_statement,
-    vertex_property_removal_statement,
+    vertex_property_removals_statement,
     vertex_remove_label_statement,
     vertex_replace_statement,
     vertex_set_statement,
@@ -200,6 +201,8 @@ class Plan:
 
 
 _VREPLACE_LABELLED, _VREPLACE = ("vreplace", True), ("vreplace", False)  # statement shapes of a whole vertex
+_VNULLS = ("vnulls",)  # property removals of vertices, any keys
+_EDROP = ("edrop",)  # edges of any type deleted by id between their endpoints (Neptune)
 
 # Phases of a layer, in execution order.
 RETYPE, CREATE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(7)
@@ -441,8 +444,10 @@ class Planner:
                 statement = edge_replace_statement(d, *args)
             elif kind == "vunlabel":
                 statement = vertex_remove_label_statement(d, *args)
-            elif kind == "vnull":
-                statement = vertex_property_removal_statement(d, *args)
+            elif kind == "vnulls":
+                statement = vertex_property_removals_statement(d)
+            elif kind == "edrop":
+                statement = edge_delete_between_statement(d)
             elif kind == EDGE_UPSERT:
                 statement = edge_upsert_statement(d, *args)
             elif kind == EDGE_PROPS:
@@ -450,8 +455,8 @@ class Planner:
             elif kind == EDGE_DELETE:
                 statement = edge_delete_statement(d, *args)
             else:
-                assert kind == "enull"
-                statement = edge_property_removal_statement(d, *args)
+                assert kind == "enulls"
+                statement = edge_property_removals_statement(d, *args)
             found = self._statement_cache[shape] = statement
         return found
 
@@ -496,10 +501,10 @@ class Planner:
         else:
             props, removed = _split_props(m.props, None if identity else encode)
         vertex = m.__class__ is VertexMutation
-        null_kind: tuple[Any, ...] = ("vnull",) if vertex else ("enull", m.type)
-        for key in m.retyped:
-            if m.props.get(key) is not None:
-                put((RETYPE, (*null_kind, key), {"id": m.id}))
+        nulls: tuple[Any, ...] = _VNULLS if vertex else ("enulls", m.type)  # removals, any keys (daemon.cypher)
+        retyped = [key for key in m.retyped if m.props.get(key) is not None]
+        if retyped:
+            put((RETYPE, nulls, {"id": m.id, "removed": [{key if identity else encode(key): None} for key in retyped]}))
         if vertex:
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
@@ -530,7 +535,10 @@ class Planner:
             if m.replace:
                 return parts
         elif m.action == EDGE_DELETE:
-            put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
+            if identity:  # Neptune finds an edge by id whatever its type: one statement for every type
+                put((UPSERT, _EDROP, {"id": m.id, "from": m.from_id, "to": m.to_id}))
+            else:
+                put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
             if m.collect_endpoints:
                 for end in dict.fromkeys((m.from_id, m.to_id)):
                     put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
@@ -546,6 +554,7 @@ class Planner:
             put((UPSERT, (EDGE_UPSERT, m.type, bool(props)), row))
         elif props:
             put((UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props}))
-        for key in removed:
-            put((REMOVE_PROPERTY, (*null_kind, key), {"id": m.id}))
+        if removed:
+            maps = [{key: None} for key in removed] if identity else [{encode(key): None} for key in removed]
+            put((REMOVE_PROPERTY, nulls, {"id": m.id, "removed": maps}))
         return parts

@@ -121,17 +121,54 @@ async def test_property_update_pattern_keeps_the_new_value() -> None:
         assert shapes(plan) == [[[(("vset",), [{"id": "a", "props": {"k": 2}}])]]]
 
 
-async def test_removals_are_one_statement_per_key_in_the_last_phase() -> None:
+async def test_removals_of_any_keys_are_one_statement_in_the_last_phase() -> None:
     plan = await planner().plan(
         [vp("a", "k", 2), vp("a", "k", 2, add=False), vp("a", "j", 1, add=False), vp("b", "k", 3, add=False)]
     )
-    assert shapes(plan) == [[[(("vnull", "k"), [{"id": "a"}, {"id": "b"}]), (("vnull", "j"), [{"id": "a"}])]]]
-    assert plan.layers[0][0][0].statement == "UNWIND $rows AS r MATCH (n:`Replicated` {`~id`: r.id}) SET n.`k` = null"
+    # one map per removed key: never two nulls in one map (FalkorDB, see daemon.cypher)
+    assert shapes(plan) == [
+        [[(("vnulls",), [{"id": "a", "removed": [{"k": None}, {"j": None}]}, {"id": "b", "removed": [{"k": None}]}])]]
+    ]
+    assert plan.layers[0][0][0].statement == (
+        "UNWIND $rows AS r MATCH (n:`Replicated` {`~id`: r.id}) UNWIND r.removed AS m SET n += m"
+    )
+
+
+async def test_edge_removals_are_one_statement_per_type_and_neptune_deletes_edges_of_every_type_at_once() -> None:
+    changes = [
+        vl("a", "P"),
+        vl("b", "P"),
+        e("e1", "R", "a", "b"),
+        e("e2", "S", "b", "a"),
+        ep("e1", "w", 1),
+        ep("e1", "x", 2),
+        ep("e2", "w", 3),
+    ]
+    p = planner(neptune_dialect())
+    await p.plan(changes)
+    plan = await p.plan(
+        [ep("e1", "w", 1, add=False), ep("e1", "x", 2, add=False), ep("e2", "w", 3, add=False), e("e3", "R", "a", "b")]
+    )
+    assert sorted((b.shape, b.rows) for b in plan.batches() if b.shape[0] == "enulls") == [
+        (("enulls", "R"), [{"id": "e1", "removed": [{"w": None}, {"x": None}]}]),
+        (("enulls", "S"), [{"id": "e2", "removed": [{"w": None}]}]),
+    ]
+    plan = await p.plan([e("e1", "R", "a", "b", add=False), e("e2", "S", "b", "a", add=False)])
+    (delete,) = plan.batches()
+    assert delete.shape == ("edrop",) and delete.rows == [
+        {"id": "e1", "from": "a", "to": "b"},
+        {"id": "e2", "from": "b", "to": "a"},
+    ]
+    assert delete.statement == (
+        "UNWIND $rows AS r MATCH (a {`~id`: r.from})-[e {`~id`: r.id}]->(b {`~id`: r.to}) DELETE e"
+    )
 
 
 async def test_numeric_retype_removes_before_setting() -> None:
     plan = await planner().plan([vp("a", "k", 0.0, add=False), vp("a", "k", 0)])
-    assert shapes(plan) == [[[(("vnull", "k"), [{"id": "a"}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]]
+    assert shapes(plan) == [
+        [[(("vnulls",), [{"id": "a", "removed": [{"k": None}]}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]
+    ]
 
 
 async def test_label_remove_then_add_nets_out() -> None:
@@ -156,7 +193,7 @@ async def test_drop_then_recreate_in_one_run() -> None:
             [(("vlabel", "New"), [{"id": "a"}])],
             [(("vdrop",), [{"id": "a", "gone": ["Old", "Replicated"]}])],
             [(("vunlabel", "Old"), [{"id": "a"}])],
-            [(("vnull", "k"), [{"id": "a"}])],
+            [(("vnulls",), [{"id": "a", "removed": [{"k": None}]}])],
         ]
     ]
 
