@@ -289,6 +289,10 @@ class Planner:
         vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
         edge_write: dict[str, int] = {}
         open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
+        # The vertex's latest mutation after `e` changes touched it, if it removes no label (no drop) and is not
+        # whole: it still takes the vertex's property changes and label additions, which commute with what an
+        # edge needs of its endpoints (that they exist), so they need no layer after the edge's.
+        open_attrs: dict[str, VertexMutation] = {}
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
         types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
@@ -299,6 +303,8 @@ class Planner:
             if kind == WHOLE_VERTEX or kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
                 vertex_id = c.id
                 vm = open_vertex.get(vertex_id)
+                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or (kind == VERTEX_LABEL and c.add)):
+                    vm = open_attrs.get(vertex_id)
                 if vm is None:
                     layer = vertex_write.get(vertex_id, -1)
                     read = vertex_read.get(vertex_id, -1)
@@ -311,6 +317,7 @@ class Planner:
                         vm = VertexMutation(vertex_id, layer)
                         vm.merge(c)
                     vertex_write[vertex_id] = layer
+                    open_attrs.pop(vertex_id, None)
                     open_vertex[vertex_id] = vm
                     mutations.append(vm)
                     continue
@@ -341,8 +348,10 @@ class Planner:
                     types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
-            open_vertex.pop(source, None)
-            open_vertex.pop(target, None)
+            for end in (source, target):
+                vm = open_vertex.pop(end, None)
+                if vm is not None and not whole and not vm.remove_labels and not vm.replace:
+                    open_attrs[end] = vm
             if (
                 whole
                 and c.add

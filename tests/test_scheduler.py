@@ -6,7 +6,15 @@ from itertools import count
 from typing import Any
 
 from daemon.cypher import falkordb_dialect, neptune_dialect
-from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange
+from daemon.model import (
+    EDGE,
+    EDGE_PROPERTY,
+    VERTEX_LABEL,
+    VERTEX_PROPERTY,
+    WHOLE_EDGE,
+    WHOLE_VERTEX,
+    GraphChange,
+)
 from daemon.scheduler import EdgeTypeCache, Plan, Planner
 
 _seq = count(1)
@@ -113,6 +121,41 @@ async def test_drop_waits_for_the_edges_it_detaches_and_later_edges_wait_for_the
         [(("vunlabel", "P"), [{"id": "a"}])],
     ]
     assert layers_of(plan, "e2") == [3]
+
+
+async def test_property_changes_and_label_additions_after_an_edge_join_the_vertex_mutation_before_it() -> None:
+    changes = [
+        vl("a", "P"),
+        vp("a", "k", 1),
+        vl("b", "P"),
+        e("e1", "R", "a", "b"),
+        vp("a", "k", 1, add=False),
+        vp("a", "k", 2),
+        vl("a", "Q"),
+        vp("b", "j", 3),
+    ]
+    plan = await planner().plan(changes)
+    assert plan.n_mutations == 3  # a, b and e1: the changes after the edge need no layer of their own
+    assert layers_of(plan, "a") == [0] and layers_of(plan, "b") == [0] and layers_of(plan, "e1") == [1]
+    rows = {b.shape: b.rows for b in plan.batches()}
+    assert rows[("vupsert", True, True)] == [{"id": "a", "props": {"k": 2}}, {"id": "b", "props": {"j": 3}}]
+    assert rows[("vlabel", "Q")] == [{"id": "a"}]
+
+
+async def test_label_removals_and_whole_edges_still_wait_for_the_edge() -> None:
+    plan = await planner().plan([vl("a", "P"), vl("a", "Q"), vl("b", "P"), e("e1", "R", "a", "b"), vl("a", "Q", False)])
+    assert layers_of(plan, "a") == [0, 2] and layers_of(plan, "e1") == [1]  # a label removal may drop the vertex
+    plan = await planner().plan([vl("a", "P", False), vl("a", "Q"), e("e1", "R", "a", "b"), vp("a", "k", 1)])
+    assert layers_of(plan, "a") == [0, 2]  # the mutation before the edge removes a label: closed
+    plan = await planner().plan(
+        [
+            GraphChange(WHOLE_VERTEX, True, "a", "P", {"k": 1}, position=(next(_seq), 1)),
+            GraphChange(WHOLE_EDGE, False, "e1", "R", {}, "a", "b", position=(next(_seq), 1)),
+            GraphChange(WHOLE_VERTEX, True, "a", "P", {"k": 2}, position=(next(_seq), 1)),
+        ]
+    )
+    # whole elements: a removed edge may delete its endpoints if bare (layer 1), so the next image waits for it
+    assert layers_of(plan, "a") == [0, 1, 2]
 
 
 async def test_property_update_pattern_keeps_the_new_value() -> None:
