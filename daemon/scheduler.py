@@ -289,9 +289,10 @@ class Planner:
         vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
         edge_write: dict[str, int] = {}
         open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
-        # The vertex's latest mutation after `e` changes touched it, if it removes no label (no drop) and is not
-        # whole: it still takes the vertex's property changes and label additions, which commute with what an
-        # edge needs of its endpoints (that they exist), so they need no layer after the edge's.
+        # The vertex's latest mutation after `e` changes touched it, unless it is whole or may delete the vertex
+        # (removes labels without adding one; one that adds a label keeps the vertex): it still takes the vertex's
+        # property changes, and label additions if it makes sure the vertex exists (adds a label itself). Those
+        # commute with what an edge needs of its endpoints (that they exist), so they need no later layer.
         open_attrs: dict[str, VertexMutation] = {}
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
@@ -305,6 +306,8 @@ class Planner:
                 vm = open_vertex.get(vertex_id)
                 if vm is None and open_attrs and (kind == VERTEX_PROPERTY or (kind == VERTEX_LABEL and c.add)):
                     vm = open_attrs.get(vertex_id)
+                    if vm is not None and kind == VERTEX_LABEL and not vm.add_labels:
+                        vm = None
                 if vm is None:
                     layer = vertex_write.get(vertex_id, -1)
                     read = vertex_read.get(vertex_id, -1)
@@ -350,7 +353,7 @@ class Planner:
             assert source is not None and target is not None
             for end in (source, target):
                 vm = open_vertex.pop(end, None)
-                if vm is not None and not whole and not vm.remove_labels and not vm.replace:
+                if vm is not None and not whole and not vm.replace and (vm.add_labels or not vm.remove_labels):
                     open_attrs[end] = vm
             if (
                 whole

@@ -145,8 +145,13 @@ async def test_property_changes_and_label_additions_after_an_edge_join_the_verte
 async def test_label_removals_and_whole_edges_still_wait_for_the_edge() -> None:
     plan = await planner().plan([vl("a", "P"), vl("a", "Q"), vl("b", "P"), e("e1", "R", "a", "b"), vl("a", "Q", False)])
     assert layers_of(plan, "a") == [0, 2] and layers_of(plan, "e1") == [1]  # a label removal may drop the vertex
+    plan = await planner().plan([vl("a", "P", False), e("e1", "R", "a", "b"), vp("a", "k", 1)])
+    assert layers_of(plan, "a") == [0, 2]  # the mutation before the edge may drop the vertex: closed
+    plan = await planner().plan([vp("a", "k", 1), e("e1", "R", "a", "b"), vl("a", "Q"), vp("a", "k", 2)])
+    assert layers_of(plan, "a") == [0, 2]  # a label addition joins only a mutation that makes sure the vertex exists
+    # dropped and re-created before the edge (the new label keeps the vertex): later changes join
     plan = await planner().plan([vl("a", "P", False), vl("a", "Q"), e("e1", "R", "a", "b"), vp("a", "k", 1)])
-    assert layers_of(plan, "a") == [0, 2]  # the mutation before the edge removes a label: closed
+    assert layers_of(plan, "a") == [0]
     plan = await planner().plan(
         [
             GraphChange(WHOLE_VERTEX, True, "a", "P", {"k": 1}, position=(next(_seq), 1)),
