@@ -111,6 +111,7 @@ class Pipeline:
         self.applying = False
         self._writing: set[str] = set()  # partitions of the window being applied
         self._window_done = asyncio.Event()  # set at the end of each window (for `quiesce`)
+        self.progress = asyncio.Event()  # set by a window that ends caught up (`--exit-when-idle` waits on it)
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
         self.crashed: str | None = None  # why the last run crashed, until a window is applied again
@@ -244,6 +245,8 @@ class Pipeline:
                 METRICS.end_to_end_latency.labels(source=self.name).observe(max(0.0, now - commit_ms / 1000))
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
+        if self.caught_up:
+            self.progress.set()
         self._export_latency(window, now)
 
     async def quiesce(self, partition: str) -> None:
