@@ -99,8 +99,15 @@ def test_stream_faults_are_survived(stand: NeptuneStand, history, tmp_path: Path
 
 def test_sigkill_three_times_then_restart_converges(stand: NeptuneStand, history, tmp_path: Path) -> None:
     load_history(stand, history)
-    # Small pages and batches so the kills land mid-stream, inside windows and between checkpoints.
-    config = config_for(tmp_path, stand, "falkordb", source={"limit": 300, "queue_size": 2}, sink={"batch_size": 50})
+    # Small pages, windows and batches so the kills land mid-stream, inside windows and between checkpoints (a
+    # source that is behind fills its windows up to `window_max_changes`).
+    config = config_for(
+        tmp_path,
+        stand,
+        "falkordb",
+        source={"limit": 300, "queue_size": 2, "window_max_changes": 900},
+        sink={"batch_size": 50},
+    )
     rng = random.Random(11)
     positions = []
     for _ in range(3):
