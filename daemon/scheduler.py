@@ -36,8 +36,9 @@ from typing import Any
 
 from daemon.cypher import (
     Dialect,
+    edge_delete_between_statement,
     edge_delete_statement,
-    edge_property_removal_statement,
+    edge_property_removals_statement,
     edge_props_statement,
     edge_replace_statement,
     edge_upsert_statement,
@@ -45,7 +46,7 @@ from daemon.cypher import (
     vertex_create_statement,
     vertex_delete_orphan_statement,
     vertex_delete_unlabelled_statement,
-    vertex_property_removal_statement,
+    vertex_property_removals_statement,
     vertex_remove_label_statement,
     vertex_replace_statement,
     vertex_set_statement,
@@ -220,6 +221,8 @@ class Plan:
 
 
 _VREPLACE_LABELLED, _VREPLACE = ("vreplace", True), ("vreplace", False)  # statement shapes of a whole vertex
+_VNULLS = ("vnulls",)  # property removals of vertices, any keys
+_EDROP = ("edrop",)  # edges of any type deleted by id between their endpoints (Neptune)
 
 # Phases of a layer, in execution order.
 RETYPE, CREATE, UPSERT, ADD_LABEL, DROP, REMOVE_LABEL, REMOVE_PROPERTY = range(7)
@@ -294,6 +297,11 @@ class Planner:
         vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
         edge_write: dict[str, int] = {}
         open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
+        # The vertex's latest mutation after `e` changes touched it, unless it is whole or may delete the vertex
+        # (removes labels without adding one; one that adds a label keeps the vertex): it still takes the vertex's
+        # property changes, and label additions if it makes sure the vertex exists (adds a label itself). Those
+        # commute with what an edge needs of its endpoints (that they exist), so they need no later layer.
+        open_attrs: dict[str, VertexMutation] = {}
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
         types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
@@ -318,6 +326,10 @@ class Planner:
                     continue
                 vertex_id = c.id
                 vm = open_vertex.get(vertex_id)
+                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or (kind == VERTEX_LABEL and c.add)):
+                    vm = open_attrs.get(vertex_id)
+                    if vm is not None and kind == VERTEX_LABEL and not vm.add_labels:
+                        vm = None
                 if vm is None:
                     layer = vertex_write.get(vertex_id, -1)
                     read = vertex_read.get(vertex_id, -1)
@@ -360,6 +372,7 @@ class Planner:
                         whole = kind == WHOLE_VERTEX
                         vm = VertexMutation(vertex_id, layer, NO_LABELS, {key: None}, {}, None, (), whole, whole, [c])
                     vertex_write[vertex_id] = layer
+                    open_attrs.pop(vertex_id, None)
                     open_vertex[vertex_id] = vm
                     mutations.append(vm)
                 elif kind == VERTEX_PROPERTY and c.add and vm.removed is None and not vm.replace:
@@ -402,8 +415,10 @@ class Planner:
                     types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
-            open_vertex.pop(source, None)
-            open_vertex.pop(target, None)
+            for end in (source, target):
+                vm = open_vertex.pop(end, None)
+                if vm is not None and not whole and not vm.replace and (vm.add_labels or not vm.remove_labels):
+                    open_attrs[end] = vm
             if (
                 whole
                 and c.add
@@ -506,8 +521,10 @@ class Planner:
                 statement = edge_replace_statement(d, *args)
             elif kind == "vunlabel":
                 statement = vertex_remove_label_statement(d, *args)
-            elif kind == "vnull":
-                statement = vertex_property_removal_statement(d, *args)
+            elif kind == "vnulls":
+                statement = vertex_property_removals_statement(d)
+            elif kind == "edrop":
+                statement = edge_delete_between_statement(d)
             elif kind == EDGE_UPSERT:
                 statement = edge_upsert_statement(d, *args)
             elif kind == EDGE_PROPS:
@@ -515,8 +532,8 @@ class Planner:
             elif kind == EDGE_DELETE:
                 statement = edge_delete_statement(d, *args)
             else:
-                assert kind == "enull"
-                statement = edge_property_removal_statement(d, *args)
+                assert kind == "enulls"
+                statement = edge_property_removals_statement(d, *args)
             found = self._statement_cache[shape] = statement
         return found
 
@@ -561,10 +578,10 @@ class Planner:
         else:
             props, removed = _split_props(m.props, None if identity else encode)
         vertex = m.__class__ is VertexMutation
-        null_kind: tuple[Any, ...] = ("vnull",) if vertex else ("enull", m.type)
-        for key in m.retyped:
-            if m.props.get(key) is not None:
-                put((RETYPE, (*null_kind, key), {"id": m.id}))
+        nulls: tuple[Any, ...] = _VNULLS if vertex else ("enulls", m.type)  # removals, any keys (daemon.cypher)
+        retyped = [key for key in m.retyped if m.props.get(key) is not None]
+        if retyped:
+            put((RETYPE, nulls, {"id": m.id, "removed": [{key if identity else encode(key): None} for key in retyped]}))
         if vertex:
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
@@ -595,7 +612,10 @@ class Planner:
             if m.replace:
                 return parts
         elif m.action == EDGE_DELETE:
-            put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
+            if identity:  # Neptune finds an edge by id whatever its type: one statement for every type
+                put((UPSERT, _EDROP, {"id": m.id, "from": m.from_id, "to": m.to_id}))
+            else:
+                put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
             if m.collect_endpoints:
                 for end in dict.fromkeys((m.from_id, m.to_id)):
                     put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
@@ -611,6 +631,7 @@ class Planner:
             put((UPSERT, (EDGE_UPSERT, m.type, bool(props)), row))
         elif props:
             put((UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props}))
-        for key in removed:
-            put((REMOVE_PROPERTY, (*null_kind, key), {"id": m.id}))
+        if removed:
+            maps = [{key: None} for key in removed] if identity else [{encode(key): None} for key in removed]
+            put((REMOVE_PROPERTY, nulls, {"id": m.id, "removed": maps}))
         return parts

@@ -646,8 +646,22 @@ class Supervisor:
                 return
             if self.exit_when_idle and self._gave_up_on_sinks():
                 return
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._drain.wait(), timeout=0.1)
+            await self._next_check()
+
+    async def _next_check(self) -> None:
+        """Wait up to 0.1 s for a drain or, with `--exit-when-idle`, a pipeline's window that ended caught up (the
+        run ends as soon as that window is checkpointed, not at the next tick)."""
+        events = [self._drain]
+        if self.exit_when_idle:
+            events += [p.progress for p in self.pipelines]
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        for event in events[1:]:
+            event.clear()
 
     def _idle(self, pipeline: Pipeline) -> bool:
         """Caught up with everything applied and checkpointed; with shared shards: every shard this instance holds

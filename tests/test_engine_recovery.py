@@ -35,7 +35,9 @@ def _caught_up_at(daemon: DaemonProcess, head: int) -> bool:
 def test_engine_killed_mid_run_is_restarted_and_the_replica_converges(stand: NeptuneStand, tmp_path: Path) -> None:
     history = generate_history(seed=21, n_changes=6000)
     load_history(stand, history)
-    config = config_for(tmp_path, stand, "falkordb", source={"limit": 300, "queue_size": 2}, sink={"batch_size": 50})
+    # small windows (a source that is behind fills them up to `window_max_changes`): checkpoints before the end
+    source = {"limit": 300, "queue_size": 2, "window_max_changes": 900}
+    config = config_for(tmp_path, stand, "falkordb", source=source, sink={"batch_size": 50})
     daemon = DaemonProcess(config, exit_when_idle=False)
     try:
         wait_for(lambda: (status(daemon)["sources"][0]["position"] or [0])[0] > 0, 60, "a first checkpoint")

@@ -99,8 +99,15 @@ def test_stream_faults_are_survived(stand: NeptuneStand, history, tmp_path: Path
 
 def test_sigkill_three_times_then_restart_converges(stand: NeptuneStand, history, tmp_path: Path) -> None:
     load_history(stand, history)
-    # Small pages and batches so the kills land mid-stream, inside windows and between checkpoints.
-    config = config_for(tmp_path, stand, "falkordb", source={"limit": 300, "queue_size": 2}, sink={"batch_size": 50})
+    # Small pages, windows and batches so the kills land mid-stream, inside windows and between checkpoints (a
+    # source that is behind fills its windows up to `window_max_changes`).
+    config = config_for(
+        tmp_path,
+        stand,
+        "falkordb",
+        source={"limit": 300, "queue_size": 2, "window_max_changes": 900},
+        sink={"batch_size": 50},
+    )
     rng = random.Random(11)
     positions = []
     for _ in range(3):
@@ -146,13 +153,21 @@ def test_sigterm_drains_within_grace_and_loses_nothing(stand: NeptuneStand, hist
 
 def test_poison_change_goes_to_dead_letters_and_the_rest_converges(stand: NeptuneStand, tmp_path: Path) -> None:
     history = generate_history(seed=5, n_changes=3000)
-    # Poison one property value: a vertex property set in its own commit, so that its row is unique.
+    # Poison one property value: a vertex property set in its own commit, so that its row is unique, and never
+    # written again (a later value of the key could be coalesced with it, and the poisoned value never sent).
+    written_after: dict[tuple[str, str], int] = {}
+    for i, ops in enumerate(history.commits):
+        for op in ops:
+            written_after[(op["data"]["id"], op["data"]["key"])] = i
     op = next(
         op
         for i, ops in enumerate(history.commits)
         if i > 50 and len(ops) <= 2
         for op in ops
-        if op["data"]["type"] == "vp" and op["op"] == "ADD" and op["data"]["value"]["dataType"] == "String"
+        if op["data"]["type"] == "vp"
+        and op["op"] == "ADD"
+        and op["data"]["value"]["dataType"] == "String"
+        and written_after[(op["data"]["id"], op["data"]["key"])] == i
     )
     op["data"]["value"]["value"] = "POISON-7f3a"
     load_history(stand, history)

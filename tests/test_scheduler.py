@@ -6,7 +6,15 @@ from itertools import count
 from typing import Any
 
 from daemon.cypher import falkordb_dialect, neptune_dialect
-from daemon.model import EDGE, EDGE_PROPERTY, VERTEX_LABEL, VERTEX_PROPERTY, GraphChange
+from daemon.model import (
+    EDGE,
+    EDGE_PROPERTY,
+    VERTEX_LABEL,
+    VERTEX_PROPERTY,
+    WHOLE_EDGE,
+    WHOLE_VERTEX,
+    GraphChange,
+)
 from daemon.scheduler import EdgeTypeCache, Plan, Planner
 
 _seq = count(1)
@@ -115,23 +123,100 @@ async def test_drop_waits_for_the_edges_it_detaches_and_later_edges_wait_for_the
     assert layers_of(plan, "e2") == [3]
 
 
+async def test_property_changes_and_label_additions_after_an_edge_join_the_vertex_mutation_before_it() -> None:
+    changes = [
+        vl("a", "P"),
+        vp("a", "k", 1),
+        vl("b", "P"),
+        e("e1", "R", "a", "b"),
+        vp("a", "k", 1, add=False),
+        vp("a", "k", 2),
+        vl("a", "Q"),
+        vp("b", "j", 3),
+    ]
+    plan = await planner().plan(changes)
+    assert plan.n_mutations == 3  # a, b and e1: the changes after the edge need no layer of their own
+    assert layers_of(plan, "a") == [0] and layers_of(plan, "b") == [0] and layers_of(plan, "e1") == [1]
+    rows = {b.shape: b.rows for b in plan.batches()}
+    assert rows[("vupsert", True, True)] == [{"id": "a", "props": {"k": 2}}, {"id": "b", "props": {"j": 3}}]
+    assert rows[("vlabel", "Q")] == [{"id": "a"}]
+
+
+async def test_label_removals_and_whole_edges_still_wait_for_the_edge() -> None:
+    plan = await planner().plan([vl("a", "P"), vl("a", "Q"), vl("b", "P"), e("e1", "R", "a", "b"), vl("a", "Q", False)])
+    assert layers_of(plan, "a") == [0, 2] and layers_of(plan, "e1") == [1]  # a label removal may drop the vertex
+    plan = await planner().plan([vl("a", "P", False), e("e1", "R", "a", "b"), vp("a", "k", 1)])
+    assert layers_of(plan, "a") == [0, 2]  # the mutation before the edge may drop the vertex: closed
+    plan = await planner().plan([vp("a", "k", 1), e("e1", "R", "a", "b"), vl("a", "Q"), vp("a", "k", 2)])
+    assert layers_of(plan, "a") == [0, 2]  # a label addition joins only a mutation that makes sure the vertex exists
+    # dropped and re-created before the edge (the new label keeps the vertex): later changes join
+    plan = await planner().plan([vl("a", "P", False), vl("a", "Q"), e("e1", "R", "a", "b"), vp("a", "k", 1)])
+    assert layers_of(plan, "a") == [0]
+    plan = await planner().plan(
+        [
+            GraphChange(WHOLE_VERTEX, True, "a", "P", {"k": 1}, position=(next(_seq), 1)),
+            GraphChange(WHOLE_EDGE, False, "e1", "R", {}, "a", "b", position=(next(_seq), 1)),
+            GraphChange(WHOLE_VERTEX, True, "a", "P", {"k": 2}, position=(next(_seq), 1)),
+        ]
+    )
+    # whole elements: a removed edge may delete its endpoints if bare (layer 1), so the next image waits for it
+    assert layers_of(plan, "a") == [0, 1, 2]
+
+
 async def test_property_update_pattern_keeps_the_new_value() -> None:
     for changes in ([vp("a", "k", 1, add=False), vp("a", "k", 2)], [vp("a", "k", 2), vp("a", "k", 1, add=False)]):
         plan = await planner().plan(changes)
         assert shapes(plan) == [[[(("vset",), [{"id": "a", "props": {"k": 2}}])]]]
 
 
-async def test_removals_are_one_statement_per_key_in_the_last_phase() -> None:
+async def test_removals_of_any_keys_are_one_statement_in_the_last_phase() -> None:
     plan = await planner().plan(
         [vp("a", "k", 2), vp("a", "k", 2, add=False), vp("a", "j", 1, add=False), vp("b", "k", 3, add=False)]
     )
-    assert shapes(plan) == [[[(("vnull", "k"), [{"id": "a"}, {"id": "b"}]), (("vnull", "j"), [{"id": "a"}])]]]
-    assert plan.layers[0][0][0].statement == "UNWIND $rows AS r MATCH (n:`Replicated` {`~id`: r.id}) SET n.`k` = null"
+    # one map per removed key: never two nulls in one map (FalkorDB, see daemon.cypher)
+    assert shapes(plan) == [
+        [[(("vnulls",), [{"id": "a", "removed": [{"k": None}, {"j": None}]}, {"id": "b", "removed": [{"k": None}]}])]]
+    ]
+    assert plan.layers[0][0][0].statement == (
+        "UNWIND $rows AS r MATCH (n:`Replicated` {`~id`: r.id}) UNWIND r.removed AS m SET n += m"
+    )
+
+
+async def test_edge_removals_are_one_statement_per_type_and_neptune_deletes_edges_of_every_type_at_once() -> None:
+    changes = [
+        vl("a", "P"),
+        vl("b", "P"),
+        e("e1", "R", "a", "b"),
+        e("e2", "S", "b", "a"),
+        ep("e1", "w", 1),
+        ep("e1", "x", 2),
+        ep("e2", "w", 3),
+    ]
+    p = planner(neptune_dialect())
+    await p.plan(changes)
+    plan = await p.plan(
+        [ep("e1", "w", 1, add=False), ep("e1", "x", 2, add=False), ep("e2", "w", 3, add=False), e("e3", "R", "a", "b")]
+    )
+    assert sorted((b.shape, b.rows) for b in plan.batches() if b.shape[0] == "enulls") == [
+        (("enulls", "R"), [{"id": "e1", "removed": [{"w": None}, {"x": None}]}]),
+        (("enulls", "S"), [{"id": "e2", "removed": [{"w": None}]}]),
+    ]
+    plan = await p.plan([e("e1", "R", "a", "b", add=False), e("e2", "S", "b", "a", add=False)])
+    (delete,) = plan.batches()
+    assert delete.shape == ("edrop",) and delete.rows == [
+        {"id": "e1", "from": "a", "to": "b"},
+        {"id": "e2", "from": "b", "to": "a"},
+    ]
+    assert delete.statement == (
+        "UNWIND $rows AS r MATCH (a {`~id`: r.from})-[e {`~id`: r.id}]->(b {`~id`: r.to}) DELETE e"
+    )
 
 
 async def test_numeric_retype_removes_before_setting() -> None:
     plan = await planner().plan([vp("a", "k", 0.0, add=False), vp("a", "k", 0)])
-    assert shapes(plan) == [[[(("vnull", "k"), [{"id": "a"}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]]
+    assert shapes(plan) == [
+        [[(("vnulls",), [{"id": "a", "removed": [{"k": None}]}])], [(("vset",), [{"id": "a", "props": {"k": 0}}])]]
+    ]
 
 
 async def test_label_remove_then_add_nets_out() -> None:
@@ -156,7 +241,7 @@ async def test_drop_then_recreate_in_one_run() -> None:
             [(("vlabel", "New"), [{"id": "a"}])],
             [(("vdrop",), [{"id": "a", "gone": ["Old", "Replicated"]}])],
             [(("vunlabel", "Old"), [{"id": "a"}])],
-            [(("vnull", "k"), [{"id": "a"}])],
+            [(("vnulls",), [{"id": "a", "removed": [{"k": None}]}])],
         ]
     ]
 

@@ -52,7 +52,7 @@ def after(batch: ChangeBatch, checkpoint: Position | None) -> ChangeBatch | None
             return batch
         changes = [c for c in batch.changes if c.position > checkpoint]
         return ChangeBatch(batch.partition, changes, batch.position, batch.caught_up, batch.head_position,
-                           batch.commit_complete, batch.holding)  # fmt: skip
+                           batch.commit_complete, batch.holding, batch.more)  # fmt: skip
     if batch.caught_up:
         return ChangeBatch(batch.partition, [], None, caught_up=True, head_position=batch.head_position)
     return None

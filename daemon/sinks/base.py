@@ -49,7 +49,7 @@ from daemon.scheduler import EDGE_DELETE, EDGE_PROPS, EDGE_UPSERT, Batch, Mutati
 
 log = structlog.get_logger("daemon.sink")
 T = TypeVar("T")
-EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enull"})
+EDGE_SHAPES = frozenset({EDGE_UPSERT, EDGE_PROPS, EDGE_DELETE, "enulls"})  # shape[1] is the edge type
 Replan = Callable[[list[GraphChange]], Awaitable[Plan]]
 
 

@@ -73,7 +73,11 @@ class NeptuneStreamSource:
                     signalled_caught_up = False
                     self._m.read.inc(len(page.records))
                     complete = page.records[-1].get("isLastOp") is True
-                    batch = ChangeBatch(PARTITION, self._translate(page.records), page.after, commit_complete=complete)
+                    # a page of `limit` records or more is followed at once (see StreamReader): the source is behind
+                    more = len(page.records) >= self._cfg.limit
+                    batch = ChangeBatch(
+                        PARTITION, self._translate(page.records), page.after, commit_complete=complete, more=more
+                    )
                     await out.put(batch)
             except StreamExpired as exc:
                 self.state = "expired"
