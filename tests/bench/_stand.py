@@ -84,9 +84,11 @@ def run_daemon(tmp: Path, stand: NeptuneStand, sink: dict[str, Any], *, timeout:
     return done - started
 
 
-def planned_statements(history: History, dialect: Dialect) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def planned_statements(
+    history: History, dialect: Dialect, window_pages: int = WINDOW_PAGES
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """The (statement, rows) the daemon's planner makes of `history` read in pages of `PAGE` records and windows
-    of `WINDOW_PAGES` pages, cut in chunks of `BATCH_SIZE` rows, in the order they may run one after another."""
+    of `window_pages` pages, cut in chunks of `BATCH_SIZE` rows, in the order they may run one after another."""
     import asyncio
 
     async def no_lookup(ids: list[str]) -> dict[str, str]:
@@ -94,7 +96,7 @@ def planned_statements(history: History, dialect: Dialect) -> Iterator[tuple[str
 
     planner = Planner(dialect, no_lookup, 10**9)
     records = list(history.records())
-    window = PAGE * WINDOW_PAGES
+    window = PAGE * window_pages
     for start in range(0, len(records), window):
         changes = [translate_record(orjson.loads(orjson.dumps(r))) for r in records[start : start + window]]
         plan = asyncio.run(planner.plan(changes))
