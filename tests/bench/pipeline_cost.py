@@ -579,6 +579,27 @@ def _notes(
         "the same items; what remains is one Python iteration per attribute, one `GraphChange` and one "
         "`origin` dict a record, and the collector's passes over the images a window keeps.",
         "",
+        "Round 2, fourth step (branch `perf-plan`): the planner and the applier, counted in instructions per "
+        "change (callgrind, 16,000 records, translate + plan + serialise without the parse, collector on). "
+        "Round 1's tree 33,040; 0274901 36,435 (the 9 % regression of the first steps: the fuzz-hardened PG_JSON "
+        "fast path and `origin` +1.4k, reserved-name checks and default containers per mutation +1.6k, fencing "
+        "and in-flight bookkeeping +0.3k); after: 33,049. Steps: a mutation's first change builds it in one step, "
+        "label maps and removal sets shared empty until written, a whole element's properties its change's own "
+        "dict until written (copy on write), the reserved-name checks inline; a batch that fits in one chunk is "
+        "sent without slice copies, a phase's first chunk runs in the applying task, a call without leases "
+        "awaits the sink directly; `model.make_change` for the PG_JSON fast path (the dataclass's fields without "
+        "its class call, held to them by `tests/test_model.py`). DynamoDB plan -6 to -8 %. Same plans: every "
+        "window of every input identical on both dialects.",
+        "",
+        "Round 2, fifth step (branch `perf-e2e`, statements): property removals of any keys in one statement a "
+        "layer (`UNWIND r.removed AS m SET n += m`, one single-key null map each: FalkorDB 1.4.1 goes wrong only "
+        "with several nulls in one map, `tests/test_cypher_engine.py`), Neptune edge deletes of every type in one "
+        "statement, and a vertex's later property and label changes joining its open mutation (fewer layers): "
+        "item 3 of the end-to-end section (10,014 changes) went from 977 to 338 statements (the catch-up windows "
+        "of up to `window_max_changes` count there too). Fewer, fuller statements are what cut the plan and "
+        "serialise stages of the Neptune rows side by side with round 1 (the table's last rows), with msgspec's "
+        "parse.",
+        "",
         "Where the DynamoDB gap comes from: a DynamoDB record is a whole item image, so one change carries every "
         "attribute through the value rule (about 4 attributes here, each a type tag to inspect; sets, lists and "
         "maps become canonical JSON text, numbers are checked for exactness), its ids are rendered from "
