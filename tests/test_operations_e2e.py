@@ -83,7 +83,9 @@ def test_every_catalogued_metric_is_scraped_with_sensible_values(stand: NeptuneS
     # Slow stream reads (and a few failing ones) stretch the catch-up so that it can be watched; a few throttled
     # target calls make the retry and error counters count something known.
     stand.faults.configure(rate=1.0, kinds=["slow", "slow", "slow", "server_error"], seed=5, paths=("stream",))
-    stand.faults.configure(rate=0.1, kinds=["throttling"], seed=6, paths=("opencypher",))
+    # (each path draws from its own seeded generator: seed 5 fails the 6th stream read, seed 11 throttles the 2nd,
+    # 6th and 10th statement, whatever the other path sends in between)
+    stand.faults.configure(rate=0.1, kinds=["throttling"], seed=11, paths=("opencypher",))
     config = config_for(
         tmp_path, stand, "neptune", source={"limit": 400, "limit_max": 400, "queue_size": 4}, sink={"batch_size": 200}
     )  # (fixed pages: many slow reads, some failing)

@@ -4,7 +4,7 @@ every injected fault and a refused statement, hence the same classification; and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,11 +36,15 @@ def _sink(kind: str, stand: NeptuneStand) -> AwsClientSink:
     return NeptuneAnalyticsSink("target", graph_id="g-test", endpoint=stand.url, region="us-east-1")
 
 
-async def _both(sink: AwsClientSink, statement: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What `execute` returns or raises on the lean path and through the client."""
+async def _both(
+    sink: AwsClientSink, statement: str, rows: list[dict[str, Any]], before: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """What `execute` returns or raises on the lean path and through the client (`before` runs before each: a
+    fault configured there makes both calls draw the same fault)."""
     lean, outcomes = sink._call, {}
     assert lean is not None, "the sink did not set up its lean batch call"
     for path in ("lean", "client"):
+        before()
         sink._call = lean if path == "lean" else None
         try:
             outcomes[path] = await sink.execute(statement, rows)
@@ -72,8 +76,7 @@ async def test_lean_call_answers_and_fails_as_the_client_does(kind: str, stand: 
         ok = await _both(sink, STATEMENT, ROWS)
         assert ok["lean"] == ok["client"] == [{"n": 5}]
         for fault in FAULTS:
-            stand.faults.configure(1.0, [fault])
-            failed = await _both(sink, STATEMENT, ROWS)
+            failed = await _both(sink, STATEMENT, ROWS, lambda fault=fault: stand.faults.configure(1.0, [fault]))
             _same_error(failed["lean"], failed["client"])
         stand.faults.clear()
         stand.faults.poison("poisoned value")

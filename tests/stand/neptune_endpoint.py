@@ -245,8 +245,10 @@ class Faults:
     """Seeded fault injection; every method is thread-safe.
 
     `configure` sets, per path (`opencypher`, `queries`, `stream`), the probability that a request fails and
-    the kinds to draw from. `poison` makes every query request whose parameters (as JSON) contain a substring
-    fail with BadRequestException. `injected` counts faults by kind (`poison` included).
+    the kinds to draw from; each path draws from its own seeded generator, so a path's sequence of faults does not
+    depend on how many requests other paths received in between. `poison` makes every query request whose
+    parameters (as JSON) contain a substring fail with BadRequestException. `injected` counts faults by kind
+    (`poison` included).
     """
 
     def __init__(self) -> None:
@@ -258,7 +260,7 @@ class Faults:
         with self._lock:
             self._rules: dict[str, tuple[float, tuple[str, ...]]] = {}
             self._poison: list[str] = []
-            self._random = random.Random(0)
+            self._randoms: dict[str, random.Random] = {}  # per path: its draws do not depend on other traffic
             self.injected: Counter[str] = Counter()
 
     def configure(self, rate: float, kinds: Sequence[str], seed: int = 0, paths: Sequence[str] = QUERY_PATHS) -> None:
@@ -274,9 +276,9 @@ class Faults:
             if unknown := set(kinds) - allowed:
                 raise ValueError(f"fault kinds {sorted(unknown)} do not apply to {path!r}")
         with self._lock:
-            self._random = random.Random(seed)
             for path in paths:
                 self._rules[path] = (rate, tuple(kinds))
+                self._randoms[path] = random.Random(f"{seed}/{path}")
 
     def poison(self, substring: str) -> None:
         """Fail every query request whose parameters JSON contains `substring` (400 BadRequestException)."""
@@ -299,12 +301,13 @@ class Faults:
         """The fault for the next request on `path`, or None for a normal answer."""
         with self._lock:
             rate, kinds = self._rules.get(path, (0.0, ()))
-            if not rate or self._random.random() >= rate:
+            draw = self._randoms.get(path)
+            if not rate or draw is None or draw.random() >= rate:
                 return None
             fault = Fault(
-                kind=self._random.choice(kinds),
-                delay_s=self._random.uniform(0.3, 1.0),
-                server_status=self._random.choice((500, 503)),
+                kind=draw.choice(kinds),
+                delay_s=draw.uniform(0.3, 1.0),
+                server_status=draw.choice((500, 503)),
             )
             self.injected[fault.kind] += 1
             return fault
