@@ -207,8 +207,8 @@ def test_expired_checkpoint_stops_the_source_loudly(stand: NeptuneStand, tmp_pat
         30,
         "the expiry metric",
     )
-    code, body = daemon.get("/readyz")
-    assert code == 503 and b"expired" in body
+    # (the source sets the metric as it stops; the supervisor marks the pipeline failed at its next check)
+    wait_for(lambda: (r := daemon.get("/readyz"))[0] == 503 and b"expired" in r[1], 10, "/readyz to say expired")
     daemon.terminate()
     assert daemon.wait(30) == 3
     errors = [line for line in daemon.log_lines() if line.get("level") == "error"]
