@@ -14,6 +14,7 @@ import orjson
 
 from daemon.aws import SignedCall
 from daemon.sinks.aws_base import AwsClientSink
+from daemon.sinks.base import check_request_size
 
 
 class NeptuneAnalyticsSink(AwsClientSink):
@@ -51,10 +52,10 @@ class NeptuneAnalyticsSink(AwsClientSink):
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self._call is not None:
             body = orjson.dumps({"query": statement, "language": "OPEN_CYPHER", "parameters": {"rows": rows}})
-            self._check_size(len(body), rows)
+            check_request_size(len(body), self.max_request_bytes, rows)
             answer = await self._call.send(body)
             return list((orjson.loads(answer) if answer else {}).get("results") or [])
-        self._check_size(len(orjson.dumps(rows)) + len(statement), rows)
+        check_request_size(len(orjson.dumps(rows)) + len(statement), self.max_request_bytes, rows)
         return list((await self._run(statement, {"rows": rows})).get("results") or [])
 
     async def query(self, statement: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import structlog
 
 from daemon.aws import SignedCall, aws_session, classify_aws_error, open_client
 from daemon.cypher import neptune_dialect
-from daemon.sinks.base import BatchTooLarge, ErrorClass, GraphSink
+from daemon.sinks.base import DEFAULT_MAX_REQUEST_BYTES, ErrorClass, GraphSink
 
 log = structlog.get_logger("daemon.sink.aws")
 
@@ -29,7 +29,7 @@ class AwsClientSink(GraphSink):
         timeout_seconds: float = 60.0,
         concurrency: int = 4,
         inject_host_prefix: bool = True,
-        max_request_bytes: int = 16 * 1024 * 1024,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.name = name
         self.max_request_bytes = max_request_bytes
@@ -74,8 +74,3 @@ class AwsClientSink(GraphSink):
 
     def classify(self, exc: BaseException) -> ErrorClass:
         return classify_aws_error(exc)
-
-    def _check_size(self, size: int, rows: list[dict[str, Any]]) -> None:
-        """Refuse to send a batch request over `max_request_bytes` unless it carries a single row."""
-        if size > self.max_request_bytes and len(rows) > 1:
-            raise BatchTooLarge(size, self.max_request_bytes)

@@ -99,6 +99,16 @@ class BatchTooLarge(Exception):
         super().__init__(f"batch request of {size:,} bytes exceeds the limit of {limit:,} bytes")
 
 
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # the HTTP sinks' `max_request_bytes` default (daemon.config)
+
+
+def check_request_size(size: int, limit: int, rows: list[dict[str, Any]]) -> None:
+    """Refuse to send a batch request of `size` bytes over `limit` unless it carries a single row (`BatchTooLarge`:
+    the applier then sends the rows in halves)."""
+    if size > limit and len(rows) > 1:
+        raise BatchTooLarge(size, limit)
+
+
 class GraphSink(ABC):
     """One target engine."""
 
@@ -308,10 +318,7 @@ class PlanApplier:
                     started = time.perf_counter()
                     self._calls_in_flight[id(rows)] = started
                     try:
-                        if self.fence is None:  # no leases: the call itself (no coroutine of `_execute_fenced`)
-                            results = await self.sink.execute(batch.statement, rows)
-                        else:
-                            results = await self._execute_fenced(batch.statement, rows)
+                        results = await self._execute_fenced(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
                         del self._calls_in_flight[id(rows)]

@@ -12,6 +12,7 @@ import orjson
 
 from daemon.aws import SignedCall
 from daemon.sinks.aws_base import AwsClientSink
+from daemon.sinks.base import check_request_size
 
 
 class NeptuneSink(AwsClientSink):
@@ -27,10 +28,10 @@ class NeptuneSink(AwsClientSink):
         parameters = orjson.dumps({"rows": rows}).decode()
         if self._call is not None:
             body = orjson.dumps({"query": statement, "parameters": parameters})
-            self._check_size(len(body), rows)
+            check_request_size(len(body), self.max_request_bytes, rows)
             answer = await self._call.send(body)
             return list((orjson.loads(answer) if answer else {}).get("results") or [])
-        self._check_size(len(parameters) + len(statement), rows)
+        check_request_size(len(parameters) + len(statement), self.max_request_bytes, rows)
         response = await self._client.execute_open_cypher_query(openCypherQuery=statement, parameters=parameters)
         return list(response.get("results") or [])
 

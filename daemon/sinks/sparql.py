@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from daemon.aws import classify_aws_error, user_agent
 from daemon.rdf import sparql_data_block
-from daemon.sinks.base import BatchTooLarge, ErrorClass
+from daemon.sinks.base import DEFAULT_MAX_REQUEST_BYTES, ErrorClass, check_request_size
 from daemon.sinks.oxigraph import RdfSink
 
 __all__ = ["SparqlClient", "SparqlSink", "binding_term", "sparql_error"]
@@ -114,7 +114,7 @@ class SparqlSink(RdfSink):
         profile: str | None = None,
         timeout_seconds: float = 60.0,
         concurrency: int = 4,
-        max_request_bytes: int = 16 * 1024 * 1024,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.name = name
         self.max_request_bytes = max_request_bytes
@@ -136,8 +136,7 @@ class SparqlSink(RdfSink):
     async def execute(self, statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         update = f"{statement} {sparql_data_block(row['quad'] for row in rows)}"
         body = urllib.parse.urlencode({"update": update}).encode()
-        if len(body) > self.max_request_bytes and len(rows) > 1:
-            raise BatchTooLarge(len(body), self.max_request_bytes)
+        check_request_size(len(body), self.max_request_bytes, rows)
         await self.client.post_body(self.update_url, body, "*/*")
         return []
 
