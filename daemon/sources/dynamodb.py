@@ -644,12 +644,18 @@ class DynamoDBStreamSource:
                 and identity.get("PrincipalId") == TTL_PRINCIPAL
             )
             old = body.get("OldImage")
+            # for event sinks (docs/events.md): the record's own words, by reference
+            origin = (
+                {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+                if keep_origin
+                else None
+            )
             try:
                 # the common record's one change in one call; `changes` for the others (and the same outcome)
                 change = addition(event, keys, new, old, position, shard_id, commit_ms)
                 if change is not None:
-                    if keep_origin:
-                        change.origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+                    if origin is not None:
+                        change.origin = origin
                     changes.append(change)
                     continue
                 outcome = mapper_changes(
@@ -678,8 +684,7 @@ class DynamoDBStreamSource:
                         source=self.name, reason=outcome.skipped
                     )
                 skipped.inc()
-            if keep_origin and outcome.changes:  # for event sinks (docs/events.md): the record's own words
-                origin = {"eventName": event, "ttl": ttl, "keys": keys, "newImage": new, "oldImage": old}
+            if origin is not None:
                 for change in outcome.changes:
                     change.origin = origin
             changes.extend(outcome.changes)
