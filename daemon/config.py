@@ -781,7 +781,8 @@ class FalkorDBSinkConfig(_SinkBase):
         return self.url is None
 
 
-# Neptune refuses an HTTP request over 150 MB (400 BadRequestException); batches stay far below by default.
+# "HTTP Request Payload Maximum (150MB)" of Neptune's limits page: larger requests get 400 BadRequestException
+# (the test stand refuses them the same way); batches stay far below by default.
 NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
 
 

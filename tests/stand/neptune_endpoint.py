@@ -58,6 +58,7 @@ from falkordb.edge import Edge
 from falkordb.node import Node
 from falkordb.path import Path as GraphPath
 
+from daemon.config import NEPTUNE_REQUEST_MAX_BYTES
 from daemon.engine import EmbeddedFalkorDB
 from daemon.names import InvalidName, decode_falkordb_name, encode_falkordb_name
 from tests.stand.engine_wire import EngineWire, cypher_params_header
@@ -549,8 +550,6 @@ def _render(value: Any, vertex_ids: dict[int, Any]) -> Any:
 # ----------------------------------------------------------------------------------------------------
 
 _SIGV4_PREFIX = "AWS4-HMAC-SHA256 Credential="
-# "HTTP Request Payload Maximum (150MB)" of Neptune's limits page: larger requests get 400 BadRequestException.
-NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
 # URL path -> the name `stand.requests` and `stand.faults` use for it
 _PATH_KEYS = {
     "/propertygraph/stream": STREAM_PATH,
