@@ -784,11 +784,12 @@ class FalkorDBSinkConfig(_SinkBase):
 # "HTTP Request Payload Maximum (150MB)" of Neptune's limits page: larger requests get 400 BadRequestException
 # (the test stand refuses them the same way); batches stay far below by default.
 NEPTUNE_REQUEST_MAX_BYTES = 150_000_000
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # the HTTP sinks' `max_request_bytes`
 
 
 class _HttpSinkBase(_SinkBase):
     max_request_bytes: int = Field(
-        16 * 1024 * 1024,
+        DEFAULT_MAX_REQUEST_BYTES,
         ge=64 * 1024,
         le=NEPTUNE_REQUEST_MAX_BYTES,
         description="Largest batch request body: a batch whose rows would make a larger one is sent in halves "

@@ -10,8 +10,9 @@ from typing import Any
 import structlog
 
 from daemon.aws import SignedCall, aws_session, classify_aws_error, open_client
+from daemon.config import DEFAULT_MAX_REQUEST_BYTES
 from daemon.cypher import neptune_dialect
-from daemon.sinks.base import DEFAULT_MAX_REQUEST_BYTES, ErrorClass, GraphSink
+from daemon.sinks.base import ErrorClass, GraphSink
 
 log = structlog.get_logger("daemon.sink.aws")
 

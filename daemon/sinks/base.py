@@ -99,9 +99,6 @@ class BatchTooLarge(Exception):
         super().__init__(f"batch request of {size:,} bytes exceeds the limit of {limit:,} bytes")
 
 
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # the HTTP sinks' `max_request_bytes` default (daemon.config)
-
-
 def check_request_size(size: int, limit: int, rows: list[dict[str, Any]]) -> None:
     """Refuse to send a batch request of `size` bytes over `limit` unless it carries a single row (`BatchTooLarge`:
     the applier then sends the rows in halves)."""

@@ -25,8 +25,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 
 from daemon.aws import classify_aws_error, user_agent
+from daemon.config import DEFAULT_MAX_REQUEST_BYTES
 from daemon.rdf import sparql_data_block
-from daemon.sinks.base import DEFAULT_MAX_REQUEST_BYTES, ErrorClass, check_request_size
+from daemon.sinks.base import ErrorClass, check_request_size
 from daemon.sinks.oxigraph import RdfSink
 
 __all__ = ["SparqlClient", "SparqlSink", "binding_term", "sparql_error"]
