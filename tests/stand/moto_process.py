@@ -1,6 +1,7 @@
 """moto in server mode as a child process: DynamoDB, DynamoDB Streams and S3 over HTTP for the daemon's own
-aiobotocore clients, the test stand's loader and daemon subprocesses. A process of its own keeps moto's request
-handling off the test process's GIL. `MotoProcess.reset()` (POST /moto-api/reset) forgets every resource."""
+aiobotocore clients, the test stand's loader and daemon subprocesses, with DynamoDB's conditional writes atomic
+(`tests.stand.moto_server`). A process of its own keeps moto's request handling off the test process's GIL.
+`MotoProcess.reset()` (POST /moto-api/reset) forgets every resource."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ class MotoProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_dir / "moto.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "tests.stand.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **AWS_ENV},
+            cwd=Path(__file__).resolve().parents[2],  # (the launcher is `tests.stand.moto_server`)
         )
         deadline = time.monotonic() + 30
         while True:
