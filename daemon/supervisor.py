@@ -5,8 +5,9 @@
   the backoff starts again from 1 s after a run that stayed up `HEALTHY_RUN_SECONDS`. From a crash until the
   pipeline applies a window again, readiness is false and says why (a poison change that keeps crashing it
   is visible, not hidden behind restarts).
-* A batch call unanswered for `UNANSWERED_CALL_SECONDS` (a paused engine, a hung connection) makes the
-  daemon not ready with that reason, long before the call's own `request_timeout_seconds` ends it.
+* A sink call (a batch, an edge-type lookup, an index) unanswered for `UNANSWERED_CALL_SECONDS` (a paused
+  engine, a hung connection) makes the daemon not ready with that reason, long before the call's own
+  `request_timeout_seconds` ends it.
 * An expired stream stops that source for good (state `expired`, `graph_replicator_stream_expired` = 1,
   readiness false) while the process keeps serving metrics so the alert can fire; so does an unreadable line
   in a file source's input (`CaptureError`, state `failed`).
@@ -98,7 +99,7 @@ log = structlog.get_logger("daemon.supervisor")
 
 EXIT_OK, EXIT_SOURCE_FAILED, EXIT_LEASE_TABLE = 0, 3, 5
 HEALTHY_RUN_SECONDS = 60.0  # a pipeline run that lasted this long resets the restart backoff
-UNANSWERED_CALL_SECONDS = 15.0  # a batch call unanswered this long makes the daemon not ready (a stalled target)
+UNANSWERED_CALL_SECONDS = 15.0  # a sink call unanswered this long makes the daemon not ready (a stalled target)
 
 
 def build_sink(name: str, cfg: Any, config: Config) -> GraphSink:
@@ -535,7 +536,7 @@ class Supervisor:
                 why = f" ({p.applier.failing_reason})" if p.applier.failing_reason else ""
                 reasons.append(f"sink {p.applier.sink.name}: failing{why}")
             elif p.applier is not None and (waiting := p.applier.oldest_call_seconds()) > UNANSWERED_CALL_SECONDS:
-                reasons.append(f"sink {p.applier.sink.name}: a batch call has not answered for {waiting:.0f} s")
+                reasons.append(f"sink {p.applier.sink.name}: a call has not answered for {waiting:.0f} s")
             for lane in fanned.lanes if (fanned := _fanned_out(p.source)) is not None else ():
                 if not lane.delivery.healthy:
                     reasons.append(f"event sink {lane.sink.name}: failing ({lane.delivery.failing_reason})")

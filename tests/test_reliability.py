@@ -561,6 +561,6 @@ def test_a_paused_engine_turns_readiness_false_and_the_run_goes_on_once_it_resum
             os.kill(engine.pid, signal.SIGCONT)
 
     assert run.run(watch=pause_then_resume) == 0
-    assert any(r.startswith("sink target: a batch call has not answered for") for r in seen), seen
+    assert any(r.startswith("sink target: a call has not answered for") for r in seen), seen
     assert run.dead_letters() == []
     assert_converged(ReferenceGraph().apply_all(records), run.replica())

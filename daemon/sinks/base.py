@@ -31,6 +31,7 @@ MATCH report the ids they matched, and a change whose element (or endpoint) is n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from abc import ABC, abstractmethod
@@ -191,7 +192,9 @@ class PlanApplier:
         self.failing_reason: str | None = None  # why it is not healthy
         self.not_applied: dict[int, GraphChange] = {}  # of the plan being applied: dead-lettered, no effect, skipped
         self._decomposed: set[int] = set()  # mutations of the plan being applied that were retried change by change
-        self._calls_in_flight: dict[int, float] = {}  # batch call -> when it was sent (perf_counter)
+        # Sink calls in flight (batches, edge-type lookups and indexes alike) -> when each was sent (perf_counter)
+        self._calls_in_flight: dict[int, float] = {}
+        self._call_ids = itertools.count()
         labels = {"source": source, "sink": sink.name}
         self._m_batch_seconds = METRICS.batch_duration.labels(sink=sink.name)
         self._m_batch_size = METRICS.batch_size.labels(sink=sink.name)
@@ -200,7 +203,7 @@ class PlanApplier:
         self._m_up = METRICS.sink_up.labels(sink=sink.name)
 
     def oldest_call_seconds(self) -> float:
-        """How long the oldest batch call in flight has gone unanswered (0 when none): a target that stopped
+        """How long the oldest sink call in flight has gone unanswered (0 when none): a target that stopped
         answering (a paused engine, a hung connection) shows here long before the call's own timeout."""
         if not self._calls_in_flight:
             return 0.0
@@ -271,7 +274,12 @@ class PlanApplier:
         attempt = 0
         while True:
             try:
-                result = await action()
+                call = next(self._call_ids)
+                self._calls_in_flight[call] = time.perf_counter()
+                try:
+                    result = await action()
+                finally:
+                    del self._calls_in_flight[call]
                 self._succeeded()
                 return result
             except Exception as exc:
@@ -313,12 +321,13 @@ class PlanApplier:
                 async with self._slots:
                     self._m_inflight.inc()
                     started = time.perf_counter()
-                    self._calls_in_flight[id(rows)] = started
+                    call = next(self._call_ids)
+                    self._calls_in_flight[call] = started
                     try:
                         results = await self._execute_fenced(batch.statement, rows)
                     finally:
                         self._m_inflight.dec()
-                        del self._calls_in_flight[id(rows)]
+                        del self._calls_in_flight[call]
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
                 self._succeeded()
