@@ -548,7 +548,10 @@ def test_a_paused_engine_turns_readiness_false_and_the_run_goes_on_once_it_resum
 
     monkeypatch.setattr(daemon.supervisor, "UNANSWERED_CALL_SECONDS", 0.5)
     records = list(generate_history(seed=6, n_changes=8000).records())
-    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), source={"limit": 100, "queue_size": 1})
+    # Small windows: a source that is behind fills a window up to `window_max_changes`, so with the default the
+    # first window applied could be the whole history, leaving no call for the pause to catch.
+    source = {"limit": 100, "queue_size": 1, "window_max_changes": 200}
+    run = Run(engine, tmp_path, write_lines(tmp_path / "c.jsonl", records), source=source)
     seen: list[str] = []
 
     def pause_then_resume(run: Run) -> None:
