@@ -504,7 +504,10 @@ class LeaseCoordinator:
 
     async def take_once(self) -> None:
         wakes = self._wakes
-        taken = await self.taker.take_round(self.renewer.held, self._handovers.keys())
+        # Dropped for a hand-over: its task starts once the whole renewal round has answered, the lease still
+        # names us meanwhile and is not ours to take back.
+        handing_over = self._handovers.keys() | {lease.partition for lease, _, _ in self.renewer.handoffs}
+        taken = await self.taker.take_round(self.renewer.held, handing_over)
         for lease, sent in taken:
             self.renewer.adopt(lease, sent)
         if taken:

@@ -607,6 +607,36 @@ async def test_a_standby_is_idle_while_a_live_owner_holds_everything(store: Dyna
     assert set(standby.held) == {""} and not standby.standby_idle()
 
 
+async def test_a_lease_dropped_for_a_hand_over_is_not_taken_back_while_other_renewals_run(
+    store: DynamoDBCheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal round renews every held lease together; the one asked for is dropped as soon as its own renewal
+    answers, while the others may still be in flight. A take round in between must not take it back (it still
+    names this instance): the other instance's request would be lost."""
+    await store.ensure_leases("src", {"a": (), "b": ()})
+    first, second = await coordinator(store, "first"), await coordinator(store, "second")
+    await first.take_once()
+    await second.take_once()  # 2 vs 0: asks for one ("a", the first by name)
+    slow, renew = asyncio.Event(), store.renew
+
+    async def renew_b_slowly(lease: Lease) -> Lease:
+        if lease.partition == "b":
+            await slow.wait()
+        return await renew(lease)
+
+    monkeypatch.setattr(store, "renew", renew_b_slowly)
+    renewing = asyncio.create_task(first.renew_once())
+    while "a" in first.held:  # noqa: ASYNC110 (the renewer drops it after its renewal answers: nothing to await)
+        await asyncio.sleep(0.01)
+    await first.take_once()  # "b"'s renewal still in flight, the hand-over of "a" not started yet
+    assert "a" not in first.held
+    slow.set()
+    await renewing
+    await first.handovers_done()
+    await second.take_once()
+    assert set(second.held) == {"a"} and set(first.held) == {"b"}
+
+
 async def test_a_lease_being_handed_over_is_not_taken_back_by_its_own_take_round(
     store: DynamoDBCheckpointStore,
 ) -> None:
