@@ -539,8 +539,68 @@ class Planner:
 
     def _group(self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]) -> list[list[list[Batch]]]:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
+        # Per layer, the batches of a whole element's rows by label or edge type: whole vertices added, whole
+        # vertices removed, whole edges added (see `_whole_batches`). The common DynamoDB mutations take their
+        # rows there without `_parts`; every other mutation, and any whose names fail, goes through `_parts`.
+        fast: list[tuple[dict[str, tuple[Batch, ...]], ...]] = []
         statements = self._statement_cache
+        identity, id_property, encode = self._identity, self.dialect.id_property, self.dialect.encode_name
         for m in mutations:
+            number = m.layer
+            while len(layers) <= number:
+                layers.append([{} for _ in range(_PHASES)])
+                fast.append(({}, {}, {}))
+            if m.replace:
+                m_id = m.id
+                try:  # what `_parts` would give, or InvalidName (then `_parts` says it again, below)
+                    props = m.props
+                    if identity:
+                        if None in props.values():
+                            props = {k: v for k, v in props.items() if v is not None}
+                    else:
+                        props = {encode(k): v for k, v in props.items() if v is not None}
+                        props[id_property] = m_id
+                    if m.__class__ is VertexMutation:
+                        if not m.remove_labels:
+                            if len(m.add_labels) == 1:
+                                (label,) = m.add_labels  # type: ignore[misc]
+                                batches = fast[number][0].get(label)
+                                if batches is None:
+                                    batches = fast[number][0][label] = self._whole_batches(layers[number], 0, label)
+                                if not identity:
+                                    created = batches[2]
+                                    created.rows.append({"id": m_id})
+                                    created.mutations.append(m)
+                                upsert, labelled = batches[0], batches[1]
+                                upsert.rows.append({"id": m_id, "props": props})
+                                upsert.mutations.append(m)
+                                labelled.rows.append({"id": m_id})
+                                labelled.mutations.append(m)
+                                continue
+                        elif m.orphan_only and not m.add_labels and len(m.remove_labels) == 1:  # type: ignore[arg-type]
+                            (label,) = m.remove_labels  # type: ignore[misc]
+                            batches = fast[number][1].get(label)
+                            if batches is None:
+                                batches = fast[number][1][label] = self._whole_batches(layers[number], 1, label)
+                            upsert, dropped, unlabelled = batches[0], batches[1], batches[2]
+                            upsert.rows.append({"id": m_id, "props": props})
+                            upsert.mutations.append(m)
+                            dropped.rows.append({"id": m_id, "gone": batches[3], "keep": self._bare_keys})
+                            dropped.mutations.append(m)
+                            unlabelled.rows.append({"id": m_id})
+                            unlabelled.mutations.append(m)
+                            continue
+                    elif m.action == EDGE_UPSERT:  # type: ignore[union-attr]
+                        edge_type: str = m.type  # type: ignore[union-attr,assignment]
+                        batches = fast[number][2].get(edge_type)
+                        if batches is None:
+                            batches = fast[number][2][edge_type] = self._whole_batches(layers[number], 2, edge_type)
+                        upsert = batches[0]
+                        upsert.rows.append({"id": m_id, "from": m.from_id, "to": m.to_id, "props": props})  # type: ignore[union-attr]
+                        upsert.mutations.append(m)
+                        continue
+                except InvalidName:
+                    pass
             if m.__class__ is EdgeMutation and m.action == EDGE_NOOP:  # type: ignore[union-attr]
                 continue
             try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
@@ -551,18 +611,47 @@ class Planner:
             except InvalidName as exc:
                 rejected.extend((c, f"invalid_name: {exc}") for c in m.changes)
                 continue
-            while len(layers) <= m.layer:
-                layers.append([{} for _ in range(_PHASES)])
-            layer = layers[m.layer]
+            layer = layers[number]
             for phase, shape, row in parts:
-                batches = layer[phase]
-                batch = batches.get(shape)
+                batches_of_phase = layer[phase]
+                batch = batches_of_phase.get(shape)
                 if batch is None:
-                    batch = batches[shape] = Batch(shape, statements[shape], no_effect=NO_EFFECT_REASONS.get(shape[0]))
+                    batch = batches_of_phase[shape] = Batch(
+                        shape, statements[shape], no_effect=NO_EFFECT_REASONS.get(shape[0])
+                    )
                 batch.rows.append(row)
                 batch.mutations.append(m)
         out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
         return [layer for layer in out if layer]
+
+    def _whole_batches(self, layer: list[dict[tuple[Any, ...], Batch]], kind: int, name: str) -> tuple[Any, ...]:
+        """A layer's batches for the rows of a whole element, created in the order `_parts` gives the shapes;
+        kind 0: a whole vertex added (its label's vreplace and vlabel batches, then FalkorDB's vcreate), 1: a
+        whole vertex removed (vreplace, vorphan, vunlabel, and the vorphan row's `gone` list), 2: a whole edge
+        added (its ereplace batch). Raises InvalidName for a name no statement can hold."""
+        if kind == 0:
+            phases: list[tuple[int, tuple[Any, ...]]] = []
+            if not self._identity:
+                phases.append((CREATE, ("vcreate", name)))
+            phases += [(UPSERT, _VREPLACE_LABELLED), (ADD_LABEL, ("vlabel", name))]
+        elif kind == 1:
+            phases = [(UPSERT, _VREPLACE), (DROP, ("vorphan",)), (REMOVE_LABEL, ("vunlabel", name))]
+        else:
+            phases = [(UPSERT, ("ereplace", name))]
+        # every name checked before any batch is made
+        statements = [self._statement(shape) for _, shape in phases]
+        gone = [self.dialect.encode_name(name), *self._bare_labels] if kind == 1 else None
+        found: list[Any] = []
+        for (phase, shape), statement in zip(phases, statements, strict=True):
+            batch = layer[phase].get(shape)
+            if batch is None:
+                batch = layer[phase][shape] = Batch(shape, statement, no_effect=NO_EFFECT_REASONS.get(shape[0]))
+            found.append(batch)
+        if kind == 0 and not self._identity:
+            found.append(found.pop(0))  # vcreate last: the caller reads vreplace and vlabel at 0 and 1
+        if gone is not None:
+            found.append(gone)
+        return tuple(found)
 
     def _parts(self, m: Mutation) -> list[tuple[int, tuple[Any, ...], dict[str, Any]]]:
         """(phase, statement shape, row) of each statement a mutation needs."""
