@@ -128,6 +128,68 @@ class EdgeMutation:
 
 Mutation = VertexMutation | EdgeMutation
 
+_new = object.__new__
+
+
+def _vertex_mutation(
+    id: str,
+    layer: int,
+    add_labels: Labels,
+    remove_labels: Labels,
+    props: dict[str, Any],
+    removed: dict[str, Any] | None,
+    replace: bool,
+    orphan_only: bool,
+    changes: list[GraphChange],
+    shared: bool,
+) -> VertexMutation:
+    """`VertexMutation(...)` with nothing retyped, without the class call (the dataclass `__init__` reached
+    through the type costs more than the slot stores; the planner builds one a change)."""
+    m = _new(VertexMutation)
+    m.id = id
+    m.layer = layer
+    m.add_labels = add_labels
+    m.remove_labels = remove_labels
+    m.props = props
+    m.removed = removed
+    m.retyped = ()
+    m.replace = replace
+    m.orphan_only = orphan_only
+    m.changes = changes
+    m.shared = shared
+    return m
+
+
+def _edge_mutation(
+    id: str,
+    layer: int,
+    action: str,
+    type: str | None,
+    from_id: str | None,
+    to_id: str | None,
+    props: dict[str, Any],
+    replace: bool,
+    collect_endpoints: bool,
+    changes: list[GraphChange],
+    shared: bool,
+) -> EdgeMutation:
+    """`EdgeMutation(...)` with nothing removed or retyped, without the class call (see `_vertex_mutation`)."""
+    m = _new(EdgeMutation)
+    m.id = id
+    m.layer = layer
+    m.action = action
+    m.type = type
+    m.from_id = from_id
+    m.to_id = to_id
+    m.props = props
+    m.removed = None
+    m.retyped = ()
+    m.replace = replace
+    m.collect_endpoints = collect_endpoints
+    m.changes = changes
+    m.shared = shared
+    return m
+
 
 def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> None:
     """Fold one property change into a run's net properties (None = remove the key).
@@ -312,21 +374,50 @@ class Planner:
         for c in changes:
             n += 1
             kind = c.kind
-            if kind == WHOLE_VERTEX or kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
+            if kind == WHOLE_VERTEX:  # a DynamoDB item's vertex: its label and every property, or its removal
+                add = c.add
+                if add and id_key in c.value:
+                    rejected.append((c, reserved_key))
+                    continue
+                key = c.key
+                if base is not None and key == base:  # (a str never equals None: skip the call)
+                    rejected.append((c, reserved_label))
+                    continue
+                vertex_id = c.id
+                vm = open_vertex.get(vertex_id)
+                if vm is None:
+                    layer = vertex_write.get(vertex_id, -1)
+                    read = vertex_read.get(vertex_id, -1)
+                    layer = (layer if layer > read else read) + 1
+                    if add:
+                        vm = _vertex_mutation(
+                            vertex_id, layer, {key: None}, NO_LABELS, c.value, None, True, False, [c], True
+                        )
+                    else:
+                        vm = _vertex_mutation(
+                            vertex_id, layer, NO_LABELS, {key: None}, {}, None, True, True, [c], False
+                        )
+                    vertex_write[vertex_id] = layer
+                    if open_attrs:
+                        open_attrs.pop(vertex_id, None)
+                    open_vertex[vertex_id] = vm
+                    mutations.append(vm)
+                else:
+                    vm.merge(c)
+                continue
+
+            if kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
                 key = c.key
                 if kind == VERTEX_PROPERTY:
                     if key == id_key:
                         rejected.append((c, reserved_key))
                         continue
-                elif kind == WHOLE_VERTEX and c.add and id_key in c.value:
-                    rejected.append((c, reserved_key))
-                    continue
-                elif key == base:
+                elif base is not None and key == base:
                     rejected.append((c, reserved_label))
                     continue
                 vertex_id = c.id
                 vm = open_vertex.get(vertex_id)
-                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or (kind == VERTEX_LABEL and c.add)):
+                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or c.add):
                     vm = open_attrs.get(vertex_id)
                     if vm is not None and kind == VERTEX_LABEL and not vm.add_labels:
                         vm = None
@@ -337,40 +428,30 @@ class Planner:
                     # What `merge` makes of the first change, built in one step.
                     if kind == VERTEX_PROPERTY:
                         if c.add:
-                            vm = VertexMutation(
-                                vertex_id, layer, NO_LABELS, NO_LABELS, {key: c.value}, None, (), False, False, [c]
+                            vm = _vertex_mutation(
+                                vertex_id, layer, NO_LABELS, NO_LABELS, {key: c.value}, None, False, False, [c], False
                             )
                         else:
-                            vm = VertexMutation(
+                            vm = _vertex_mutation(
                                 vertex_id,
                                 layer,
                                 NO_LABELS,
                                 NO_LABELS,
                                 {key: None},
                                 {key: c.value},
-                                (),
                                 False,
                                 False,
                                 [c],
+                                False,
                             )
                     elif c.add:
-                        whole = kind == WHOLE_VERTEX
-                        vm = VertexMutation(
-                            vertex_id,
-                            layer,
-                            {key: None},
-                            NO_LABELS,
-                            c.value if whole else {},
-                            None,
-                            (),
-                            whole,
-                            False,
-                            [c],
-                            whole,
+                        vm = _vertex_mutation(
+                            vertex_id, layer, {key: None}, NO_LABELS, {}, None, False, False, [c], False
                         )
                     else:
-                        whole = kind == WHOLE_VERTEX
-                        vm = VertexMutation(vertex_id, layer, NO_LABELS, {key: None}, {}, None, (), whole, whole, [c])
+                        vm = _vertex_mutation(
+                            vertex_id, layer, NO_LABELS, {key: None}, {}, None, False, False, [c], False
+                        )
                     vertex_write[vertex_id] = layer
                     open_attrs.pop(vertex_id, None)
                     open_vertex[vertex_id] = vm
@@ -397,8 +478,8 @@ class Planner:
                     _merge_property(em, c)
                     continue
                 layer = edge_write.get(edge_id, -1) + 1
-                em = EdgeMutation(
-                    edge_id, layer, EDGE_PROPS, cache.get(edge_id), None, None, {}, None, (), False, False, [c]
+                em = _edge_mutation(
+                    edge_id, layer, EDGE_PROPS, cache.get(edge_id), None, None, {}, False, False, [c], False
                 )
                 _merge_property(em, c)
                 edge_write[edge_id] = layer
@@ -408,73 +489,80 @@ class Planner:
 
             assert kind == EDGE or kind == WHOLE_EDGE
             whole = kind == WHOLE_EDGE
-            if capacity > 0:
-                types[edge_id] = c.key
-                types.move_to_end(edge_id)
+            key, add = c.key, c.add
+            if capacity > 0:  # `EdgeTypeCache.put`, inline
+                if edge_id in types:
+                    types.move_to_end(edge_id)
+                types[edge_id] = key
                 if len(types) > capacity:
                     types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
-            for end in (source, target):
-                vm = open_vertex.pop(end, None)
-                if vm is not None and not whole and not vm.replace and (vm.add_labels or not vm.remove_labels):
-                    open_attrs[end] = vm
-            if (
-                whole
-                and c.add
-                and em is not None
-                and em.replace
-                and em.from_id == source
-                and em.to_id == target
-                and em.type == c.key
-                and vertex_write.get(source, -1) < em.layer
-                and vertex_write.get(target, -1) < em.layer
-            ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
-                em.props, em.shared = c.value, True
-                em.changes.append(c)
-                continue
-            if not c.add and em is not None and em.action == EDGE_UPSERT:
-                em.action = EDGE_DELETE
-                em.changes.append(c)
-                em.props, em.shared = {}, False
-                em.collect_endpoints = whole
-                open_edge.pop(edge_id)
-                continue
-            carried: list[GraphChange] = []
-            if not c.add and em is not None and em.action == EDGE_PROPS:
-                em.action = EDGE_NOOP  # property removals of an edge that is deleted next
-                carried, em.changes = em.changes, []
+            if whole:  # the endpoints' open mutations end here (an item's edge may MERGE them)
+                if open_vertex:
+                    open_vertex.pop(source, None)
+                    open_vertex.pop(target, None)
+            else:
+                for end in (source, target):
+                    vm = open_vertex.pop(end, None)
+                    if vm is not None and not vm.replace and (vm.add_labels or not vm.remove_labels):
+                        open_attrs[end] = vm
+            source_written = vertex_write.get(source, -1)
+            target_written = vertex_write.get(target, -1)
+            changes_of = None
+            if em is not None:
+                if add:
+                    if (
+                        whole
+                        and em.replace
+                        and em.from_id == source
+                        and em.to_id == target
+                        and em.type == key
+                        and source_written < em.layer
+                        and target_written < em.layer
+                    ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
+                        em.props, em.shared = c.value, True
+                        em.changes.append(c)
+                        continue
+                elif em.action == EDGE_UPSERT:
+                    em.action = EDGE_DELETE
+                    em.changes.append(c)
+                    em.props, em.shared = {}, False
+                    em.collect_endpoints = whole
+                    open_edge.pop(edge_id)
+                    continue
+                elif em.action == EDGE_PROPS:
+                    em.action = EDGE_NOOP  # property removals of an edge that is deleted next
+                    changes_of, em.changes = [*em.changes, c], []
             layer = edge_write.get(edge_id, -1)
-            after = vertex_write.get(source, -1)
-            if after > layer:
-                layer = after
-            after = vertex_write.get(target, -1)
-            if after > layer:
-                layer = after
+            if source_written > layer:
+                layer = source_written
+            if target_written > layer:
+                layer = target_written
             layer += 1
-            add = c.add
-            em = EdgeMutation(
-                edge_id,
-                layer,
-                EDGE_UPSERT if add else EDGE_DELETE,
-                c.key,
-                source,
-                target,
-                c.value if whole and add else {},
-                None,
-                (),
-                whole and add,
-                whole and not add,
-                [*carried, c] if carried else [c],
-                whole and add,
-            )
+            if whole and add:
+                em = _edge_mutation(edge_id, layer, EDGE_UPSERT, key, source, target, c.value, True, False, [c], True)
+            else:
+                em = _edge_mutation(
+                    edge_id,
+                    layer,
+                    EDGE_UPSERT if add else EDGE_DELETE,
+                    key,
+                    source,
+                    target,
+                    {},
+                    False,
+                    whole,
+                    changes_of or [c],
+                    False,
+                )
             edge_write[edge_id] = layer
             if vertex_read.get(source, -1) < layer:
                 vertex_read[source] = layer
             if vertex_read.get(target, -1) < layer:
                 vertex_read[target] = layer
             mutations.append(em)
-            if c.add:
+            if add:
                 open_edge[edge_id] = em
             else:
                 open_edge.pop(edge_id, None)
