@@ -340,21 +340,23 @@ class Planner:
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
         rejected: list[tuple[GraphChange, str]] = []
-        mutations, n_changes = self._coalesce_and_layer(changes, rejected)
-        skipped = await self._resolve_edge_types(mutations)
+        mutations, n_changes, untyped = self._coalesce_and_layer(changes, rejected)
+        skipped = await self._resolve_edge_types(untyped) if untyped else []
         layers = self._group(mutations, rejected)
         return Plan(layers, skipped, n_changes, rejected)
 
     def _coalesce_and_layer(
         self, changes: Iterable[GraphChange], rejected: list[tuple[GraphChange, str]]
-    ) -> tuple[list[Mutation], int]:
-        """Mutations of the admissible changes, and the number of changes (rejected ones included).
+    ) -> tuple[list[Mutation], int, list[EdgeMutation]]:
+        """Mutations of the admissible changes, the number of changes (rejected ones included), and the edge
+        property mutations whose edge type the cache did not know (see `_resolve_edge_types`).
 
         A change that touches what identifies an element in the target goes to `rejected` instead: the id
         property holds the element's source id (a record setting it would re-key the element, and later records
         for the real id would miss it), and the base label is how FalkorDB finds a replicated vertex.
         """
         mutations: list[Mutation] = []
+        untyped: list[EdgeMutation] = []
         vertex_write: dict[str, int] = {}  # last layer that wrote the vertex
         vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
         edge_write: dict[str, int] = {}
@@ -485,6 +487,8 @@ class Planner:
                 edge_write[edge_id] = layer
                 open_edge[edge_id] = em
                 mutations.append(em)
+                if em.type is None:
+                    untyped.append(em)
                 continue
 
             assert kind == EDGE or kind == WHOLE_EDGE
@@ -566,10 +570,10 @@ class Planner:
                 open_edge[edge_id] = em
             else:
                 open_edge.pop(edge_id, None)
-        return mutations, n
+        return mutations, n, untyped
 
-    async def _resolve_edge_types(self, mutations: list[Mutation]) -> list[GraphChange]:
-        unknown = [m for m in mutations if isinstance(m, EdgeMutation) and m.action == EDGE_PROPS and m.type is None]
+    async def _resolve_edge_types(self, untyped: list[EdgeMutation]) -> list[GraphChange]:
+        unknown = [m for m in untyped if m.action == EDGE_PROPS]  # not deleted later in the window
         if not unknown:
             return []
         found = await self._lookup_edge_types(sorted({m.id for m in unknown}))
