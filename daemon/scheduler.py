@@ -636,23 +636,21 @@ class Planner:
         # rows there without `_parts`; every other mutation, and any whose names fail, goes through `_parts`.
         fast: list[tuple[dict[str, tuple[Batch, ...]], ...]] = []
         statements = self._statement_cache
-        identity, id_property, encode = self._identity, self.dialect.id_property, self.dialect.encode_name
+        identity = self._identity
+        # Each branch reads its own type's attributes: an attribute read at one site on both mutation types is
+        # not specialised by the interpreter (a generic lookup each time).
         for m in mutations:
-            number = m.layer
-            while len(layers) <= number:
-                layers.append([{} for _ in range(_PHASES)])
-                fast.append(({}, {}, {}))
-            if m.replace:
-                m_id = m.id
-                try:  # what `_parts` would give, or InvalidName (then `_parts` says it again, below)
+            if type(m) is VertexMutation:
+                number = m.layer
+                while len(layers) <= number:
+                    layers.append([{} for _ in range(_PHASES)])
+                    fast.append(({}, {}, {}))
+                if m.replace:
+                    m_id = m.id
                     props = m.props
-                    if identity:
-                        if None in props.values():
-                            props = {k: v for k, v in props.items() if v is not None}
-                    else:
-                        props = {encode(k): v for k, v in props.items() if v is not None}
-                        props[id_property] = m_id
-                    if m.__class__ is VertexMutation:
+                    try:  # what `_parts` would give, or InvalidName (then `_parts` says it again, below)
+                        if not identity or None in props.values():
+                            props = self._replacement(props, m_id)
                         if not m.remove_labels:
                             if len(m.add_labels) == 1:
                                 (label,) = m.add_labels  # type: ignore[misc]
@@ -682,19 +680,32 @@ class Planner:
                             unlabelled.rows.append({"id": m_id})
                             unlabelled.mutations.append(m)
                             continue
-                    elif m.action == EDGE_UPSERT:  # type: ignore[union-attr]
-                        edge_type: str = m.type  # type: ignore[union-attr,assignment]
+                    except InvalidName:
+                        pass
+            else:
+                action = m.action
+                if action == EDGE_NOOP:
+                    continue
+                number = m.layer
+                while len(layers) <= number:
+                    layers.append([{} for _ in range(_PHASES)])
+                    fast.append(({}, {}, {}))
+                if m.replace and action == EDGE_UPSERT:
+                    m_id = m.id
+                    props = m.props
+                    try:
+                        if not identity or None in props.values():
+                            props = self._replacement(props, m_id)
+                        edge_type: str = m.type  # type: ignore[assignment]
                         batches = fast[number][2].get(edge_type)
                         if batches is None:
                             batches = fast[number][2][edge_type] = self._whole_batches(layers[number], 2, edge_type)
                         upsert = batches[0]
-                        upsert.rows.append({"id": m_id, "from": m.from_id, "to": m.to_id, "props": props})  # type: ignore[union-attr]
+                        upsert.rows.append({"id": m_id, "from": m.from_id, "to": m.to_id, "props": props})
                         upsert.mutations.append(m)
                         continue
-                except InvalidName:
-                    pass
-            if m.__class__ is EdgeMutation and m.action == EDGE_NOOP:  # type: ignore[union-attr]
-                continue
+                    except InvalidName:
+                        pass
             try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
                 parts = self._parts(m)
                 for _, shape, _ in parts:
@@ -715,6 +726,16 @@ class Planner:
                 batch.mutations.append(m)
         out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
         return [layer for layer in out if layer]
+
+    def _replacement(self, props: dict[str, Any], element_id: str) -> dict[str, Any]:
+        """A whole element's properties as its row carries them (`SET n = r.props`): the keys with a value, names
+        encoded for the target, and on FalkorDB its id property (as `_parts` builds them)."""
+        if self._identity:
+            return {k: v for k, v in props.items() if v is not None}
+        encode = self.dialect.encode_name
+        out = {encode(k): v for k, v in props.items() if v is not None}
+        out[self.dialect.id_property] = element_id
+        return out
 
     def _whole_batches(self, layer: list[dict[tuple[Any, ...], Batch]], kind: int, name: str) -> tuple[Any, ...]:
         """A layer's batches for the rows of a whole element, created in the order `_parts` gives the shapes;
@@ -758,7 +779,7 @@ class Planner:
             props, removed = m.props, []
         else:
             props, removed = _split_props(m.props, None if identity else encode)
-        vertex = m.__class__ is VertexMutation
+        vertex = type(m) is VertexMutation
         nulls: tuple[Any, ...] = _VNULLS if vertex else ("enulls", m.type)  # removals, any keys (daemon.cypher)
         retyped = [key for key in m.retyped if m.props.get(key) is not None]
         if retyped:
