@@ -774,66 +774,81 @@ class Planner:
         bare_labels, bare_keys = self._bare_labels, self._bare_keys
         parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
         put = parts.append
-        if m.replace and identity and None not in m.props.values():
-            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
-            props, removed = m.props, []
+        # The attributes both types have, read in a branch per type (see `_group`).
+        if type(m) is VertexMutation:
+            vertex = True
+            m_id = m.id
+            m_props = m.props
+            replace = m.replace
+            m_retyped = m.retyped
+            nulls: tuple[Any, ...] = _VNULLS  # removals, any keys (daemon.cypher)
         else:
-            props, removed = _split_props(m.props, None if identity else encode)
-        vertex = type(m) is VertexMutation
-        nulls: tuple[Any, ...] = _VNULLS if vertex else ("enulls", m.type)  # removals, any keys (daemon.cypher)
-        retyped = [key for key in m.retyped if m.props.get(key) is not None]
-        if retyped:
-            put((RETYPE, nulls, {"id": m.id, "removed": [{key if identity else encode(key): None} for key in retyped]}))
+            vertex = False
+            m_id = m.id
+            m_props = m.props
+            replace = m.replace
+            m_retyped = m.retyped
+            nulls = ("enulls", m.type)
+        if replace and identity and None not in m_props.values():
+            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
+            props, removed = m_props, []
+        else:
+            props, removed = _split_props(m_props, None if identity else encode)
+        if m_retyped:
+            retyped = [key for key in m_retyped if m_props.get(key) is not None]
+            if retyped:
+                maps = [{key if identity else encode(key): None} for key in retyped]
+                put((RETYPE, nulls, {"id": m_id, "removed": maps}))
         if vertex:
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
             # with names, not label combinations; the others are added after.
             if m.add_labels and not identity:
-                put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id}))
-            if m.replace:
-                whole = props if identity else {**props, d.id_property: m.id}
-                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m.id, "props": whole}))
+                put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m_id}))
+            if replace:
+                whole = props if identity else {**props, d.id_property: m_id}
+                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m_id, "props": whole}))
             elif m.add_labels or props:
-                row: dict[str, Any] = {"id": m.id}
+                row: dict[str, Any] = {"id": m_id}
                 if props:
                     row["props"] = props
                 # a vertex that is only found (no label added) reports whether it was there
                 put((UPSERT, ("vupsert", True, bool(props)) if m.add_labels else ("vset",), row))
             for label in m.add_labels:
-                put((ADD_LABEL, ("vlabel", label), {"id": m.id}))
+                put((ADD_LABEL, ("vlabel", label), {"id": m_id}))
             if m.remove_labels:
-                if m.replace:
+                if replace:
                     gone = [encode(label) for label in m.remove_labels] + bare_labels
-                    drop_row = {"id": m.id, "gone": gone, "keep": bare_keys}
+                    drop_row = {"id": m_id, "gone": gone, "keep": bare_keys}
                     put((DROP, ("vorphan" if m.orphan_only else "vdrop",), drop_row))
                 else:
                     gone = [encode(label) for label in m.remove_labels] + gone_extra
-                    put((DROP, ("vdrop",), {"id": m.id, "gone": gone}))
+                    put((DROP, ("vdrop",), {"id": m_id, "gone": gone}))
                 for label in m.remove_labels:
-                    put((REMOVE_LABEL, ("vunlabel", label), {"id": m.id}))
-            if m.replace:
+                    put((REMOVE_LABEL, ("vunlabel", label), {"id": m_id}))
+            if replace:
                 return parts
         elif m.action == EDGE_DELETE:
             if identity:  # Neptune finds an edge by id whatever its type: one statement for every type
-                put((UPSERT, _EDROP, {"id": m.id, "from": m.from_id, "to": m.to_id}))
+                put((UPSERT, _EDROP, {"id": m_id, "from": m.from_id, "to": m.to_id}))
             else:
-                put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
+                put((UPSERT, (EDGE_DELETE, m.type), {"id": m_id}))
             if m.collect_endpoints:
                 for end in dict.fromkeys((m.from_id, m.to_id)):
                     put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
             return parts
-        elif m.replace:
-            whole = props if identity else {**props, d.id_property: m.id}
-            put((UPSERT, ("ereplace", m.type), {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole}))
+        elif replace:
+            whole = props if identity else {**props, d.id_property: m_id}
+            put((UPSERT, ("ereplace", m.type), {"id": m_id, "from": m.from_id, "to": m.to_id, "props": whole}))
             return parts
         elif m.action == EDGE_UPSERT:
-            row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+            row = {"id": m_id, "from": m.from_id, "to": m.to_id}
             if props:
                 row["props"] = props
             put((UPSERT, (EDGE_UPSERT, m.type, bool(props)), row))
         elif props:
-            put((UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props}))
+            put((UPSERT, (EDGE_PROPS, m.type), {"id": m_id, "props": props}))
         if removed:
             maps = [{key: None} for key in removed] if identity else [{encode(key): None} for key in removed]
-            put((REMOVE_PROPERTY, nulls, {"id": m.id, "removed": maps}))
+            put((REMOVE_PROPERTY, nulls, {"id": m_id, "removed": maps}))
         return parts
