@@ -465,16 +465,12 @@ class Planner:
                     vm.merge(c)
                 continue
 
+            edge_id = c.id
             if kind == EDGE_PROPERTY:
                 if c.key == id_key:
                     rejected.append((c, reserved_key))
                     continue
-            elif kind == WHOLE_EDGE and c.add and id_key in c.value:
-                rejected.append((c, reserved_key))
-                continue
-            edge_id = c.id
-            em = open_edge.get(edge_id)
-            if kind == EDGE_PROPERTY:
+                em = open_edge.get(edge_id)
                 if em is not None and em.action in (EDGE_UPSERT, EDGE_PROPS):
                     em.changes.append(c)
                     _merge_property(em, c)
@@ -491,9 +487,13 @@ class Planner:
                     untyped.append(em)
                 continue
 
-            assert kind == EDGE or kind == WHOLE_EDGE
             whole = kind == WHOLE_EDGE
+            assert whole or kind == EDGE
             key, add = c.key, c.add
+            if whole and add and id_key in c.value:
+                rejected.append((c, reserved_key))
+                continue
+            em = open_edge.get(edge_id)
             if capacity > 0:  # `EdgeTypeCache.put`, inline
                 if edge_id in types:
                     types.move_to_end(edge_id)
