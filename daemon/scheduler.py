@@ -357,15 +357,14 @@ class Planner:
         """
         mutations: list[Mutation] = []
         untyped: list[EdgeMutation] = []
-        vertex_write: dict[str, int] = {}  # last layer that wrote the vertex
-        vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
+        # Per vertex, one list (one lookup a change): [last layer that wrote it, last layer that read it (edges on
+        # it), its latest mutation while nothing else touched it, OPEN_ATTRS]. OPEN_ATTRS is the vertex's latest
+        # mutation after `e` changes touched it, unless it is whole or may delete the vertex (removes labels
+        # without adding one; one that adds a label keeps the vertex): it still takes the vertex's property
+        # changes, and label additions if it makes sure the vertex exists (adds a label itself). Those commute
+        # with what an edge needs of its endpoints (that they exist), so they need no later layer.
+        vertices: dict[str, list[Any]] = {}
         edge_write: dict[str, int] = {}
-        open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
-        # The vertex's latest mutation after `e` changes touched it, unless it is whole or may delete the vertex
-        # (removes labels without adding one; one that adds a label keeps the vertex): it still takes the vertex's
-        # property changes, and label additions if it makes sure the vertex exists (adds a label itself). Those
-        # commute with what an edge needs of its endpoints (that they exist), so they need no later layer.
-        open_attrs: dict[str, VertexMutation] = {}
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
         types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
@@ -386,11 +385,15 @@ class Planner:
                     rejected.append((c, reserved_label))
                     continue
                 vertex_id = c.id
-                vm = open_vertex.get(vertex_id)
+                state = vertices.get(vertex_id)
+                vm = None if state is None else state[2]
                 if vm is None:
-                    layer = vertex_write.get(vertex_id, -1)
-                    read = vertex_read.get(vertex_id, -1)
-                    layer = (layer if layer > read else read) + 1
+                    if state is None:
+                        layer = 0
+                    else:
+                        layer = state[0]
+                        read = state[1]
+                        layer = (layer if layer > read else read) + 1
                     if add:
                         vm = _vertex_mutation(
                             vertex_id, layer, {key: None}, NO_LABELS, c.value, None, True, False, [c], True
@@ -399,10 +402,12 @@ class Planner:
                         vm = _vertex_mutation(
                             vertex_id, layer, NO_LABELS, {key: None}, {}, None, True, True, [c], False
                         )
-                    vertex_write[vertex_id] = layer
-                    if open_attrs:
-                        open_attrs.pop(vertex_id, None)
-                    open_vertex[vertex_id] = vm
+                    if state is None:
+                        vertices[vertex_id] = [layer, -1, vm, None]
+                    else:
+                        state[0] = layer
+                        state[2] = vm
+                        state[3] = None
                     mutations.append(vm)
                 else:
                     vm.merge(c)
@@ -418,15 +423,19 @@ class Planner:
                     rejected.append((c, reserved_label))
                     continue
                 vertex_id = c.id
-                vm = open_vertex.get(vertex_id)
-                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or c.add):
-                    vm = open_attrs.get(vertex_id)
+                state = vertices.get(vertex_id)
+                vm = None if state is None else state[2]
+                if vm is None and state is not None and (kind == VERTEX_PROPERTY or c.add):
+                    vm = state[3]
                     if vm is not None and kind == VERTEX_LABEL and not vm.add_labels:
                         vm = None
                 if vm is None:
-                    layer = vertex_write.get(vertex_id, -1)
-                    read = vertex_read.get(vertex_id, -1)
-                    layer = (layer if layer > read else read) + 1
+                    if state is None:
+                        layer = 0
+                    else:
+                        layer = state[0]
+                        read = state[1]
+                        layer = (layer if layer > read else read) + 1
                     # What `merge` makes of the first change, built in one step.
                     if kind == VERTEX_PROPERTY:
                         if c.add:
@@ -454,9 +463,12 @@ class Planner:
                         vm = _vertex_mutation(
                             vertex_id, layer, NO_LABELS, {key: None}, {}, None, False, False, [c], False
                         )
-                    vertex_write[vertex_id] = layer
-                    open_attrs.pop(vertex_id, None)
-                    open_vertex[vertex_id] = vm
+                    if state is None:
+                        vertices[vertex_id] = [layer, -1, vm, None]
+                    else:
+                        state[0] = layer
+                        state[2] = vm
+                        state[3] = None
                     mutations.append(vm)
                 elif kind == VERTEX_PROPERTY and c.add and vm.removed is None and not vm.replace:
                     vm.props[key] = c.value  # `_merge_property`, nothing removed in the run
@@ -502,17 +514,24 @@ class Planner:
                     types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
+            source_state = vertices.get(source)
+            if source_state is None:
+                source_state = vertices[source] = [-1, -1, None, None]
+            target_state = vertices.get(target)
+            if target_state is None:
+                target_state = vertices[target] = [-1, -1, None, None]
             if whole:  # the endpoints' open mutations end here (an item's edge may MERGE them)
-                if open_vertex:
-                    open_vertex.pop(source, None)
-                    open_vertex.pop(target, None)
+                source_state[2] = None
+                target_state[2] = None
             else:
-                for end in (source, target):
-                    vm = open_vertex.pop(end, None)
-                    if vm is not None and not vm.replace and (vm.add_labels or not vm.remove_labels):
-                        open_attrs[end] = vm
-            source_written = vertex_write.get(source, -1)
-            target_written = vertex_write.get(target, -1)
+                for state in (source_state, target_state):
+                    vm = state[2]
+                    if vm is not None:
+                        state[2] = None
+                        if not vm.replace and (vm.add_labels or not vm.remove_labels):
+                            state[3] = vm
+            source_written = source_state[0]
+            target_written = target_state[0]
             changes_of = None
             if em is not None:
                 if add:
@@ -561,10 +580,10 @@ class Planner:
                     False,
                 )
             edge_write[edge_id] = layer
-            if vertex_read.get(source, -1) < layer:
-                vertex_read[source] = layer
-            if vertex_read.get(target, -1) < layer:
-                vertex_read[target] = layer
+            if source_state[1] < layer:
+                source_state[1] = layer
+            if target_state[1] < layer:
+                target_state[1] = layer
             mutations.append(em)
             if add:
                 open_edge[edge_id] = em
