@@ -20,7 +20,9 @@ Two steps, both in one pass over the window in source order:
 Whole-element changes (`vr` / `er`, from DynamoDB items) coalesce the same way: an ADD replaces the
 element's properties (later property changes in the run apply on top), a vertex REMOVE strips the vertex and
 deletes it unless edges still hold it, an edge REMOVE deletes the edge and then its endpoints if they are bare
-placeholders no edge holds any more (see `daemon.cypher`).
+placeholders no edge holds any more (see `daemon.cypher`). Their mutations, the common ones of a DynamoDB source,
+take their rows straight into their layer's batches, found once per layer by label or edge type; every other
+mutation goes through `Planner._parts`, which gives the same rows.
 
 Edge-property records carry only the edge id, but a relationship is found by type (FalkorDB indexes only
 under a type), so the planner remembers each edge's type from `e` records (a bounded LRU) and asks the sink
