@@ -20,7 +20,9 @@ Two steps, both in one pass over the window in source order:
 Whole-element changes (`vr` / `er`, from DynamoDB items) coalesce the same way: an ADD replaces the
 element's properties (later property changes in the run apply on top), a vertex REMOVE strips the vertex and
 deletes it unless edges still hold it, an edge REMOVE deletes the edge and then its endpoints if they are bare
-placeholders no edge holds any more (see `daemon.cypher`).
+placeholders no edge holds any more (see `daemon.cypher`). Their mutations, the common ones of a DynamoDB source,
+take their rows straight into their layer's batches, found once per layer by label or edge type; every other
+mutation goes through `Planner._parts`, which gives the same rows.
 
 Edge-property records carry only the edge id, but a relationship is found by type (FalkorDB indexes only
 under a type), so the planner remembers each edge's type from `e` records (a bounded LRU) and asks the sink
@@ -127,6 +129,68 @@ class EdgeMutation:
 
 
 Mutation = VertexMutation | EdgeMutation
+
+_new = object.__new__
+
+
+def _vertex_mutation(
+    id: str,
+    layer: int,
+    add_labels: Labels,
+    remove_labels: Labels,
+    props: dict[str, Any],
+    removed: dict[str, Any] | None,
+    replace: bool,
+    orphan_only: bool,
+    changes: list[GraphChange],
+    shared: bool,
+) -> VertexMutation:
+    """`VertexMutation(...)` with nothing retyped, without the class call (the dataclass `__init__` reached
+    through the type costs more than the slot stores; the planner builds one a change)."""
+    m = _new(VertexMutation)
+    m.id = id
+    m.layer = layer
+    m.add_labels = add_labels
+    m.remove_labels = remove_labels
+    m.props = props
+    m.removed = removed
+    m.retyped = ()
+    m.replace = replace
+    m.orphan_only = orphan_only
+    m.changes = changes
+    m.shared = shared
+    return m
+
+
+def _edge_mutation(
+    id: str,
+    layer: int,
+    action: str,
+    type: str | None,
+    from_id: str | None,
+    to_id: str | None,
+    props: dict[str, Any],
+    replace: bool,
+    collect_endpoints: bool,
+    changes: list[GraphChange],
+    shared: bool,
+) -> EdgeMutation:
+    """`EdgeMutation(...)` with nothing removed or retyped, without the class call (see `_vertex_mutation`)."""
+    m = _new(EdgeMutation)
+    m.id = id
+    m.layer = layer
+    m.action = action
+    m.type = type
+    m.from_id = from_id
+    m.to_id = to_id
+    m.props = props
+    m.removed = None
+    m.retyped = ()
+    m.replace = replace
+    m.collect_endpoints = collect_endpoints
+    m.changes = changes
+    m.shared = shared
+    return m
 
 
 def _merge_property(m: VertexMutation | EdgeMutation, change: GraphChange) -> None:
@@ -278,30 +342,31 @@ class Planner:
 
     async def plan(self, changes: Iterable[GraphChange]) -> Plan:
         rejected: list[tuple[GraphChange, str]] = []
-        mutations, n_changes = self._coalesce_and_layer(changes, rejected)
-        skipped = await self._resolve_edge_types(mutations)
+        mutations, n_changes, untyped = self._coalesce_and_layer(changes, rejected)
+        skipped = await self._resolve_edge_types(untyped) if untyped else []
         layers = self._group(mutations, rejected)
         return Plan(layers, skipped, n_changes, rejected)
 
     def _coalesce_and_layer(
         self, changes: Iterable[GraphChange], rejected: list[tuple[GraphChange, str]]
-    ) -> tuple[list[Mutation], int]:
-        """Mutations of the admissible changes, and the number of changes (rejected ones included).
+    ) -> tuple[list[Mutation], int, list[EdgeMutation]]:
+        """Mutations of the admissible changes, the number of changes (rejected ones included), and the edge
+        property mutations whose edge type the cache did not know (see `_resolve_edge_types`).
 
         A change that touches what identifies an element in the target goes to `rejected` instead: the id
         property holds the element's source id (a record setting it would re-key the element, and later records
         for the real id would miss it), and the base label is how FalkorDB finds a replicated vertex.
         """
         mutations: list[Mutation] = []
-        vertex_write: dict[str, int] = {}  # last layer that wrote the vertex
-        vertex_read: dict[str, int] = {}  # last layer that read it (edges on it)
+        untyped: list[EdgeMutation] = []
+        # Per vertex, one list (one lookup a change): [last layer that wrote it, last layer that read it (edges on
+        # it), its latest mutation while nothing else touched it, OPEN_ATTRS]. OPEN_ATTRS is the vertex's latest
+        # mutation after `e` changes touched it, unless it is whole or may delete the vertex (removes labels
+        # without adding one; one that adds a label keeps the vertex): it still takes the vertex's property
+        # changes, and label additions if it makes sure the vertex exists (adds a label itself). Those commute
+        # with what an edge needs of its endpoints (that they exist), so they need no later layer.
+        vertices: dict[str, list[Any]] = {}
         edge_write: dict[str, int] = {}
-        open_vertex: dict[str, VertexMutation] = {}  # the vertex's latest mutation while nothing else touched it
-        # The vertex's latest mutation after `e` changes touched it, unless it is whole or may delete the vertex
-        # (removes labels without adding one; one that adds a label keeps the vertex): it still takes the vertex's
-        # property changes, and label additions if it makes sure the vertex exists (adds a label itself). Those
-        # commute with what an edge needs of its endpoints (that they exist), so they need no later layer.
-        open_attrs: dict[str, VertexMutation] = {}
         open_edge: dict[str, EdgeMutation] = {}
         cache = self.edge_types
         types, capacity = cache._types, cache.capacity  # `EdgeTypeCache.put`, inline
@@ -312,68 +377,100 @@ class Planner:
         for c in changes:
             n += 1
             kind = c.kind
-            if kind == WHOLE_VERTEX or kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
+            if kind == WHOLE_VERTEX:  # a DynamoDB item's vertex: its label and every property, or its removal
+                add = c.add
+                if add and id_key in c.value:
+                    rejected.append((c, reserved_key))
+                    continue
+                key = c.key
+                if base is not None and key == base:  # (a str never equals None: skip the call)
+                    rejected.append((c, reserved_label))
+                    continue
+                vertex_id = c.id
+                state = vertices.get(vertex_id)
+                vm = None if state is None else state[2]
+                if vm is None:
+                    if state is None:
+                        layer = 0
+                    else:
+                        layer = state[0]
+                        read = state[1]
+                        layer = (layer if layer > read else read) + 1
+                    if add:
+                        vm = _vertex_mutation(
+                            vertex_id, layer, {key: None}, NO_LABELS, c.value, None, True, False, [c], True
+                        )
+                    else:
+                        vm = _vertex_mutation(
+                            vertex_id, layer, NO_LABELS, {key: None}, {}, None, True, True, [c], False
+                        )
+                    if state is None:
+                        vertices[vertex_id] = [layer, -1, vm, None]
+                    else:
+                        state[0] = layer
+                        state[2] = vm
+                        state[3] = None
+                    mutations.append(vm)
+                else:
+                    vm.merge(c)
+                continue
+
+            if kind == VERTEX_PROPERTY or kind == VERTEX_LABEL:
                 key = c.key
                 if kind == VERTEX_PROPERTY:
                     if key == id_key:
                         rejected.append((c, reserved_key))
                         continue
-                elif kind == WHOLE_VERTEX and c.add and id_key in c.value:
-                    rejected.append((c, reserved_key))
-                    continue
-                elif key == base:
+                elif base is not None and key == base:
                     rejected.append((c, reserved_label))
                     continue
                 vertex_id = c.id
-                vm = open_vertex.get(vertex_id)
-                if vm is None and open_attrs and (kind == VERTEX_PROPERTY or (kind == VERTEX_LABEL and c.add)):
-                    vm = open_attrs.get(vertex_id)
+                state = vertices.get(vertex_id)
+                vm = None if state is None else state[2]
+                if vm is None and state is not None and (kind == VERTEX_PROPERTY or c.add):
+                    vm = state[3]
                     if vm is not None and kind == VERTEX_LABEL and not vm.add_labels:
                         vm = None
                 if vm is None:
-                    layer = vertex_write.get(vertex_id, -1)
-                    read = vertex_read.get(vertex_id, -1)
-                    layer = (layer if layer > read else read) + 1
+                    if state is None:
+                        layer = 0
+                    else:
+                        layer = state[0]
+                        read = state[1]
+                        layer = (layer if layer > read else read) + 1
                     # What `merge` makes of the first change, built in one step.
                     if kind == VERTEX_PROPERTY:
                         if c.add:
-                            vm = VertexMutation(
-                                vertex_id, layer, NO_LABELS, NO_LABELS, {key: c.value}, None, (), False, False, [c]
+                            vm = _vertex_mutation(
+                                vertex_id, layer, NO_LABELS, NO_LABELS, {key: c.value}, None, False, False, [c], False
                             )
                         else:
-                            vm = VertexMutation(
+                            vm = _vertex_mutation(
                                 vertex_id,
                                 layer,
                                 NO_LABELS,
                                 NO_LABELS,
                                 {key: None},
                                 {key: c.value},
-                                (),
                                 False,
                                 False,
                                 [c],
+                                False,
                             )
                     elif c.add:
-                        whole = kind == WHOLE_VERTEX
-                        vm = VertexMutation(
-                            vertex_id,
-                            layer,
-                            {key: None},
-                            NO_LABELS,
-                            c.value if whole else {},
-                            None,
-                            (),
-                            whole,
-                            False,
-                            [c],
-                            whole,
+                        vm = _vertex_mutation(
+                            vertex_id, layer, {key: None}, NO_LABELS, {}, None, False, False, [c], False
                         )
                     else:
-                        whole = kind == WHOLE_VERTEX
-                        vm = VertexMutation(vertex_id, layer, NO_LABELS, {key: None}, {}, None, (), whole, whole, [c])
-                    vertex_write[vertex_id] = layer
-                    open_attrs.pop(vertex_id, None)
-                    open_vertex[vertex_id] = vm
+                        vm = _vertex_mutation(
+                            vertex_id, layer, NO_LABELS, {key: None}, {}, None, False, False, [c], False
+                        )
+                    if state is None:
+                        vertices[vertex_id] = [layer, -1, vm, None]
+                    else:
+                        state[0] = layer
+                        state[2] = vm
+                        state[3] = None
                     mutations.append(vm)
                 elif kind == VERTEX_PROPERTY and c.add and vm.removed is None and not vm.replace:
                     vm.props[key] = c.value  # `_merge_property`, nothing removed in the run
@@ -382,106 +479,122 @@ class Planner:
                     vm.merge(c)
                 continue
 
+            edge_id = c.id
             if kind == EDGE_PROPERTY:
                 if c.key == id_key:
                     rejected.append((c, reserved_key))
                     continue
-            elif kind == WHOLE_EDGE and c.add and id_key in c.value:
-                rejected.append((c, reserved_key))
-                continue
-            edge_id = c.id
-            em = open_edge.get(edge_id)
-            if kind == EDGE_PROPERTY:
+                em = open_edge.get(edge_id)
                 if em is not None and em.action in (EDGE_UPSERT, EDGE_PROPS):
                     em.changes.append(c)
                     _merge_property(em, c)
                     continue
                 layer = edge_write.get(edge_id, -1) + 1
-                em = EdgeMutation(
-                    edge_id, layer, EDGE_PROPS, cache.get(edge_id), None, None, {}, None, (), False, False, [c]
+                em = _edge_mutation(
+                    edge_id, layer, EDGE_PROPS, cache.get(edge_id), None, None, {}, False, False, [c], False
                 )
                 _merge_property(em, c)
                 edge_write[edge_id] = layer
                 open_edge[edge_id] = em
                 mutations.append(em)
+                if em.type is None:
+                    untyped.append(em)
                 continue
 
-            assert kind == EDGE or kind == WHOLE_EDGE
             whole = kind == WHOLE_EDGE
-            if capacity > 0:
-                types[edge_id] = c.key
-                types.move_to_end(edge_id)
+            assert whole or kind == EDGE
+            key, add = c.key, c.add
+            if whole and add and id_key in c.value:
+                rejected.append((c, reserved_key))
+                continue
+            em = open_edge.get(edge_id)
+            if capacity > 0:  # `EdgeTypeCache.put`, inline
+                if edge_id in types:
+                    types.move_to_end(edge_id)
+                types[edge_id] = key
                 if len(types) > capacity:
                     types.popitem(last=False)
             source, target = c.from_id, c.to_id
             assert source is not None and target is not None
-            for end in (source, target):
-                vm = open_vertex.pop(end, None)
-                if vm is not None and not whole and not vm.replace and (vm.add_labels or not vm.remove_labels):
-                    open_attrs[end] = vm
-            if (
-                whole
-                and c.add
-                and em is not None
-                and em.replace
-                and em.from_id == source
-                and em.to_id == target
-                and em.type == c.key
-                and vertex_write.get(source, -1) < em.layer
-                and vertex_write.get(target, -1) < em.layer
-            ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
-                em.props, em.shared = c.value, True
-                em.changes.append(c)
-                continue
-            if not c.add and em is not None and em.action == EDGE_UPSERT:
-                em.action = EDGE_DELETE
-                em.changes.append(c)
-                em.props, em.shared = {}, False
-                em.collect_endpoints = whole
-                open_edge.pop(edge_id)
-                continue
-            carried: list[GraphChange] = []
-            if not c.add and em is not None and em.action == EDGE_PROPS:
-                em.action = EDGE_NOOP  # property removals of an edge that is deleted next
-                carried, em.changes = em.changes, []
+            source_state = vertices.get(source)
+            if source_state is None:
+                source_state = vertices[source] = [-1, -1, None, None]
+            target_state = vertices.get(target)
+            if target_state is None:
+                target_state = vertices[target] = [-1, -1, None, None]
+            if whole:  # the endpoints' open mutations end here (an item's edge may MERGE them)
+                source_state[2] = None
+                target_state[2] = None
+            else:
+                for state in (source_state, target_state):
+                    vm = state[2]
+                    if vm is not None:
+                        state[2] = None
+                        if not vm.replace and (vm.add_labels or not vm.remove_labels):
+                            state[3] = vm
+            source_written = source_state[0]
+            target_written = target_state[0]
+            changes_of = None
+            if em is not None:
+                if add:
+                    if (
+                        whole
+                        and em.replace
+                        and em.from_id == source
+                        and em.to_id == target
+                        and em.type == key
+                        and source_written < em.layer
+                        and target_written < em.layer
+                    ):  # a newer image of the same edge, its endpoints untouched since: one MERGE with the last image
+                        em.props, em.shared = c.value, True
+                        em.changes.append(c)
+                        continue
+                elif em.action == EDGE_UPSERT:
+                    em.action = EDGE_DELETE
+                    em.changes.append(c)
+                    em.props, em.shared = {}, False
+                    em.collect_endpoints = whole
+                    open_edge.pop(edge_id)
+                    continue
+                elif em.action == EDGE_PROPS:
+                    em.action = EDGE_NOOP  # property removals of an edge that is deleted next
+                    changes_of, em.changes = [*em.changes, c], []
             layer = edge_write.get(edge_id, -1)
-            after = vertex_write.get(source, -1)
-            if after > layer:
-                layer = after
-            after = vertex_write.get(target, -1)
-            if after > layer:
-                layer = after
+            if source_written > layer:
+                layer = source_written
+            if target_written > layer:
+                layer = target_written
             layer += 1
-            add = c.add
-            em = EdgeMutation(
-                edge_id,
-                layer,
-                EDGE_UPSERT if add else EDGE_DELETE,
-                c.key,
-                source,
-                target,
-                c.value if whole and add else {},
-                None,
-                (),
-                whole and add,
-                whole and not add,
-                [*carried, c] if carried else [c],
-                whole and add,
-            )
+            if whole and add:
+                em = _edge_mutation(edge_id, layer, EDGE_UPSERT, key, source, target, c.value, True, False, [c], True)
+            else:
+                em = _edge_mutation(
+                    edge_id,
+                    layer,
+                    EDGE_UPSERT if add else EDGE_DELETE,
+                    key,
+                    source,
+                    target,
+                    {},
+                    False,
+                    whole,
+                    changes_of or [c],
+                    False,
+                )
             edge_write[edge_id] = layer
-            if vertex_read.get(source, -1) < layer:
-                vertex_read[source] = layer
-            if vertex_read.get(target, -1) < layer:
-                vertex_read[target] = layer
+            if source_state[1] < layer:
+                source_state[1] = layer
+            if target_state[1] < layer:
+                target_state[1] = layer
             mutations.append(em)
-            if c.add:
+            if add:
                 open_edge[edge_id] = em
             else:
                 open_edge.pop(edge_id, None)
-        return mutations, n
+        return mutations, n, untyped
 
-    async def _resolve_edge_types(self, mutations: list[Mutation]) -> list[GraphChange]:
-        unknown = [m for m in mutations if isinstance(m, EdgeMutation) and m.action == EDGE_PROPS and m.type is None]
+    async def _resolve_edge_types(self, untyped: list[EdgeMutation]) -> list[GraphChange]:
+        unknown = [m for m in untyped if m.action == EDGE_PROPS]  # not deleted later in the window
         if not unknown:
             return []
         found = await self._lookup_edge_types(sorted({m.id for m in unknown}))
@@ -539,10 +652,81 @@ class Planner:
 
     def _group(self, mutations: list[Mutation], rejected: list[tuple[GraphChange, str]]) -> list[list[list[Batch]]]:
         layers: list[list[dict[tuple[Any, ...], Batch]]] = []
+        # Per layer, the batches of a whole element's rows by label or edge type: whole vertices added, whole
+        # vertices removed, whole edges added (see `_whole_batches`). The common DynamoDB mutations take their
+        # rows there without `_parts`; every other mutation, and any whose names fail, goes through `_parts`.
+        fast: list[tuple[dict[str, tuple[Batch, ...]], ...]] = []
         statements = self._statement_cache
+        identity = self._identity
+        # Each branch reads its own type's attributes: an attribute read at one site on both mutation types is
+        # not specialised by the interpreter (a generic lookup each time).
         for m in mutations:
-            if m.__class__ is EdgeMutation and m.action == EDGE_NOOP:  # type: ignore[union-attr]
-                continue
+            if type(m) is VertexMutation:
+                number = m.layer
+                while len(layers) <= number:
+                    layers.append([{} for _ in range(_PHASES)])
+                    fast.append(({}, {}, {}))
+                if m.replace:
+                    m_id = m.id
+                    props = m.props
+                    try:  # what `_parts` would give, or InvalidName (then `_parts` says it again, below)
+                        if not identity or None in props.values():
+                            props = self._replacement(props, m_id)
+                        if not m.remove_labels:
+                            if len(m.add_labels) == 1:
+                                (label,) = m.add_labels  # type: ignore[misc]
+                                batches = fast[number][0].get(label)
+                                if batches is None:
+                                    batches = fast[number][0][label] = self._whole_batches(layers[number], 0, label)
+                                if not identity:
+                                    created = batches[2]
+                                    created.rows.append({"id": m_id})
+                                    created.mutations.append(m)
+                                upsert, labelled = batches[0], batches[1]
+                                upsert.rows.append({"id": m_id, "props": props})
+                                upsert.mutations.append(m)
+                                labelled.rows.append({"id": m_id})
+                                labelled.mutations.append(m)
+                                continue
+                        elif m.orphan_only and not m.add_labels and len(m.remove_labels) == 1:  # type: ignore[arg-type]
+                            (label,) = m.remove_labels  # type: ignore[misc]
+                            batches = fast[number][1].get(label)
+                            if batches is None:
+                                batches = fast[number][1][label] = self._whole_batches(layers[number], 1, label)
+                            upsert, dropped, unlabelled = batches[0], batches[1], batches[2]
+                            upsert.rows.append({"id": m_id, "props": props})
+                            upsert.mutations.append(m)
+                            dropped.rows.append({"id": m_id, "gone": batches[3], "keep": self._bare_keys})
+                            dropped.mutations.append(m)
+                            unlabelled.rows.append({"id": m_id})
+                            unlabelled.mutations.append(m)
+                            continue
+                    except InvalidName:
+                        pass
+            else:
+                action = m.action
+                if action == EDGE_NOOP:
+                    continue
+                number = m.layer
+                while len(layers) <= number:
+                    layers.append([{} for _ in range(_PHASES)])
+                    fast.append(({}, {}, {}))
+                if m.replace and action == EDGE_UPSERT:
+                    m_id = m.id
+                    props = m.props
+                    try:
+                        if not identity or None in props.values():
+                            props = self._replacement(props, m_id)
+                        edge_type: str = m.type  # type: ignore[assignment]
+                        batches = fast[number][2].get(edge_type)
+                        if batches is None:
+                            batches = fast[number][2][edge_type] = self._whole_batches(layers[number], 2, edge_type)
+                        upsert = batches[0]
+                        upsert.rows.append({"id": m_id, "from": m.from_id, "to": m.to_id, "props": props})
+                        upsert.mutations.append(m)
+                        continue
+                    except InvalidName:
+                        pass
             try:  # all of a mutation's statements, or none: a name no statement can hold rejects the mutation
                 parts = self._parts(m)
                 for _, shape, _ in parts:
@@ -551,18 +735,57 @@ class Planner:
             except InvalidName as exc:
                 rejected.extend((c, f"invalid_name: {exc}") for c in m.changes)
                 continue
-            while len(layers) <= m.layer:
-                layers.append([{} for _ in range(_PHASES)])
-            layer = layers[m.layer]
+            layer = layers[number]
             for phase, shape, row in parts:
-                batches = layer[phase]
-                batch = batches.get(shape)
+                batches_of_phase = layer[phase]
+                batch = batches_of_phase.get(shape)
                 if batch is None:
-                    batch = batches[shape] = Batch(shape, statements[shape], no_effect=NO_EFFECT_REASONS.get(shape[0]))
+                    batch = batches_of_phase[shape] = Batch(
+                        shape, statements[shape], no_effect=NO_EFFECT_REASONS.get(shape[0])
+                    )
                 batch.rows.append(row)
                 batch.mutations.append(m)
         out = [[list(phase.values()) for phase in layer if phase] for layer in layers]
         return [layer for layer in out if layer]
+
+    def _replacement(self, props: dict[str, Any], element_id: str) -> dict[str, Any]:
+        """A whole element's properties as its row carries them (`SET n = r.props`): the keys with a value, names
+        encoded for the target, and on FalkorDB its id property (as `_parts` builds them)."""
+        if self._identity:
+            return {k: v for k, v in props.items() if v is not None}
+        encode = self.dialect.encode_name
+        out = {encode(k): v for k, v in props.items() if v is not None}
+        out[self.dialect.id_property] = element_id
+        return out
+
+    def _whole_batches(self, layer: list[dict[tuple[Any, ...], Batch]], kind: int, name: str) -> tuple[Any, ...]:
+        """A layer's batches for the rows of a whole element, created in the order `_parts` gives the shapes;
+        kind 0: a whole vertex added (its label's vreplace and vlabel batches, then FalkorDB's vcreate), 1: a
+        whole vertex removed (vreplace, vorphan, vunlabel, and the vorphan row's `gone` list), 2: a whole edge
+        added (its ereplace batch). Raises InvalidName for a name no statement can hold."""
+        if kind == 0:
+            phases: list[tuple[int, tuple[Any, ...]]] = []
+            if not self._identity:
+                phases.append((CREATE, ("vcreate", name)))
+            phases += [(UPSERT, _VREPLACE_LABELLED), (ADD_LABEL, ("vlabel", name))]
+        elif kind == 1:
+            phases = [(UPSERT, _VREPLACE), (DROP, ("vorphan",)), (REMOVE_LABEL, ("vunlabel", name))]
+        else:
+            phases = [(UPSERT, ("ereplace", name))]
+        # every name checked before any batch is made
+        statements = [self._statement(shape) for _, shape in phases]
+        gone = [self.dialect.encode_name(name), *self._bare_labels] if kind == 1 else None
+        found: list[Any] = []
+        for (phase, shape), statement in zip(phases, statements, strict=True):
+            batch = layer[phase].get(shape)
+            if batch is None:
+                batch = layer[phase][shape] = Batch(shape, statement, no_effect=NO_EFFECT_REASONS.get(shape[0]))
+            found.append(batch)
+        if kind == 0 and not self._identity:
+            found.append(found.pop(0))  # vcreate last: the caller reads vreplace and vlabel at 0 and 1
+        if gone is not None:
+            found.append(gone)
+        return tuple(found)
 
     def _parts(self, m: Mutation) -> list[tuple[int, tuple[Any, ...], dict[str, Any]]]:
         """(phase, statement shape, row) of each statement a mutation needs."""
@@ -572,66 +795,81 @@ class Planner:
         bare_labels, bare_keys = self._bare_labels, self._bare_keys
         parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
         put = parts.append
-        if m.replace and identity and None not in m.props.values():
-            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
-            props, removed = m.props, []
+        # The attributes both types have, read in a branch per type (see `_group`).
+        if type(m) is VertexMutation:
+            vertex = True
+            m_id = m.id
+            m_props = m.props
+            replace = m.replace
+            m_retyped = m.retyped
+            nulls: tuple[Any, ...] = _VNULLS  # removals, any keys (daemon.cypher)
         else:
-            props, removed = _split_props(m.props, None if identity else encode)
-        vertex = m.__class__ is VertexMutation
-        nulls: tuple[Any, ...] = _VNULLS if vertex else ("enulls", m.type)  # removals, any keys (daemon.cypher)
-        retyped = [key for key in m.retyped if m.props.get(key) is not None]
-        if retyped:
-            put((RETYPE, nulls, {"id": m.id, "removed": [{key if identity else encode(key): None} for key in retyped]}))
+            vertex = False
+            m_id = m.id
+            m_props = m.props
+            replace = m.replace
+            m_retyped = m.retyped
+            nulls = ("enulls", m.type)
+        if replace and identity and None not in m_props.values():
+            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
+            props, removed = m_props, []
+        else:
+            props, removed = _split_props(m_props, None if identity else encode)
+        if m_retyped:
+            retyped = [key for key in m_retyped if m_props.get(key) is not None]
+            if retyped:
+                maps = [{key if identity else encode(key): None} for key in retyped]
+                put((RETYPE, nulls, {"id": m_id, "removed": maps}))
         if vertex:
             # FalkorDB: new vertices are created with their labels first (see `vertex_create_statement`). Neptune
             # keeps MERGE-then-label until creating with labels is verified there. One label: statements grow
             # with names, not label combinations; the others are added after.
             if m.add_labels and not identity:
-                put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m.id}))
-            if m.replace:
-                whole = props if identity else {**props, d.id_property: m.id}
-                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m.id, "props": whole}))
+                put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m_id}))
+            if replace:
+                whole = props if identity else {**props, d.id_property: m_id}
+                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m_id, "props": whole}))
             elif m.add_labels or props:
-                row: dict[str, Any] = {"id": m.id}
+                row: dict[str, Any] = {"id": m_id}
                 if props:
                     row["props"] = props
                 # a vertex that is only found (no label added) reports whether it was there
                 put((UPSERT, ("vupsert", True, bool(props)) if m.add_labels else ("vset",), row))
             for label in m.add_labels:
-                put((ADD_LABEL, ("vlabel", label), {"id": m.id}))
+                put((ADD_LABEL, ("vlabel", label), {"id": m_id}))
             if m.remove_labels:
-                if m.replace:
+                if replace:
                     gone = [encode(label) for label in m.remove_labels] + bare_labels
-                    drop_row = {"id": m.id, "gone": gone, "keep": bare_keys}
+                    drop_row = {"id": m_id, "gone": gone, "keep": bare_keys}
                     put((DROP, ("vorphan" if m.orphan_only else "vdrop",), drop_row))
                 else:
                     gone = [encode(label) for label in m.remove_labels] + gone_extra
-                    put((DROP, ("vdrop",), {"id": m.id, "gone": gone}))
+                    put((DROP, ("vdrop",), {"id": m_id, "gone": gone}))
                 for label in m.remove_labels:
-                    put((REMOVE_LABEL, ("vunlabel", label), {"id": m.id}))
-            if m.replace:
+                    put((REMOVE_LABEL, ("vunlabel", label), {"id": m_id}))
+            if replace:
                 return parts
         elif m.action == EDGE_DELETE:
             if identity:  # Neptune finds an edge by id whatever its type: one statement for every type
-                put((UPSERT, _EDROP, {"id": m.id, "from": m.from_id, "to": m.to_id}))
+                put((UPSERT, _EDROP, {"id": m_id, "from": m.from_id, "to": m.to_id}))
             else:
-                put((UPSERT, (EDGE_DELETE, m.type), {"id": m.id}))
+                put((UPSERT, (EDGE_DELETE, m.type), {"id": m_id}))
             if m.collect_endpoints:
                 for end in dict.fromkeys((m.from_id, m.to_id)):
                     put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
             return parts
-        elif m.replace:
-            whole = props if identity else {**props, d.id_property: m.id}
-            put((UPSERT, ("ereplace", m.type), {"id": m.id, "from": m.from_id, "to": m.to_id, "props": whole}))
+        elif replace:
+            whole = props if identity else {**props, d.id_property: m_id}
+            put((UPSERT, ("ereplace", m.type), {"id": m_id, "from": m.from_id, "to": m.to_id, "props": whole}))
             return parts
         elif m.action == EDGE_UPSERT:
-            row = {"id": m.id, "from": m.from_id, "to": m.to_id}
+            row = {"id": m_id, "from": m.from_id, "to": m.to_id}
             if props:
                 row["props"] = props
             put((UPSERT, (EDGE_UPSERT, m.type, bool(props)), row))
         elif props:
-            put((UPSERT, (EDGE_PROPS, m.type), {"id": m.id, "props": props}))
+            put((UPSERT, (EDGE_PROPS, m.type), {"id": m_id, "props": props}))
         if removed:
             maps = [{key: None} for key in removed] if identity else [{encode(key): None} for key in removed]
-            put((REMOVE_PROPERTY, nulls, {"id": m.id, "removed": maps}))
+            put((REMOVE_PROPERTY, nulls, {"id": m_id, "removed": maps}))
         return parts

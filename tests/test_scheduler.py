@@ -5,6 +5,9 @@ from __future__ import annotations
 from itertools import count
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from daemon.cypher import falkordb_dialect, neptune_dialect
 from daemon.model import (
     EDGE,
@@ -15,6 +18,7 @@ from daemon.model import (
     WHOLE_VERTEX,
     GraphChange,
 )
+from daemon.names import InvalidName
 from daemon.scheduler import EdgeTypeCache, Plan, Planner
 
 _seq = count(1)
@@ -287,3 +291,93 @@ def test_edge_type_cache_is_bounded_lru() -> None:
     assert cache.get("a") == "A"
     cache.put("c", "C")
     assert cache.get("b") is None and cache.get("a") == "A" and len(cache) == 2
+
+
+def _ids(changes: list[GraphChange]) -> list[int]:
+    return [id(c) for c in changes]
+
+
+async def _by_parts(p: Planner, changes: list[GraphChange]) -> tuple[list[Any], list[tuple[int, str]]]:
+    """The batches `Planner._parts` gives each mutation, grouped per layer, phase and shape in mutation order (the
+    route every mutation took before whole elements had their own), and the rejected changes."""
+    rejected: list[tuple[GraphChange, str]] = []
+    mutations, _, untyped = p._coalesce_and_layer(changes, rejected)
+    await p._resolve_edge_types(untyped)
+    layers: dict[int, dict[int, dict[tuple, list]]] = {}
+    for m in mutations:
+        if getattr(m, "action", None) == "noop":
+            continue
+        try:
+            parts = p._parts(m)
+            for _, shape, _ in parts:
+                p._statement(shape)
+        except InvalidName as exc:
+            rejected.extend((c, f"invalid_name: {exc}") for c in m.changes)
+            continue
+        for phase, shape, row in parts:
+            layers.setdefault(m.layer, {}).setdefault(phase, {}).setdefault(shape, []).append((row, _ids(m.changes)))
+    out = [[list(phases[k].items()) for k in sorted(phases)] for _, phases in sorted(layers.items())]
+    return out, [(id(c), reason) for c, reason in rejected]
+
+
+_names = st.sampled_from(["A", "B", "P`Q", "5%", "Replicated", "~id", ""])
+_values = st.sampled_from([1, 1.0, 0, 0.0, "x", True, None])
+
+
+@st.composite
+def _windows(draw: Any) -> list[GraphChange]:
+    ids = [f"v{i}" for i in range(draw(st.integers(1, 6)))]
+    out = []
+    for _ in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(["vr", "vr", "er", "er", "vp", "vl", "e", "ep"]))
+        add = draw(st.booleans())
+        if kind in ("vr", "er"):
+            props = draw(st.dictionaries(_names, _values, max_size=3)) if add else None
+            if kind == "vr":
+                out.append(GraphChange(WHOLE_VERTEX, add, draw(st.sampled_from(ids)), draw(_names), props))
+            else:
+                src, dst = draw(st.sampled_from(ids)), draw(st.sampled_from(ids))
+                out.append(
+                    GraphChange(
+                        WHOLE_EDGE,
+                        add,
+                        f"e{draw(st.integers(0, 3))}",
+                        draw(st.sampled_from(["T", "U`"])),
+                        props,
+                        src,
+                        dst,
+                    )
+                )
+        elif kind == "vp":
+            out.append(vp(draw(st.sampled_from(ids)), draw(_names), draw(_values), add))
+        elif kind == "vl":
+            out.append(vl(draw(st.sampled_from(ids)), draw(_names), add))
+        elif kind == "e":
+            out.append(
+                e(f"e{draw(st.integers(0, 3))}", "T", draw(st.sampled_from(ids)), draw(st.sampled_from(ids)), add)
+            )
+        else:
+            out.append(ep(f"e{draw(st.integers(0, 3))}", draw(_names), draw(_values), add))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(window=_windows(), falkordb=st.booleans())
+async def test_whole_elements_get_the_rows_parts_gives(window: list[GraphChange], falkordb: bool) -> None:
+    """Whole elements take their rows without `_parts`; the plan is what `_parts` gives every mutation."""
+
+    async def lookup(ids: list[str]) -> dict[str, str]:
+        return dict.fromkeys(ids, "T")
+
+    p = Planner(falkordb_dialect() if falkordb else neptune_dialect(), lookup, 100)
+    expected, expected_rejected = await _by_parts(p, window)
+    plan = await Planner(p.dialect, lookup, 100).plan(window)
+    got = [
+        [
+            [(b.shape, list(zip(b.rows, [_ids(m.changes) for m in b.mutations], strict=True))) for b in phase]
+            for phase in layer
+        ]
+        for layer in plan.layers
+    ]
+    assert got == expected
+    assert [(id(c), reason) for c, reason in plan.rejected] == expected_rejected
