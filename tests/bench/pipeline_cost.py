@@ -600,6 +600,29 @@ def _notes(
         "serialise stages of the Neptune rows side by side with round 1 (the table's last rows), with msgspec's "
         "parse.",
         "",
+        "Round 3 (branch `perf-plan2`, the planner), in instructions per change of the plan stage "
+        "(`tests.bench.stage_profile`, callgrind, 8,000 records, collector on), f931ee7 / before / after: "
+        "DynamoDB every type 26,425 / 23,645 / 12,521, S/N/BOOL 26,350 / 23,570 / 12,527, Neptune 10,670 / "
+        "12,754 / 11,741. A vertex added or removed by an item, and an edge added, put their rows straight into "
+        "their layer's batches, found once per layer by label or edge type (no per-part tuples and statement "
+        "lookups); mutations built by slot stores; a vertex's layers and open mutations in one list per vertex "
+        "(one dict lookup a vertex change instead of up to five); vertex and edge attributes read in separate "
+        "branches (Python 3.11 specialises an attribute read per site: one site reading both types is a generic "
+        "lookup each time). Same plans: `tests/test_scheduler.py` checks random windows on both dialects against "
+        "`Planner._parts` for every mutation. CPU of the plan stage side by side with the tree before: -21 to "
+        "-28 % (the instructions fell 47 %; the collector and memory access do not fall with them).",
+        "",
+        "Round 3, measured and not taken: a compiled build (Cython 3.3.1, gcc). Seven modules of the DynamoDB "
+        "path compiled unchanged (mapping, model, values, scheduler, cypher, the dynamodb source, sinks.base) plus "
+        "a compiled twin of the generated per-rule properties loop cut the instructions of parse + translate + "
+        "plan + serialise by 18 % (every type, 126.9k -> 103.8k a change) and 15 % (S/N/BOOL, 99.5k -> 84.6k; "
+        "`tests.bench.stage_instructions`), CPU time by 10 % and 6 % (`compare_trees f931ee7`), i.e. 0.58x and "
+        "0.53x of round 1 in instructions against 0.39x and 0.36x asked, for 2-3 minutes of compiling at every "
+        "install. What remains after compiling is C-API work (dict inserts and lookups, allocations, strings, "
+        "number text) on the objects each record is made of (23 % of translate was still interpreted), and the "
+        "parse is msgspec's: closing the gap needs fewer objects per record, not compiled code making the same "
+        "ones.",
+        "",
         "Where the DynamoDB gap comes from: a DynamoDB record is a whole item image, so one change carries every "
         "attribute through the value rule (about 4 attributes here, each a type tag to inspect; sets, lists and "
         "maps become canonical JSON text, numbers are checked for exactness), its ids are rendered from "
