@@ -31,7 +31,7 @@ import orjson
 
 from daemon.cli import GC_THRESHOLDS
 from tests.bench._common import median
-from tests.bench.pipeline_cost import WINDOW_PAGES, dynamodb_pages, neptune_pages
+from tests.bench.pipeline_cost import WINDOW_PAGES, input_pages
 from tests.bench.report import ROOT
 
 STAGES = ("parse", "translate", "plan", "serialise")
@@ -195,10 +195,7 @@ def side_by_side(
         sys.path.insert(0, tmp)
         try:
             for kind in kinds:
-                if kind == "neptune":
-                    pages = neptune_pages(records)
-                else:
-                    pages = dynamodb_pages(records, plain=kind == "dynamodb_plain")
+                pages = input_pages(kind, records)
                 contenders = [Contender(p, kind, pages, Path(tmp)) for p in ("daemon_before", "daemon")]
                 gc.collect()
                 gc.freeze()  # the inputs, as pipeline_cost does

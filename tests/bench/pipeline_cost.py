@@ -81,6 +81,13 @@ def dynamodb_pages(n_records: int, seed: int = 7, *, plain: bool = False) -> lis
     return [wire_page(records[start : start + PAGE]) for start in range(0, len(records), PAGE)]
 
 
+def input_pages(kind: str, records: int) -> list[bytes]:
+    """The pages of a bench input by name: `neptune`, `dynamodb` (every attribute type) or `dynamodb_plain`."""
+    if kind == "neptune":
+        return neptune_pages(records)
+    return dynamodb_pages(records, plain=kind == "dynamodb_plain")
+
+
 def social_source(tmp: Path) -> DynamoDBStreamSource:
     """The `dynamodb` source of `config/dynamodb-social.toml` (only its record translation is used)."""
     cfg = load_config(ROOT / "config" / "dynamodb-social.toml").sources[0]

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.bench.compare_trees import STAGES, Contender, export_package
-from tests.bench.pipeline_cost import WINDOW_PAGES, dynamodb_pages, neptune_pages
+from tests.bench.pipeline_cost import WINDOW_PAGES, input_pages
 from tests.bench.report import ROOT
 
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
@@ -102,7 +102,7 @@ def measure(rev: str | None, kinds: list[str], records: int, jobs: int) -> dict[
         if rev is not None:
             export_package(rev, workdir)
         for kind in kinds:
-            pages = neptune_pages(records) if kind == "neptune" else dynamodb_pages(records, plain=kind != "dynamodb")
+            pages = input_pages(kind, records)
             (workdir / f"{kind}.pages").write_bytes(pickle.dumps(pages))
         runs = {
             (kind, package, depth): pool.submit(_count, package, kind, depth, workdir)

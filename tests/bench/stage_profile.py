@@ -29,7 +29,7 @@ from typing import Any
 
 from daemon.cli import GC_THRESHOLDS
 from tests.bench.compare_trees import STAGES, Contender, export_package
-from tests.bench.pipeline_cost import WINDOW_PAGES, dynamodb_pages, neptune_pages
+from tests.bench.pipeline_cost import WINDOW_PAGES, input_pages
 
 
 def run(contender: Contender, stage: str, passes: int) -> int:
@@ -81,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if cached is not None and cached.exists():
         pages = pickle.loads(cached.read_bytes())
     else:
-        if args.input == "neptune":
-            pages = neptune_pages(args.records)
-        else:
-            pages = dynamodb_pages(args.records, plain=args.input == "dynamodb_plain")
+        pages = input_pages(args.input, args.records)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_bytes(pickle.dumps(pages))
