@@ -209,6 +209,15 @@ class PlanApplier:
             return 0.0
         return time.perf_counter() - min(self._calls_in_flight.values())
 
+    async def _unanswered(self, call: Awaitable[T]) -> T:
+        """Await one sink call, counted in flight until it answers (`oldest_call_seconds`)."""
+        key = next(self._call_ids)
+        self._calls_in_flight[key] = time.perf_counter()
+        try:
+            return await call
+        finally:
+            del self._calls_in_flight[key]
+
     async def apply(self, plan: Plan) -> int:
         """Apply every layer in order; return when every change is applied, dead-lettered or found to take no
         effect. Returns the number of changes applied (the plan's changes less all the others)."""
@@ -274,12 +283,7 @@ class PlanApplier:
         attempt = 0
         while True:
             try:
-                call = next(self._call_ids)
-                self._calls_in_flight[call] = time.perf_counter()
-                try:
-                    result = await action()
-                finally:
-                    del self._calls_in_flight[call]
+                result = await self._unanswered(action())
                 self._succeeded()
                 return result
             except Exception as exc:
@@ -321,13 +325,10 @@ class PlanApplier:
                 async with self._slots:
                     self._m_inflight.inc()
                     started = time.perf_counter()
-                    call = next(self._call_ids)
-                    self._calls_in_flight[call] = started
                     try:
-                        results = await self._execute_fenced(batch.statement, rows)
+                        results = await self._unanswered(self._execute_fenced(batch.statement, rows))
                     finally:
                         self._m_inflight.dec()
-                        del self._calls_in_flight[call]
                 self._m_batch_seconds.observe(time.perf_counter() - started)
                 self._m_batch_size.observe(len(rows))
                 self._succeeded()
