@@ -670,8 +670,7 @@ class Planner:
                     m_id = m.id
                     props = m.props
                     try:  # what `_parts` would give, or InvalidName (then `_parts` says it again, below)
-                        if not identity or None in props.values():
-                            props = self._replacement(props, m_id)
+                        props = self._replacement(props, m_id)
                         if not m.remove_labels:
                             if len(m.add_labels) == 1:
                                 (label,) = m.add_labels  # type: ignore[misc]
@@ -715,8 +714,7 @@ class Planner:
                     m_id = m.id
                     props = m.props
                     try:
-                        if not identity or None in props.values():
-                            props = self._replacement(props, m_id)
+                        props = self._replacement(props, m_id)
                         edge_type: str = m.type  # type: ignore[assignment]
                         batches = fast[number][2].get(edge_type)
                         if batches is None:
@@ -750,8 +748,11 @@ class Planner:
 
     def _replacement(self, props: dict[str, Any], element_id: str) -> dict[str, Any]:
         """A whole element's properties as its row carries them (`SET n = r.props`): the keys with a value, names
-        encoded for the target, and on FalkorDB its id property (as `_parts` builds them)."""
+        encoded for the target, and on FalkorDB its id property. On Neptune with no None (the common DynamoDB
+        case) the mutation's own dict, every property under its own name."""
         if self._identity:
+            if None not in props.values():
+                return props
             return {k: v for k, v in props.items() if v is not None}
         encode = self.dialect.encode_name
         out = {encode(k): v for k, v in props.items() if v is not None}
@@ -789,8 +790,7 @@ class Planner:
 
     def _parts(self, m: Mutation) -> list[tuple[int, tuple[Any, ...], dict[str, Any]]]:
         """(phase, statement shape, row) of each statement a mutation needs."""
-        d = self.dialect
-        encode = d.encode_name
+        encode = self.dialect.encode_name
         identity, gone_extra = self._identity, self._gone_extra
         bare_labels, bare_keys = self._bare_labels, self._bare_keys
         parts: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
@@ -810,9 +810,8 @@ class Planner:
             replace = m.replace
             m_retyped = m.retyped
             nulls = ("enulls", m.type)
-        if replace and identity and None not in m_props.values():
-            # a whole element on Neptune: every property is set, under its own name (the common DynamoDB case)
-            props, removed = m_props, []
+        if replace:  # a whole element: its row's properties, nothing removed by key
+            props, removed = self._replacement(m_props, m_id), []
         else:
             props, removed = _split_props(m_props, None if identity else encode)
         if m_retyped:
@@ -827,8 +826,7 @@ class Planner:
             if m.add_labels and not identity:
                 put((CREATE, ("vcreate", next(iter(m.add_labels))), {"id": m_id}))
             if replace:
-                whole = props if identity else {**props, d.id_property: m_id}
-                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m_id, "props": whole}))
+                put((UPSERT, _VREPLACE_LABELLED if m.add_labels else _VREPLACE, {"id": m_id, "props": props}))
             elif m.add_labels or props:
                 row: dict[str, Any] = {"id": m_id}
                 if props:
@@ -859,8 +857,7 @@ class Planner:
                     put((DROP, ("vorphan",), {"id": end, "gone": bare_labels, "keep": bare_keys}))
             return parts
         elif replace:
-            whole = props if identity else {**props, d.id_property: m_id}
-            put((UPSERT, ("ereplace", m.type), {"id": m_id, "from": m.from_id, "to": m.to_id, "props": whole}))
+            put((UPSERT, ("ereplace", m.type), {"id": m_id, "from": m.from_id, "to": m.to_id, "props": props}))
             return parts
         elif m.action == EDGE_UPSERT:
             row = {"id": m_id, "from": m.from_id, "to": m.to_id}
